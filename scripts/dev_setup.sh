@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv with everything the tests, benchmarks and CPU runs need, using only python3 + pip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON_BIN="${PYTHON_BIN:-python3}"
+if [[ ! -x .venv/bin/python ]]; then
+  "$PYTHON_BIN" -m venv .venv
+fi
+# torch first and pinned: an unpinned torch resolves to the newest CUDA build (several GB). 2.13.0 is
+# the version the tests are run with; on machines with a local CPU wheel pip takes that.
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+.venv/bin/python -c 'import torch' 2>/dev/null || .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
+.venv/bin/python -m pip install --quiet -e '.[env,train,dev]'
+
+if ! ls /usr/lib/chromium/chromium-headless-shell /usr/lib/chromium/chromium >/dev/null 2>&1 \
+   && [[ -z "${CHROMIUM_EXECUTABLE:-}" ]]; then
+  echo "note: no system Chromium found. Either 'sudo apt-get install chromium-headless-shell'" \
+       "or '.venv/bin/playwright install chromium' before 'make test'." >&2
+fi
+echo ".venv ready: $(.venv/bin/python --version), $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"

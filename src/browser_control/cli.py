@@ -1,0 +1,47 @@
+"""`browser-control` command line: one sub-command per job, each defined next to the code it runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each module defines COMMAND (its name), add_arguments(parser) and run(args) -> exit code. Modules are
+# imported lazily by name so `browser-control serve-env` never imports torch and `train` never imports
+# Playwright.
+COMMAND_MODULES = {
+    "serve-env": "browser_control.env_service.cli",
+}
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="browser-control",
+        description="Teach small language models to operate a web browser (MiniWoB++) with GRPO.",
+        epilog="Run 'browser-control COMMAND --help' for the options of a command.",
+        formatter_class=_HelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMAND_MODULES.items():
+        module = importlib.import_module(module_name)
+        doc = (module.__doc__ or "").strip()
+        command = sub.add_parser(
+            name, help=doc.splitlines()[0] if doc else None, description=doc,
+            formatter_class=_HelpFormatter,
+        )
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,134 @@
+"""HTTP client of the environment service, used by the trainer, the evaluator and the benchmarks.
+
+Transient failures (connection refused while the service restarts, timeouts, 502/503/504) are retried
+with exponential backoff; when retries run out the client raises :class:`EnvServiceUnavailable`, which
+callers treat as fatal. Errors the service answers deliberately (unknown task, invalid action, ...)
+raise :class:`EnvRequestError` at once, carrying the service's message.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from browser_control.protocol import (
+    CloseResponse,
+    HealthResponse,
+    ResetResponse,
+    StepResponse,
+    TasksResponse,
+)
+
+RETRYABLE_STATUS = {502, 503, 504}
+
+
+class EnvServiceUnavailable(RuntimeError):
+    """The service cannot be reached or keeps failing: stop, do not train on zero rewards."""
+
+
+class EnvRequestError(RuntimeError):
+    """The service refused a request; ``message`` says why and ``hint`` how to fix it."""
+
+    def __init__(self, status: int, error: str, message: str, hint: str | None = None):
+        super().__init__(f"{status} {error}: {message}")
+        self.status, self.error, self.message, self.hint = status, error, message, hint
+
+
+class EnvClient:
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float = 60.0,
+        retries: int = 4,
+        backoff_s: float = 0.5,
+        client: httpx.Client | None = None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._http = client or httpx.Client(base_url=self.base_url, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> EnvClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None,
+                 retry_on_session_cap: bool = False) -> dict[str, Any]:
+        last_problem = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                response = self._http.request(method, path, json=payload)
+            except httpx.TransportError as exc:
+                last_problem = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code < 400:
+                return response.json()
+            body = _json_or_text(response)
+            error = body.get("error", "http_error")
+            if response.status_code in RETRYABLE_STATUS and (
+                error != "session_cap" or retry_on_session_cap
+            ):
+                last_problem = f"{response.status_code} {error}: {body.get('message', '')}"
+                continue
+            raise EnvRequestError(response.status_code, error, body.get("message", str(body)),
+                                  body.get("hint"))
+        raise EnvServiceUnavailable(
+            f"the environment service at {self.base_url} failed {self.retries + 1} times "
+            f"({method} {path}); last problem: {last_problem}. Is it running? "
+            "Check `docker compose logs browsergym` or start it with `browser-control serve-env`."
+        )
+
+    def health(self) -> HealthResponse:
+        return HealthResponse.model_validate(self._request("GET", "/health"))
+
+    def tasks(self) -> list[str]:
+        return TasksResponse.model_validate(self._request("GET", "/tasks")).tasks
+
+    def reset(self, task_name: str, seed: int | None = None, session_id: str | None = None,
+              max_episode_steps: int | None = None) -> ResetResponse:
+        payload = {"task_name": task_name, "seed": seed, "session_id": session_id,
+                   "max_episode_steps": max_episode_steps}
+        return ResetResponse.model_validate(
+            self._request("POST", "/reset", payload, retry_on_session_cap=True)
+        )
+
+    def step(self, session_id: str, action: str) -> StepResponse:
+        return StepResponse.model_validate(
+            self._request("POST", "/step", {"session_id": session_id, "action": action})
+        )
+
+    def close_session(self, session_id: str) -> CloseResponse:
+        return CloseResponse.model_validate(self._request("POST", "/close", {"session_id": session_id}))
+
+    def wait_until_healthy(self, timeout_s: float = 120.0) -> HealthResponse:
+        deadline = time.monotonic() + timeout_s
+        problem = ""
+        while time.monotonic() < deadline:
+            try:
+                response = self._http.get("/health")
+                if response.status_code == 200:
+                    return HealthResponse.model_validate(response.json())
+                problem = _json_or_text(response).get("message", response.text[:200])
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.5)
+        raise EnvServiceUnavailable(
+            f"the environment service at {self.base_url} was not healthy within {timeout_s:.0f} s: {problem}"
+        )
+
+
+def _json_or_text(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {"message": response.text[:500]}
+    return body if isinstance(body, dict) else {"message": str(body)[:500]}

@@ -1,0 +1,1 @@
+"""The BrowserGym MiniWoB++ environment service (FastAPI + Playwright), see docs/http-api.md."""

@@ -1,0 +1,329 @@
+"""Browser workers and MiniWoB sessions.
+
+Playwright's sync API is bound to the thread that started it, so every Playwright object here lives on
+exactly one :class:`BrowserWorker` thread and is only touched from jobs run on that thread. A worker
+owns one Playwright driver and one Chromium; each session is a BrowserContext (own cookies, storage and
+renderer) on its worker's browser. /close frees the context only: the browser and Playwright stay up,
+so a later /reset never finds a dead event loop.
+
+Compared with BrowserGym's BrowserEnv we skip what costs time but not task semantics: no browser
+relaunch per reset (a fresh context instead), no chat window (chat messages are a list), no slow_mo,
+no fixed 0.5 s pre-observation sleep (we wait for the DOM to settle instead), and only the
+accessibility tree is extracted. Task setup, validation, rewards and action code are BrowserGym's own.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import functools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import playwright.sync_api
+from browsergym.core.action import functions as action_functions
+from browsergym.core.action.base import execute_python_code
+from browsergym.core.action.highlevel import HighLevelActionSet
+from browsergym.core.constants import BROWSERGYM_ID_ATTRIBUTE
+from browsergym.core.observation import MarkingError, _post_extract, _pre_extract, extract_merged_axtree
+from browsergym.miniwob.base import AbstractMiniwobTask
+from browsergym.utils.obs import IGNORED_AXTREE_PROPERTIES, flatten_axtree_to_str
+
+from browser_control.env_service.actions import ACTIONS, ParsedAction
+
+log = logging.getLogger("browser_control.env_service")
+
+T = TypeVar("T")
+
+# Chromium 156 adds InlineTextBox nodes that repeat each text (+30-45% characters); the page URL of the
+# RootWebArea is a long file:// path that tells the model nothing.
+AXTREE_IGNORED_ROLES = ["LineBreak", "InlineTextBox"]
+AXTREE_IGNORED_PROPERTIES = (*IGNORED_AXTREE_PROPERTIES, "url")
+# Without these Chromium tries to reach Google's services at start and on a closed network keeps retrying.
+CHROMIUM_ARGS = [
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-features=OverlayScrollbars,ExtendedOverlayScrollbars",
+]
+_TRANSIENT_EXTRACT_ERRORS = (
+    "Frame was detached",
+    "Frame with the given frameId is not found",
+    "Execution context was destroyed",
+    "Frame has been detached",
+    "Cannot mark a child frame without a bid",
+    "Cannot read properties of undefined",
+)
+
+
+@functools.cache
+def browsergym_action_set() -> HighLevelActionSet:
+    """BrowserGym's action set restricted to our whitelist: a second, independent gate."""
+    return HighLevelActionSet(
+        subsets=["custom"],
+        custom_actions=[getattr(action_functions, name) for name in ACTIONS],
+        strict=True,
+        multiaction=False,
+        demo_mode="off",
+    )
+
+
+class BrowserUnavailableError(RuntimeError):
+    """Chromium could not be launched or driven; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class BrowserOptions:
+    chromium_executable: str | None = None
+    max_obs_chars: int = 8_000
+    screenshots: bool = False
+    settle_timeout_ms: int = 3_000
+
+
+class BrowserWorker:
+    """A thread that owns one Playwright driver and one Chromium, and runs jobs for its sessions."""
+
+    def __init__(self, index: int, options: BrowserOptions):
+        self.index = index
+        self.options = options
+        self.session_count = 0  # maintained by the session manager, read for placement
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future] | None] = (
+            queue.SimpleQueue()
+        )
+        self._playwright: playwright.sync_api.Playwright | None = None
+        self._browser: playwright.sync_api.Browser | None = None
+        self._probe_page: playwright.sync_api.Page | None = None
+        self._thread = threading.Thread(target=self._run, name=f"browser-worker-{index}", daemon=True)
+        self._thread.start()
+
+    # -- public, thread-safe -------------------------------------------------------------------
+    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((fn, future))
+        return future
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout)
+
+    # -- worker thread only ----------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                break
+            fn, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # the caller decides; the worker must survive any job
+                future.set_exception(exc)
+        self._shutdown()
+
+    def browser(self) -> playwright.sync_api.Browser:
+        """The worker's Chromium, (re)launched if it is not running. Worker thread only."""
+        if self._browser is not None and self._browser.is_connected():
+            return self._browser
+        self._browser = None
+        self._probe_page = None
+        try:
+            if self._playwright is None:
+                self._playwright = playwright.sync_api.sync_playwright().start()
+                # BrowserGym's action functions locate elements with get_by_test_id(bid).
+                self._playwright.selectors.set_test_id_attribute(BROWSERGYM_ID_ATTRIBUTE)
+            started = time.perf_counter()
+            self._browser = self._playwright.chromium.launch(
+                headless=True,
+                executable_path=self.options.chromium_executable,
+                args=CHROMIUM_ARGS,
+                ignore_default_args=["--hide-scrollbars"],
+            )
+        except Exception as exc:
+            hint = (
+                f"CHROMIUM_EXECUTABLE={self.options.chromium_executable!r} could not be started"
+                if self.options.chromium_executable
+                else "Playwright's Chromium is missing: run 'playwright install chromium', "
+                "or set CHROMIUM_EXECUTABLE to a Chromium binary"
+            )
+            raise BrowserUnavailableError(f"{hint} ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        log.info(
+            "browser launched",
+            extra={"worker": self.index, "version": self._browser.version,
+                   "launch_ms": round(1000 * (time.perf_counter() - started))},
+        )
+        return self._browser
+
+    def probe(self) -> str:
+        """Drive the browser for real (evaluate JS in a page); return its version. Worker thread only."""
+        browser = self.browser()
+        if self._probe_page is None or self._probe_page.is_closed():
+            self._probe_page = browser.new_context().new_page()
+        if self._probe_page.evaluate("() => 6 * 7") != 42:
+            raise BrowserUnavailableError("the browser returned a wrong result for a probe script")
+        return browser.version
+
+    def _shutdown(self) -> None:
+        for close in (
+            lambda: self._browser and self._browser.close(),
+            lambda: self._playwright and self._playwright.stop(),
+        ):
+            try:
+                close()
+            except Exception:  # already gone; nothing left to free
+                log.debug("ignored error during worker shutdown", exc_info=True)
+        self._browser = None
+        self._playwright = None
+
+
+class EpisodeOverError(RuntimeError):
+    """A step was sent after the episode ended."""
+
+
+@dataclass
+class StepResult:
+    observation: dict[str, Any]
+    reward: float
+    done: bool
+    truncated: bool
+    step: int
+
+
+@dataclass
+class BrowserSession:
+    """One MiniWoB episode at a time in its own BrowserContext. Every method runs on the worker thread."""
+
+    session_id: str
+    worker: BrowserWorker
+    task_name: str = ""
+    seed: int = 0
+    max_episode_steps: int | None = None
+    steps: int = 0
+    done: bool = False
+    truncated: bool = False
+    last_reward: float = 0.0
+    chat_messages: list[dict[str, Any]] = field(default_factory=list)
+    _context: playwright.sync_api.BrowserContext | None = None
+    _page: playwright.sync_api.Page | None = None
+    _task: AbstractMiniwobTask | None = None
+    _goal: str = ""
+
+    def reset(
+        self, task_cls: type[AbstractMiniwobTask], task_name: str, seed: int, base_url: str,
+        max_episode_steps: int | None,
+    ) -> dict[str, Any]:
+        self._close_context()
+        browser = self.worker.browser()
+        task = task_cls(seed=seed, base_url=base_url)
+        self._context = browser.new_context(viewport=task.viewport, locale=task.locale,
+                                            timezone_id=task.timezone_id)
+        self._context.set_default_timeout(task.timeout)
+        self._page = self._context.new_page()
+        goal, _info = task.setup(page=self._page)
+        self._task = task
+        self._goal = goal if isinstance(goal, str) else " ".join(
+            m.get("text", "") for m in goal if m.get("type") == "text"
+        )
+        self.task_name, self.seed, self.max_episode_steps = task_name, seed, max_episode_steps
+        self.steps, self.done, self.truncated, self.last_reward = 0, False, False, 0.0
+        self.chat_messages = [{"role": "user", "message": self._goal}]
+        self._wait_settled()
+        return self._observation(last_action_error="")
+
+    def step(self, action: ParsedAction) -> StepResult:
+        if self._task is None or self._page is None:
+            raise EpisodeOverError("this session has no episode; POST /reset first")
+        if self.done or self.truncated:
+            raise EpisodeOverError(
+                f"the episode is over ({'task done' if self.done else 'step limit reached'}); "
+                "POST /reset to start a new one"
+            )
+        # Only the canonical re-serialisation of a whitelisted, literal-only call reaches exec().
+        code = browsergym_action_set().to_python_code(action.canonical())
+        error = ""
+        try:
+            execute_python_code(
+                code,
+                self._page,
+                send_message_to_user=self._send_message_to_user,
+                report_infeasible_instructions=self._report_infeasible,
+            )
+        except Exception as exc:  # the model's action failed on the page: tell the model why
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+        self.steps += 1
+        self._wait_settled()
+        reward, done, _msg, _info = self._task.validate(self._page, self.chat_messages)
+        self.last_reward = float(reward)
+        self.done = bool(done)
+        if self.max_episode_steps is not None and self.steps >= self.max_episode_steps and not self.done:
+            self.truncated = True
+        observation = self._observation(last_action_error=error)
+        return StepResult(observation, self.last_reward, self.done, self.truncated, self.steps)
+
+    def close(self) -> None:
+        self._close_context()
+        self._task = None
+
+    # -- internals -------------------------------------------------------------------------------
+    def _send_message_to_user(self, text: str) -> None:
+        self.chat_messages.append({"role": "assistant", "message": str(text)})
+
+    def _report_infeasible(self, reason: str) -> None:
+        self.chat_messages.append({"role": "infeasible", "message": str(reason)})
+
+    def _wait_settled(self) -> None:
+        assert self._page is not None
+        try:
+            self._page.wait_for_load_state("domcontentloaded", timeout=self.worker.options.settle_timeout_ms)
+        except playwright.sync_api.Error:
+            pass  # a page that never settles is still observed; the task decides the reward
+
+    def _observation(self, last_action_error: str) -> dict[str, Any]:
+        assert self._page is not None
+        page = self._page
+        for attempt in range(3):
+            try:
+                _pre_extract(page, tags_to_mark="standard_html", lenient=attempt == 2)
+                axtree = extract_merged_axtree(page)
+                break
+            except (playwright.sync_api.Error, MarkingError) as exc:
+                if attempt == 2 or not any(s in str(exc) for s in _TRANSIENT_EXTRACT_ERRORS):
+                    raise
+                _post_extract(page)
+                page.wait_for_timeout(100)
+        _post_extract(page)
+        text = flatten_axtree_to_str(
+            axtree, ignored_roles=AXTREE_IGNORED_ROLES, ignored_properties=AXTREE_IGNORED_PROPERTIES
+        )
+        cap = self.worker.options.max_obs_chars
+        if len(text) > cap:
+            text = text[:cap] + f"\n... [observation truncated at {cap} characters]"
+        observation: dict[str, Any] = {
+            "goal": self._goal,
+            "axtree_txt": text,
+            "url": page.url,
+            "last_action_error": last_action_error,
+        }
+        if self.worker.options.screenshots:
+            observation["screenshot_png_b64"] = base64.b64encode(page.screenshot(type="png")).decode()
+        return observation
+
+    def _close_context(self) -> None:
+        if self._task is not None:
+            try:
+                self._task.teardown()
+            except Exception:
+                log.debug("task teardown failed", exc_info=True)
+        if self._context is not None:
+            try:
+                self._context.close()
+            except playwright.sync_api.Error:
+                pass  # the browser is already gone; nothing to free
+        self._context = None
+        self._page = None

@@ -1,0 +1,138 @@
+"""Shared fixtures: a real environment service (the container's entry command, run as a plain process)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+
+_CHROMIUM_CANDIDATES = (
+    "/usr/lib/chromium/chromium-headless-shell",
+    "/usr/lib/chromium/chromium",
+)
+
+
+def find_chromium() -> str | None:
+    """A Chromium binary for tests: CHROMIUM_EXECUTABLE, else Debian's, else None (Playwright's own)."""
+    configured = os.environ.get("CHROMIUM_EXECUTABLE")
+    if configured:
+        return configured
+    for candidate in _CHROMIUM_CANDIDATES:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _playwright_has_own_chromium() -> bool:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        return Path(pw.chromium.executable_path).exists()
+
+
+def require_chromium() -> str | None:
+    chromium = find_chromium()
+    if chromium is None and not _playwright_has_own_chromium():
+        reason = "no Chromium: apt-get install chromium-headless-shell, or set CHROMIUM_EXECUTABLE"
+        if os.environ.get("BROWSER_CONTROL_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return chromium
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class ServiceProcess:
+    """`browser-control serve-env` in a child process on a free loopback port."""
+
+    def __init__(self, *args: str, log_path: Path, chromium: str | None, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        cmd = [sys.executable, "-m", "browser_control", "serve-env", "--port", str(self.port), *args]
+        if chromium:
+            cmd += ["--chromium-executable", chromium]
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=subprocess_env(**(env or {})),
+            start_new_session=True,
+        )
+
+    def wait_healthy(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve-env exited with {self.proc.returncode}: {self.log()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"serve-env not healthy after {timeout_s} s: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait(5)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str | None:
+    return require_chromium()
+
+
+@pytest.fixture(scope="session")
+def env_service(chromium: str | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """One shared service for the whole run; tests that need their own start a ServiceProcess."""
+    service = ServiceProcess(
+        "--max-sessions", "64", "--workers", "4",
+        log_path=tmp_path_factory.mktemp("env_service") / "serve-env.log", chromium=chromium,
+    )
+    try:
+        service.wait_healthy()
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def env_url(env_service: ServiceProcess) -> str:
+    return env_service.url
+
+
+def which(name: str) -> str | None:
+    return shutil.which(name) or (
+        str(Path(sys.executable).parent / name) if (Path(sys.executable).parent / name).exists() else None
+    )
