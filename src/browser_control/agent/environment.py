@@ -1,0 +1,260 @@
+"""The browser as a TRL ``environment_factory`` class: one episode per instance, one tool per action.
+
+TRL turns every public method except ``reset`` and ``get_reward`` into a tool, using the type hints and
+the Google-style docstring for the schema, so helpers here start with ``_``. Each tool maps to exactly
+one whitelisted action of the environment service; the service validates it again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from browser_control.agent.prompts import format_episode_end, format_observation, format_step_limit
+from browser_control.client import EnvClient, EnvRequestError
+
+DEFAULT_BROWSERGYM_URL = "http://127.0.0.1:8000"
+
+
+def browsergym_url(configured: str | None = None) -> str:
+    """BROWSERGYM_URL wins over the configured address (compose sets it to the service name)."""
+    return os.environ.get("BROWSERGYM_URL") or configured or DEFAULT_BROWSERGYM_URL
+
+
+def action_text(name: str, *args: Any) -> str:
+    """Build an action call; repr() keeps every argument a literal (the service re-checks anyway)."""
+    return f"{name}({', '.join(repr(a) for a in args)})"
+
+
+@dataclass
+class EpisodeStats:
+    task_name: str = ""
+    seed: int = 0
+    steps: int = 0
+    invalid_actions: int = 0
+    success: bool = False
+    done: bool = False
+    truncated: bool = False
+    env_latency_s: list[float] = field(default_factory=list)
+
+
+class BrowserEnvironment:
+    """A MiniWoB++ episode served by the environment service.
+
+    ``reset(task_name, seed)`` starts the episode and returns the first observation; each tool performs
+    one action and returns the next observation; ``get_reward()`` is 1.0 when the task was solved.
+    """
+
+    max_episode_steps: int = 10
+    base_url: str | None = None
+
+    def __init__(self, base_url: str | None = None, max_episode_steps: int | None = None,
+                 client: EnvClient | None = None):
+        self._client = client or EnvClient(browsergym_url(base_url or self.base_url))
+        self._max_steps = max_episode_steps or self.max_episode_steps
+        self._session_id: str | None = None
+        self._stats = EpisodeStats()
+
+    # -- TRL protocol ----------------------------------------------------------------------------
+    def reset(self, task_name: str, seed: int, **_row: Any) -> str:
+        """Start a new episode of ``task_name`` with ``seed``; the other dataset columns are ignored."""
+        started = time.perf_counter()
+        response = self._client.reset(task_name, seed=int(seed), session_id=self._session_id,
+                                      max_episode_steps=self._max_steps)
+        self._session_id = response.session_id
+        self._stats = EpisodeStats(task_name=response.task_name, seed=response.seed)
+        self._stats.env_latency_s.append(time.perf_counter() - started)
+        return format_observation(response.observation, 0, self._max_steps)
+
+    def get_reward(self) -> float:
+        """Task success: 1.0 if the MiniWoB task reported a positive reward, else 0.0."""
+        return 1.0 if self._stats.success else 0.0
+
+    # -- tools (one per whitelisted action) ------------------------------------------------------
+    def click(self, bid: str) -> str:
+        """Click an element of the page.
+
+        Args:
+            bid: The element's bid, the id in brackets in the page tree, e.g. '13'.
+
+        Returns:
+            The page after the action.
+        """
+        return self._act(action_text("click", bid))
+
+    def dblclick(self, bid: str) -> str:
+        """Double-click an element of the page.
+
+        Args:
+            bid: The element's bid, e.g. '13'.
+
+        Returns:
+            The page after the action.
+        """
+        return self._act(action_text("dblclick", bid))
+
+    def hover(self, bid: str) -> str:
+        """Move the mouse over an element.
+
+        Args:
+            bid: The element's bid, e.g. '13'.
+
+        Returns:
+            The page after the action.
+        """
+        return self._act(action_text("hover", bid))
+
+    def fill(self, bid: str, value: str) -> str:
+        """Replace the text of an input field.
+
+        Args:
+            bid: The input field's bid, e.g. '14'.
+            value: The text to enter.
+
+        Returns:
+            The page after the action.
+        """
+        return self._act(action_text("fill", bid, value))
+
+    def select_option(self, bid: str, option: str) -> str:
+        """Choose an option of a drop-down list (select element) by its label.
+
+        Args:
+            bid: The select element's bid, e.g. '15'.
+            option: The label of the option to choose.
+
+        Returns:
+            The page after the action.
+        """
+        return self._act(action_text("select_option", bid, option))
+
+    def press(self, bid: str, key: str) -> str:
+        """Focus an element and press a key or key combination on it.
+
+        Args:
+            bid: The element's bid, e.g. '14'.
+            key: A key name such as 'Enter', 'Tab', 'ArrowDown' or 'Control+a'.
+
+        Returns:
+            The page after the action.
+        """
+        return self._act(action_text("press", bid, key))
+
+    def focus(self, bid: str) -> str:
+        """Give keyboard focus to an element.
+
+        Args:
+            bid: The element's bid, e.g. '14'.
+
+        Returns:
+            The page after the action.
+        """
+        return self._act(action_text("focus", bid))
+
+    def clear(self, bid: str) -> str:
+        """Clear the text of an input field.
+
+        Args:
+            bid: The input field's bid, e.g. '14'.
+
+        Returns:
+            The page after the action.
+        """
+        return self._act(action_text("clear", bid))
+
+    def drag_and_drop(self, from_bid: str, to_bid: str) -> str:
+        """Drag one element and drop it onto another.
+
+        Args:
+            from_bid: The bid of the element to drag.
+            to_bid: The bid of the element to drop onto.
+
+        Returns:
+            The page after the action.
+        """
+        return self._act(action_text("drag_and_drop", from_bid, to_bid))
+
+    def scroll(self, delta_x: float, delta_y: float) -> str:
+        """Scroll the page.
+
+        Args:
+            delta_x: Horizontal pixels (positive scrolls right).
+            delta_y: Vertical pixels (positive scrolls down).
+
+        Returns:
+            The page after the action.
+        """
+        return self._act(action_text("scroll", delta_x, delta_y))
+
+    def keyboard_type(self, text: str) -> str:
+        """Type text into the element that has focus.
+
+        Args:
+            text: The text to type.
+
+        Returns:
+            The page after the action.
+        """
+        return self._act(action_text("keyboard_type", text))
+
+    def keyboard_press(self, key: str) -> str:
+        """Press a key or key combination on the element that has focus.
+
+        Args:
+            key: A key name such as 'Enter', 'Tab' or 'Control+a'.
+
+        Returns:
+            The page after the action.
+        """
+        return self._act(action_text("keyboard_press", key))
+
+    # -- helpers ---------------------------------------------------------------------------------
+    @property
+    def _episode(self) -> EpisodeStats:
+        return self._stats
+
+    def _act(self, action: str) -> str:
+        """Run one action; the service's refusal or failure goes back to the model as text."""
+        if self._session_id is None:
+            raise RuntimeError("reset() must be called before any tool")
+        stats = self._stats
+        if stats.done or stats.truncated:
+            return format_episode_end(stats.success, stats.steps) if stats.done else format_step_limit(
+                self._max_steps
+            )
+        started = time.perf_counter()
+        try:
+            response = self._client.step(self._session_id, action)
+        except EnvRequestError as exc:
+            stats.env_latency_s.append(time.perf_counter() - started)
+            if exc.status == 422:  # invalid action: counts as a step so a model cannot loop forever
+                stats.invalid_actions += 1
+                stats.steps += 1
+                if stats.steps >= self._max_steps:
+                    stats.truncated = True
+                return f"Invalid action: {exc.message}"
+            raise
+        stats.env_latency_s.append(time.perf_counter() - started)
+        stats.steps = response.step
+        stats.success = response.reward > 0
+        stats.done = response.done
+        stats.truncated = response.truncated
+        if response.observation.last_action_error:
+            stats.invalid_actions += 1
+        if stats.done:
+            return format_episode_end(stats.success, stats.steps)
+        text = format_observation(response.observation, stats.steps, self._max_steps)
+        if stats.truncated:
+            text += "\n" + format_step_limit(self._max_steps)
+        return text
+
+    def _close(self) -> None:
+        """Free the browser session (TRL never closes environments; the trainer calls this at the end)."""
+        if self._session_id is not None:
+            try:
+                self._client.close_session(self._session_id)
+            except Exception:  # the service may already be gone at shutdown; nothing to keep
+                pass
+            self._session_id = None
