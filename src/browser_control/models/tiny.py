@@ -1,0 +1,115 @@
+"""Build a small, randomly initialised LFM2 with a locally trained tokenizer.
+
+Used by the tests, the learning-curve benchmark and anyone who wants to exercise the full pipeline
+without downloading weights. The tokenizer keeps LFM2's special tokens at LFM2's ids (pad 0, bos 1,
+eos/<|im_end|> 7, tool tokens 8-13) and the lfm2_v2 chat template, so TRL parses its tool calls exactly
+as it parses LiquidAI/LFM2-350M's. Everything is written with save_pretrained and meant to be loaded by
+path with from_pretrained, the same code path as a hub model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+# LFM2's special tokens, in LFM2's id order.
+LFM2_SPECIAL_TOKENS = [
+    "<|pad|>",
+    "<|startoftext|>",
+    "<|endoftext|>",
+    "<|fim_pre|>",
+    "<|fim_mid|>",
+    "<|fim_suf|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|tool_list_start|>",
+    "<|tool_list_end|>",
+    "<|tool_call_start|>",
+    "<|tool_call_end|>",
+    "<|tool_response_start|>",
+    "<|tool_response_end|>",
+]
+
+
+def _default_corpus() -> list[str]:
+    """Text that looks like what the model will read and write: prompts, trees, tool calls."""
+    from browser_control.agent.environment import BrowserEnvironment
+    from browser_control.agent.prompts import SYSTEM_PROMPT
+
+    tool_names = [n for n in vars(BrowserEnvironment) if not n.startswith("_") and n not in ("reset", "get_reward")]
+    lines = [SYSTEM_PROMPT, "List of tools: ", "Goal: Click the button.", "Page:", "RootWebArea", "focused"]
+    for role in ("button", "textbox", "checkbox", "link", "combobox", "option", "StaticText", "generic", "radio"):
+        for bid in range(0, 120, 3):
+            lines.append(f"\t[{bid}] {role} 'Submit'")
+    for name in tool_names:
+        lines += [f"[{name}(bid='{b}')]" for b in range(0, 60, 7)]
+        lines.append(f'{{"name": "{name}", "description": "", "parameters": {{"type": "object"}}}}')
+    lines += [f"Step {i} of 10. Last action error: none" for i in range(11)]
+    return lines
+
+
+def build_tokenizer(output_dir: str | Path, corpus: Iterable[str] | None = None, vocab_size: int = 512):
+    """Train a byte-level BPE on ``corpus`` and save a transformers tokenizer with the lfm2_v2 template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    from trl.chat_template_utils import lfm2_v2_chat_template
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=LFM2_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(list(corpus if corpus is not None else _default_corpus()), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        pad_token="<|pad|>",
+        bos_token="<|startoftext|>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=LFM2_SPECIAL_TOKENS[2:],
+    )
+    tokenizer.chat_template = lfm2_v2_chat_template
+    tokenizer.save_pretrained(str(output_dir))
+    return tokenizer
+
+
+def build_tiny_lfm2(
+    output_dir: str | Path,
+    hidden_size: int = 16,
+    num_hidden_layers: int = 2,
+    intermediate_size: int = 32,
+    num_attention_heads: int = 2,
+    vocab_size: int = 512,
+    corpus: Iterable[str] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write a random LFM2 (attention in the last layer, short convolutions before) and its tokenizer."""
+    import torch
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+
+    output_dir = Path(output_dir)
+    tokenizer = build_tokenizer(output_dir, corpus, vocab_size)
+    torch.manual_seed(seed)
+    config = Lfm2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_attention_heads,
+        full_attn_idxs=[num_hidden_layers - 1],
+        block_multiple_of=8,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    model = Lfm2ForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(str(output_dir))
+    return output_dir
