@@ -61,8 +61,14 @@ class BrowserEnvironment:
     def reset(self, task_name: str, seed: int, **_row: Any) -> str:
         """Start a new episode of ``task_name`` with ``seed``; the other dataset columns are ignored."""
         started = time.perf_counter()
-        response = self._client.reset(task_name, seed=int(seed), session_id=self._session_id,
-                                      max_episode_steps=self._max_steps)
+        try:
+            response = self._client.reset(task_name, seed=int(seed), session_id=self._session_id,
+                                          max_episode_steps=self._max_steps)
+        except EnvRequestError as exc:
+            if exc.error != "unknown_session":
+                raise
+            # The service reaped our idle session (or restarted): start a new one.
+            response = self._client.reset(task_name, seed=int(seed), max_episode_steps=self._max_steps)
         self._session_id = response.session_id
         self._stats = EpisodeStats(task_name=response.task_name, seed=response.seed)
         self._stats.env_latency_s.append(time.perf_counter() - started)
