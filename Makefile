@@ -4,6 +4,22 @@ SHELL := /bin/bash
 
 VENV_PY := .venv/bin/python
 
+# The Docker side: one compose file; the scripts under scripts/ check Docker first and explain failures.
+COMPOSE_FILE := docker/compose.yaml
+COMPOSE := docker compose -f $(COMPOSE_FILE)
+# A file under configs/ for fine-tune-local (CONFIG=... on the command line picks another).
+CONFIG ?= lfm2_350m_local.yaml
+# NAME: a checkpoint in the checkpoints volume (make checkpoints lists them).
+NAME ?=
+# Optional for evaluate: the evaluator's defaults apply when empty.
+SUITE ?=
+EPISODES ?=
+TENSORBOARD_PORT ?= 6006
+# NO_BUILD=1: train with the images as they are (offline after a first build).
+NO_BUILD ?=
+# FORCE=1: checkpoint-download replaces ./checkpoints/NAME.
+FORCE ?=
+
 .PHONY: help
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -20,5 +36,53 @@ test: $(VENV_PY) ## Run the test suite (real Chromium, real MiniWoB pages, tiny 
 	$(VENV_PY) -m pytest
 
 .PHONY: lint
-lint: $(VENV_PY) ## ruff on the Python code
+lint: $(VENV_PY) ## ruff on the Python code, shellcheck on scripts/, hadolint on the Dockerfiles
 	$(VENV_PY) -m ruff check src tests benchmarks
+	.venv/bin/shellcheck -x scripts/*.sh
+	.venv/bin/hadolint docker/*/Dockerfile
+
+# Not listed by help: the check every Docker target runs first, for a clear error without Docker.
+.PHONY: docker-check
+docker-check:
+	@bash scripts/docker_check.sh >/dev/null
+
+.PHONY: docker-build
+docker-build: docker-check ## Build the browsergym, training and tensorboard images
+	$(COMPOSE) --profile tensorboard build
+
+.PHONY: fine-tune-local
+fine-tune-local: ## Train on this machine's GPUs with configs/CONFIG (default lfm2_350m_local.yaml)
+	bash scripts/train.sh --config '$(CONFIG)' $(if $(NO_BUILD),--no-build)
+
+.PHONY: fine-tune-local-full
+fine-tune-local-full: ## fine-tune-local with configs/lfm2_350m_local_full.yaml (full fine-tune)
+	bash scripts/train.sh --config lfm2_350m_local_full.yaml $(if $(NO_BUILD),--no-build)
+
+.PHONY: fine-tune-local-lora
+fine-tune-local-lora: ## fine-tune-local with configs/lfm2_350m_local_lora.yaml (LoRA adapters)
+	bash scripts/train.sh --config lfm2_350m_local_lora.yaml $(if $(NO_BUILD),--no-build)
+
+.PHONY: tensorboard
+tensorboard: docker-check ## Start TensorBoard on the training logs and print its URL
+	TENSORBOARD_PORT='$(TENSORBOARD_PORT)' $(COMPOSE) --profile tensorboard up --detach --build --wait tensorboard
+	@echo "TensorBoard: http://127.0.0.1:$(TENSORBOARD_PORT)/"
+
+.PHONY: checkpoints
+checkpoints: ## List the checkpoints in the volume: name, size, date
+	bash scripts/download_checkpoint.sh --list
+
+.PHONY: checkpoint-download
+checkpoint-download: ## Copy NAME=<checkpoint> into ./checkpoints/NAME and verify it (SHA-256)
+	bash scripts/download_checkpoint.sh '$(NAME)' $(if $(FORCE),--force)
+
+.PHONY: evaluate
+evaluate: ## Evaluate NAME=<checkpoint> [SUITE=.. EPISODES=..]; the report goes beside the checkpoint
+	bash scripts/evaluate.sh '$(NAME)' $(if $(SUITE),--suite '$(SUITE)') $(if $(EPISODES),--episodes '$(EPISODES)')
+
+.PHONY: docker-down
+docker-down: docker-check ## Stop the stack (volumes, so checkpoints, are kept)
+	$(COMPOSE) --profile tensorboard down
+
+.PHONY: verify-gpu
+verify-gpu: ## Check driver, CUDA, compute capability, GPU in containers and free disk
+	bash scripts/verify_gpu.sh

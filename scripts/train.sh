@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Fine-tunes with docker/compose.yaml: builds the images, starts the environment service, waits for its
+# health check, runs the trainer in the foreground and exits with the trainer's exit code.
+set -euo pipefail
+# shellcheck source=scripts/docker_check.sh
+source "$(dirname "${BASH_SOURCE[0]}")/docker_check.sh"
+
+usage() {
+  cat <<'EOF'
+Usage: scripts/train.sh [--config NAME] [--no-build]
+
+Trains on this machine's GPUs with Docker Compose (docker/compose.yaml):
+  1. builds the browsergym and training images (a no-op when they are current),
+  2. starts the environment service and waits until /health answers,
+  3. runs `browser-control train --config configs/NAME` in the training container, streaming its log,
+  4. exits with the trainer's exit code. The environment service keeps running for `make evaluate`;
+     `make docker-down` stops it.
+
+Options:
+  --config NAME  a file under configs/ (default: $CONFIG, else lfm2_350m_local.yaml)
+  --no-build     use the images as they are (e.g. offline after a first build)
+  -h, --help     this text
+
+Checkpoints go to the checkpoints volume (make checkpoints), logs to the logs volume (make tensorboard),
+model downloads to the hf-cache volume (set HF_HUB_OFFLINE=1 once the model is cached).
+EOF
+}
+
+config="${CONFIG:-lfm2_350m_local.yaml}"
+build=1
+while (($#)); do
+  case "$1" in
+    -h | --help) usage; exit 0 ;;
+    --config)
+      (($# >= 2)) || die "--config needs a file name under configs/"
+      config=$2
+      shift 2
+      ;;
+    --config=*) config=${1#--config=}; shift ;;
+    --no-build) build=0; shift ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+
+config=${config#configs/}
+if [[ -z $config || $config == */* || ! -f "$BC_ROOT/configs/$config" ]]; then
+  available=$(find "$BC_ROOT/configs" -maxdepth 1 -type f \( -name '*.yaml' -o -name '*.yml' \) -printf '  %f\n' 2>/dev/null | LC_ALL=C sort)
+  die "no config '$config' in configs/. Available:"$'\n'"${available:-  (none)}"
+fi
+
+require_docker
+export CONFIG=$config
+
+if ((build)); then
+  echo "building the images (cached layers make this quick after the first time) ..." >&2
+  compose build browsergym training
+else
+  for image in "$BC_BROWSERGYM_IMAGE" "$BC_TRAINING_IMAGE"; do
+    image_exists "$image" || die "--no-build, but the image $image is missing: build once without --no-build."
+  done
+fi
+
+start_browsergym
+
+echo "training with configs/$config ..." >&2
+status=0
+compose run --rm training || status=$?
+if ((status == 0)); then
+  echo "training finished: 'make checkpoints' lists the checkpoints, 'make tensorboard' shows the logs." >&2
+else
+  echo "training failed with exit code $status (its log is above)." >&2
+fi
+exit "$status"
