@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from browser_control.agent.prompts import format_episode_end, format_observation, format_step_limit
-from browser_control.client import EnvClient, EnvRequestError
+from browser_control.client import EnvClient, EnvRequestError, EnvServiceUnavailable
 
 DEFAULT_BROWSERGYM_URL = "http://127.0.0.1:8000"
 
@@ -56,6 +56,9 @@ class BrowserEnvironment:
         self._max_steps = max_episode_steps or self.max_episode_steps
         self._session_id: str | None = None
         self._stats = EpisodeStats()
+        # TRL turns a tool's exception into text for the model; a dead service must still stop training, so
+        # the error is kept here and raised again by get_reward(), which TRL does not guard.
+        self._fatal_error: EnvServiceUnavailable | None = None
 
     # -- TRL protocol ----------------------------------------------------------------------------
     def reset(self, task_name: str, seed: int, **_row: Any) -> str:
@@ -71,11 +74,18 @@ class BrowserEnvironment:
             response = self._client.reset(task_name, seed=int(seed), max_episode_steps=self._max_steps)
         self._session_id = response.session_id
         self._stats = EpisodeStats(task_name=response.task_name, seed=response.seed)
+        self._fatal_error = None  # the error belonged to the previous episode
         self._stats.env_latency_s.append(time.perf_counter() - started)
         return format_observation(response.observation, 0, self._max_steps)
 
     def get_reward(self) -> float:
-        """Task success: 1.0 if the MiniWoB task reported a positive reward, else 0.0."""
+        """Task success: 1.0 if the MiniWoB task reported a positive reward, else 0.0.
+
+        Raises the EnvServiceUnavailable a tool met during the episode: a 0.0 would silently train on an
+        episode that never ran.
+        """
+        if self._fatal_error is not None:
+            raise self._fatal_error
         return 1.0 if self._stats.success else 0.0
 
     # -- tools (one per whitelisted action) ------------------------------------------------------
@@ -223,6 +233,8 @@ class BrowserEnvironment:
 
     def _act(self, action: str) -> str:
         """Run one action; the service's refusal or failure goes back to the model as text."""
+        if self._fatal_error is not None:
+            raise self._fatal_error
         if self._session_id is None:
             raise RuntimeError("reset() must be called before any tool")
         stats = self._stats
@@ -241,6 +253,9 @@ class BrowserEnvironment:
                 if stats.steps >= self._max_steps:
                     stats.truncated = True
                 return f"Invalid action: {exc.message}"
+            raise
+        except EnvServiceUnavailable as exc:
+            self._fatal_error = exc
             raise
         stats.env_latency_s.append(time.perf_counter() - started)
         stats.steps = response.step
