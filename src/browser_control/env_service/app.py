@@ -16,7 +16,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from browser_control.env_service.actions import ActionError, describe_actions
-from browser_control.env_service.browser import BrowserOptions, BrowserUnavailableError, EpisodeOverError
+from browser_control.env_service.browser import (
+    BrowserOptions,
+    BrowserUnavailableError,
+    EpisodeOverError,
+    SessionLostError,
+)
 from browser_control.env_service.sessions import ServiceError, SessionManager
 from browser_control.env_service.tasks import UnknownTaskError, task_classes
 from browser_control.protocol import (
@@ -132,6 +137,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.exception_handler(EpisodeOverError)
     async def _episode_over(_: Request, exc: EpisodeOverError) -> JSONResponse:
         return _error(409, "episode_over", str(exc))
+
+    @app.exception_handler(SessionLostError)
+    async def _session_lost(_: Request, exc: SessionLostError) -> JSONResponse:
+        return _error(410, "session_lost", str(exc))
 
     @app.exception_handler(BrowserUnavailableError)
     async def _browser_unavailable(_: Request, exc: BrowserUnavailableError) -> JSONResponse:

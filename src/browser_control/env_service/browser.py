@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -160,6 +161,10 @@ class BrowserWorker:
         )
         return self._browser
 
+    def owns(self, context: playwright.sync_api.BrowserContext) -> bool:
+        """Whether the context belongs to the worker's current, connected browser (not a crashed one)."""
+        return self._browser is not None and self._browser.is_connected() and context.browser == self._browser
+
     def probe(self) -> str:
         """Drive the browser for real (evaluate JS in a page); return its version. Worker thread only."""
         browser = self.browser()
@@ -184,6 +189,10 @@ class BrowserWorker:
 
 class EpisodeOverError(RuntimeError):
     """A step was sent after the episode ended."""
+
+
+class SessionLostError(RuntimeError):
+    """The session's browser went away (crash, OOM kill); the session must be reset."""
 
 
 @dataclass
@@ -218,13 +227,19 @@ class BrowserSession:
         self, task_cls: type[AbstractMiniwobTask], task_name: str, seed: int, base_url: str,
         max_episode_steps: int | None,
     ) -> dict[str, Any]:
-        self._close_context()
-        browser = self.worker.browser()
         task = task_cls(seed=seed, base_url=base_url)
-        self._context = browser.new_context(viewport=task.viewport, locale=task.locale,
-                                            timezone_id=task.timezone_id)
+        if self._reusable_for(task):
+            # Same viewport and a live page: navigating again loads a fresh document, which is all a
+            # MiniWoB episode depends on, and saves spawning a renderer process (most of a reset's cost).
+            self._teardown_task()
+            self._context.clear_cookies()
+        else:
+            self._close_context()
+            self._context = self.worker.browser().new_context(
+                viewport=task.viewport, locale=task.locale, timezone_id=task.timezone_id
+            )
+            self._page = self._context.new_page()
         self._context.set_default_timeout(task.timeout)
-        self._page = self._context.new_page()
         goal, _info = task.setup(page=self._page)
         self._task = task
         self._goal = goal if isinstance(goal, str) else " ".join(
@@ -244,6 +259,11 @@ class BrowserSession:
                 f"the episode is over ({'task done' if self.done else 'step limit reached'}); "
                 "POST /reset to start a new one"
             )
+        if self._context is None or not self.worker.owns(self._context):
+            raise SessionLostError(
+                "this session's browser stopped (crashed or was killed); POST /reset with this "
+                "session_id to start a new episode on a fresh browser"
+            )
         # Only the canonical re-serialisation of a whitelisted, literal-only call reaches exec().
         code = browsergym_action_set().to_python_code(action.canonical())
         error = ""
@@ -257,13 +277,14 @@ class BrowserSession:
         except Exception as exc:  # the model's action failed on the page: tell the model why
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
         self.steps += 1
-        self._wait_settled()
-        reward, done, _msg, _info = self._task.validate(self._page, self.chat_messages)
+        with self._browser_loss_is_session_loss():
+            self._wait_settled()
+            reward, done, _msg, _info = self._task.validate(self._page, self.chat_messages)
+            observation = self._observation(last_action_error=error)
         self.last_reward = float(reward)
         self.done = bool(done)
         if self.max_episode_steps is not None and self.steps >= self.max_episode_steps and not self.done:
             self.truncated = True
-        observation = self._observation(last_action_error=error)
         return StepResult(observation, self.last_reward, self.done, self.truncated, self.steps)
 
     def close(self) -> None:
@@ -314,12 +335,41 @@ class BrowserSession:
             observation["screenshot_png_b64"] = base64.b64encode(page.screenshot(type="png")).decode()
         return observation
 
-    def _close_context(self) -> None:
+    @contextlib.contextmanager
+    def _browser_loss_is_session_loss(self) -> Iterator[None]:
+        try:
+            yield
+        except playwright.sync_api.Error as exc:
+            page_gone = self._page is None or self._page.is_closed()
+            if page_gone or self._context is None or not self.worker.owns(self._context) or (
+                "has been closed" in str(exc)
+            ):
+                raise SessionLostError(
+                    "this session's browser page was closed (the browser crashed or was killed); "
+                    "POST /reset with this session_id to start a new episode"
+                ) from exc
+            raise
+
+    def _reusable_for(self, task: AbstractMiniwobTask) -> bool:
+        return (
+            self._context is not None
+            and self._page is not None
+            and not self._page.is_closed()
+            and self._page.viewport_size == task.viewport
+            and self._context.pages == [self._page]
+            and self.worker.owns(self._context)
+        )
+
+    def _teardown_task(self) -> None:
         if self._task is not None:
             try:
                 self._task.teardown()
             except Exception:
                 log.debug("task teardown failed", exc_info=True)
+            self._task = None
+
+    def _close_context(self) -> None:
+        self._teardown_task()
         if self._context is not None:
             try:
                 self._context.close()

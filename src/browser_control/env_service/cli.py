@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         chromium_executable=args.chromium_executable,
         max_obs_chars=args.max_obs_chars,
         screenshots=args.screenshots,
+        # Reap often enough that a session never outlives its TTL by much, without busy-looping.
+        reap_interval_s=min(10.0, max(0.5, args.session_ttl_s / 2)),
     )
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
                 access_log=False)

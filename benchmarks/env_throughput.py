@@ -1,0 +1,186 @@
+"""Environment-service throughput through HTTP: steps/s, reset and step latency, memory per session.
+
+Starts `browser-control serve-env` as a child process (or uses --url), then for each concurrency level
+runs one client thread per session. Each thread plays episodes shaped like the debug training config:
+reset click-checkboxes, then up to --episode-steps clicks on its checkboxes (real page work: action,
+validation, accessibility tree), then reset the same session in place, as the trainer does.
+
+    python benchmarks/env_throughput.py --sessions 1 4 8 16 --seconds 20 --workers 4
+
+Memory is the proportional set size (PSS, shared pages split fairly) of the service's whole process
+tree: Python, Playwright drivers and every Chromium process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKBOX_RE = re.compile(r"\[(\w+)\] checkbox")
+
+
+def tree_pss_mb(pid: int) -> float:
+    total = 0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            total += proc.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total / 2**20
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class Worker(threading.Thread):
+    def __init__(self, url: str, deadline: float, seed: int, episode_steps: int):
+        super().__init__(daemon=True)
+        self.client = httpx.Client(base_url=url, timeout=60)
+        self.deadline, self.seed, self.episode_steps = deadline, seed, episode_steps
+        self.reset_s: list[float] = []
+        self.step_s: list[float] = []
+        self.session_id: str | None = None
+        self.error: str | None = None
+
+    def _reset(self) -> list[str]:
+        started = time.perf_counter()
+        r = self.client.post("/reset", json={"task_name": "click-checkboxes", "seed": self.seed,
+                                             "session_id": self.session_id})
+        self.reset_s.append(time.perf_counter() - started)
+        r.raise_for_status()
+        body = r.json()
+        self.session_id = body["session_id"]
+        self.seed += 1
+        return CHECKBOX_RE.findall(body["observation"]["axtree_txt"])
+
+    def run(self) -> None:
+        try:
+            bids = self._reset()
+            i = 0
+            while time.perf_counter() < self.deadline:
+                if not bids:
+                    bids = self._reset()
+                    continue
+                started = time.perf_counter()
+                r = self.client.post("/step", json={"session_id": self.session_id,
+                                                    "action": f"click('{bids[i % len(bids)]}')"})
+                self.step_s.append(time.perf_counter() - started)
+                r.raise_for_status()
+                i += 1
+                if r.json()["done"] or r.json()["truncated"] or i % self.episode_steps == 0:
+                    bids = self._reset()
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+
+
+def run_level(url: str, sessions: int, seconds: float, episode_steps: int) -> dict[str, float]:
+    deadline = time.perf_counter() + seconds
+    workers = [Worker(url, deadline, seed=1000 * k, episode_steps=episode_steps) for k in range(sessions)]
+    started = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - started
+    errors = [w.error for w in workers if w.error]
+    if errors:
+        raise SystemExit(f"{len(errors)} client(s) failed, first: {errors[0]}")
+    steps = [s for w in workers for s in w.step_s]
+    resets = [s for w in workers for s in w.reset_s]
+    result = {
+        "sessions": sessions,
+        "steps_per_s": len(steps) / elapsed,
+        "resets_per_s": len(resets) / elapsed,
+        "step_p50_ms": 1000 * percentile(steps, 0.5),
+        "step_p95_ms": 1000 * percentile(steps, 0.95),
+        "reset_p50_ms": 1000 * percentile(resets, 0.5),
+        "reset_p95_ms": 1000 * percentile(resets, 0.95),
+    }
+    for w in workers:
+        if w.session_id:
+            w.client.post("/close", json={"session_id": w.session_id})
+        w.client.close()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--seconds", type=float, default=20.0, help="measurement time per level")
+    parser.add_argument("--episode-steps", type=int, default=5, help="actions before an in-place reset")
+    parser.add_argument("--workers", type=int, default=None, help="serve-env --workers (default: its own)")
+    parser.add_argument("--url", help="benchmark a running service instead of starting one")
+    parser.add_argument("--chromium-executable", default=os.environ.get("CHROMIUM_EXECUTABLE"))
+    args = parser.parse_args()
+
+    proc = None
+    url = args.url
+    if url is None:
+        port = 8765
+        cmd = [sys.executable, "-m", "browser_control", "serve-env", "--port", str(port), "--max-sessions",
+               str(max(args.sessions) + 2), "--log-level", "warning"]
+        if args.workers:
+            cmd += ["--workers", str(args.workers)]
+        if args.chromium_executable:
+            cmd += ["--chromium-executable", args.chromium_executable]
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        proc = subprocess.Popen(cmd, env=env)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        else:
+            proc.kill()
+            raise SystemExit("service did not become healthy")
+    try:
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+              f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}")
+        print(f"command: {' '.join(sys.argv)}")
+        idle_mb = tree_pss_mb(proc.pid) if proc else float("nan")
+        print(f"service idle memory (PSS, whole process tree): {idle_mb:.0f} MB\n")
+        print("| sessions | steps/s | resets/s | step p50 ms | step p95 ms | reset p50 ms | reset p95 ms |"
+              " MB/session (total) | MB/session (added) |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n in args.sessions:
+            r = run_level(url, n, args.seconds, args.episode_steps)
+            # Hold n sessions open to measure their memory.
+            clients = [httpx.Client(base_url=url, timeout=60) for _ in range(n)]
+            ids = [c.post("/reset", json={"task_name": "click-checkboxes", "seed": k}).json()["session_id"]
+                   for k, c in enumerate(clients)]
+            total_mb = tree_pss_mb(proc.pid) if proc else float("nan")
+            for c, sid in zip(clients, ids, strict=True):
+                c.post("/close", json={"session_id": sid})
+                c.close()
+            print(f"| {n} | {r['steps_per_s']:.1f} | {r['resets_per_s']:.1f} | {r['step_p50_ms']:.0f} | "
+                  f"{r['step_p95_ms']:.0f} | {r['reset_p50_ms']:.0f} | {r['reset_p95_ms']:.0f} | "
+                  f"{total_mb / n:.0f} | {(total_mb - idle_mb) / n:.0f} |", flush=True)
+    finally:
+        if proc:
+            proc.terminate()
+            proc.wait(30)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
