@@ -67,7 +67,8 @@ start_browsergym() {
 }
 
 # One line per complete checkpoint in the checkpoints volume: name, bytes, last change (UTC), tab-separated.
-# Checkpoints are written to a .tmp-* folder and renamed when complete, so dot-folders are skipped.
+# Checkpoints are written to a .tmp-* folder and renamed when complete, so dot-folders are skipped; runs/
+# holds the trainer's intermediate checkpoints (RUNS_SUBDIR in browser_control.training.checkpoints).
 list_checkpoints() {
   image_exists "$BC_TRAINING_IMAGE" \
     || die "the training image $BC_TRAINING_IMAGE is not built, so no checkpoint can exist yet:" \
@@ -75,7 +76,7 @@ list_checkpoints() {
   # shellcheck disable=SC2016 # expanded by the container's shell
   compose run --rm --no-deps -T training sh -c '
     cd "$CHECKPOINT_DIR" || exit 3
-    find . -mindepth 1 -maxdepth 1 -type d ! -name ".*" -printf "%f\n" | LC_ALL=C sort | while IFS= read -r name; do
+    find . -mindepth 1 -maxdepth 1 -type d ! -name ".*" ! -name runs -printf "%f\n" | LC_ALL=C sort | while IFS= read -r name; do
       printf "%s\t%s\t%s\n" "$name" "$(du -sb -- "$name" | cut -f1)" "$(date -u -r "$name" "+%Y-%m-%d %H:%M")"
     done' || die "could not list the checkpoints volume (the error is above)."
 }

@@ -24,7 +24,7 @@ EOF
 }
 
 human_size() {
-  numfmt --to=iec --suffix=B --format='%.1f' "$1" 2>/dev/null || echo "${1}B"
+  numfmt --to=iec-i --suffix=B --format='%.1f' "$1" 2>/dev/null || echo "${1}B"
 }
 
 list=0
@@ -87,13 +87,14 @@ echo "copying checkpoint '$name' to $dest/$name ..." >&2
 # files on the host are theirs.
 # shellcheck disable=SC2016 # expanded by the container's shell
 compose run --rm --no-deps -T \
-  --volume "$dest:/out" --env "NAME=$name" --env "TMP_NAME=$tmp_name" --env "OWNER=$(id -u):$(id -g)" \
+  --volume "$dest:/out" --env OUT=/out --env "NAME=$name" --env "TMP_NAME=$tmp_name" \
+  --env "OWNER=$(id -u):$(id -g)" \
   training sh -c '
     set -eu
     cd "$CHECKPOINT_DIR/$NAME"
-    find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum > "/out/$TMP_NAME.sha256"
-    cp -R --preserve=timestamps "$CHECKPOINT_DIR/$NAME" "/out/$TMP_NAME"
-    chown -R "$OWNER" "/out/$TMP_NAME" "/out/$TMP_NAME.sha256"
+    find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum > "$OUT/$TMP_NAME.sha256"
+    cp -R --preserve=timestamps "$CHECKPOINT_DIR/$NAME" "$OUT/$TMP_NAME"
+    chown -R "$OWNER" "$OUT/$TMP_NAME" "$OUT/$TMP_NAME.sha256"
   ' || die "copying '$name' out of the volume failed (the error is above)."
 
 expected=$(wc -l <"$manifest")
