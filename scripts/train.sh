@@ -47,7 +47,8 @@ require_docker
 # configs/ is mounted into the container, so what exists here is what the trainer will find.
 config=${config#configs/}
 if [[ -z $config || $config == */* || ! -f "$BC_ROOT/configs/$config" ]]; then
-  available=$(find "$BC_ROOT/configs" -maxdepth 1 -type f \( -name '*.yaml' -o -name '*.yml' \) -printf '  %f\n' 2>/dev/null | LC_ALL=C sort)
+  available=$(find "$BC_ROOT/configs" -maxdepth 1 -type f \( -name '*.yaml' -o -name '*.yml' \) -printf '  %f\n' \
+    2>/dev/null | LC_ALL=C sort || true)
   die "no config '$config' in configs/. Available:"$'\n'"${available:-  (none)}"
 fi
 export CONFIG=$config
