@@ -82,11 +82,9 @@ list_checkpoints() {
 }
 
 # Refuses a checkpoint name that is missing, malformed or not in the volume, listing the ones there are.
-# Prints the list (as list_checkpoints) on success so callers need not list twice.
 require_checkpoint() {
-  local name=$1 listing names
-  listing=$(list_checkpoints)
-  names=$(cut -f1 <<<"$listing" | sed '/^$/d')
+  local name=$1 names
+  names=$(list_checkpoints | cut -f1 | sed '/^$/d')
   if [[ -z $names ]]; then
     die "there are no checkpoints in the volume yet: train one with 'make fine-tune-local'."
   fi
@@ -101,7 +99,6 @@ require_checkpoint() {
   if ! grep -qxF -- "$name" <<<"$names"; then
     die "unknown checkpoint '$name'. Available:"$'\n'"$available"
   fi
-  printf '%s\n' "$listing"
 }
 
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then

@@ -68,7 +68,7 @@ if ((list)); then
   exit 0
 fi
 
-require_checkpoint "$name" >/dev/null
+require_checkpoint "$name"
 
 mkdir -p "$dest"
 dest=$(cd "$dest" && pwd)

@@ -47,7 +47,7 @@ while (($#)); do
 done
 
 require_docker
-require_checkpoint "$name" >/dev/null
+require_checkpoint "$name"
 start_browsergym
 
 echo "evaluating checkpoint '$name' ..." >&2

@@ -414,10 +414,15 @@ def test_list_with_an_empty_volume(docker: FakeDocker) -> None:
     assert "no checkpoints yet" in result.stdout
 
 
-def test_list_without_a_training_image_explains(docker: FakeDocker) -> None:
-    result = docker.run("scripts/download_checkpoint.sh", "--list", FAKE_DOCKER_IMAGES="")
+@pytest.mark.parametrize("args", [["download_checkpoint.sh", "--list"], ["download_checkpoint.sh", "ckpt-a"],
+                                  ["evaluate.sh", "ckpt-a"]])
+def test_checkpoint_commands_without_a_training_image_explain(docker: FakeDocker, args: list[str]) -> None:
+    result = docker.run(f"scripts/{args[0]}", *args[1:], FAKE_DOCKER_IMAGES="")
     assert result.returncode == 1
-    assert "training image browser-control/training:local is not built" in result.stderr
+    assert result.stderr == (
+        "error: the training image browser-control/training:local is not built, so no checkpoint can exist "
+        "yet: run 'make fine-tune-local' (or 'make docker-build') first.\n"
+    )
 
 
 @pytest.mark.parametrize("name", ["", "ckpt-z", "../etc", ".tmp-ckpt-c"])
