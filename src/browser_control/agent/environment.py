@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from browser_control.agent.concurrency import ConcurrentRollouts
 from browser_control.agent.prompts import format_episode_end, format_observation, format_step_limit
 from browser_control.client import EnvClient, EnvRequestError, EnvServiceUnavailable
 
@@ -49,6 +50,8 @@ class BrowserEnvironment:
 
     max_episode_steps: int = 10
     base_url: str | None = None
+    # Set by a trainer with concurrent environment calls (agent/concurrency.py); None = call at once.
+    _rollouts: ConcurrentRollouts | None = None
 
     def __init__(self, base_url: str | None = None, max_episode_steps: int | None = None,
                  client: EnvClient | None = None):
@@ -63,6 +66,13 @@ class BrowserEnvironment:
     # -- TRL protocol ----------------------------------------------------------------------------
     def reset(self, task_name: str, seed: int, **_row: Any) -> str:
         """Start a new episode of ``task_name`` with ``seed``; the other dataset columns are ignored."""
+        if self._rollouts is not None:
+            prefetched = self._rollouts.take_reset(self, task_name, seed)
+            if prefetched is not None:
+                return prefetched
+        return self._reset_now(task_name, seed)
+
+    def _reset_now(self, task_name: str, seed: int) -> str:
         started = time.perf_counter()
         try:
             response = self._client.reset(task_name, seed=int(seed), session_id=self._session_id,
@@ -84,6 +94,8 @@ class BrowserEnvironment:
         Raises the EnvServiceUnavailable a tool met during the episode: a 0.0 would silently train on an
         episode that never ran.
         """
+        if self._rollouts is not None:
+            self._rollouts.drain(self)
         if self._fatal_error is not None:
             raise self._fatal_error
         return 1.0 if self._stats.success else 0.0
@@ -232,6 +244,12 @@ class BrowserEnvironment:
         return self._stats
 
     def _act(self, action: str) -> str:
+        """Run one action now, or on this environment's lane when the trainer runs rollouts concurrently."""
+        if self._rollouts is not None:
+            return self._rollouts.defer(self, lambda: self._act_now(action))
+        return self._act_now(action)
+
+    def _act_now(self, action: str) -> str:
         """Run one action; the service's refusal or failure goes back to the model as text."""
         if self._fatal_error is not None:
             raise self._fatal_error

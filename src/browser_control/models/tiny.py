@@ -9,6 +9,7 @@ path with from_pretrained, the same code path as a hub model.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def _default_corpus() -> list[str]:
     from browser_control.agent.environment import BrowserEnvironment
     from browser_control.agent.prompts import SYSTEM_PROMPT
 
-    tool_names = [n for n in vars(BrowserEnvironment) if not n.startswith("_") and n not in ("reset", "get_reward")]
+    tool_names = [n for n, v in vars(BrowserEnvironment).items()
+                  if inspect.isfunction(v) and not n.startswith("_") and n not in ("reset", "get_reward")]
     lines = [SYSTEM_PROMPT, "List of tools: ", "Goal: Click the button.", "Page:", "RootWebArea", "focused"]
     for role in ("button", "textbox", "checkbox", "link", "combobox", "option", "StaticText", "generic", "radio"):
         for bid in range(0, 120, 3):
@@ -48,22 +50,51 @@ def _default_corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer(output_dir: str | Path, corpus: Iterable[str] | None = None, vocab_size: int = 512):
+def _rendered_prompt(tokenizer) -> str:  # type: ignore[no-untyped-def]
+    """The system prompt with every tool schema, as the chat template renders it for each episode."""
+    from browser_control.agent.environment import BrowserEnvironment
+    from browser_control.agent.prompts import task_prompt
+
+    env = BrowserEnvironment.__new__(BrowserEnvironment)
+    tools = [getattr(env, n) for n, v in vars(BrowserEnvironment).items()
+             if inspect.isfunction(v) and not n.startswith("_") and n not in ("reset", "get_reward")]
+    return tokenizer.apply_chat_template(task_prompt("click-test"), tools=tools, tokenize=False)
+
+
+def build_tokenizer(output_dir: str | Path, corpus: Iterable[str] | None = None, vocab_size: int = 1024):
     """Train a byte-level BPE on ``corpus`` and save a transformers tokenizer with the lfm2_v2 template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
     from trl.chat_template_utils import lfm2_v2_chat_template
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
+    def new_bpe() -> Tokenizer:
+        bpe = Tokenizer(models.BPE())
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        return bpe
+
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=LFM2_SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(list(corpus if corpus is not None else _default_corpus()), trainer=trainer)
+    lines = list(corpus if corpus is not None else _default_corpus())
+    bpe = new_bpe()
+    bpe.train_from_iterator(lines, trainer=trainer)
+    tokenizer = _wrap(bpe, lfm2_v2_chat_template)
+    if corpus is None:
+        # Train again with the rendered system prompt: it starts every episode, so merging it keeps
+        # the prompts of a small-vocabulary model short.
+        bpe = new_bpe()
+        bpe.train_from_iterator(lines + [_rendered_prompt(tokenizer)] * 20, trainer=trainer)
+        tokenizer = _wrap(bpe, lfm2_v2_chat_template)
+    tokenizer.save_pretrained(str(output_dir))
+    return tokenizer
+
+
+def _wrap(bpe, chat_template: str):  # type: ignore[no-untyped-def]
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         pad_token="<|pad|>",
@@ -71,8 +102,7 @@ def build_tokenizer(output_dir: str | Path, corpus: Iterable[str] | None = None,
         eos_token="<|im_end|>",
         additional_special_tokens=LFM2_SPECIAL_TOKENS[2:],
     )
-    tokenizer.chat_template = lfm2_v2_chat_template
-    tokenizer.save_pretrained(str(output_dir))
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 
@@ -82,7 +112,7 @@ def build_tiny_lfm2(
     num_hidden_layers: int = 2,
     intermediate_size: int = 32,
     num_attention_heads: int = 2,
-    vocab_size: int = 512,
+    vocab_size: int = 1024,
     corpus: Iterable[str] | None = None,
     seed: int = 0,
 ) -> Path:
@@ -102,7 +132,7 @@ def build_tiny_lfm2(
         num_key_value_heads=num_attention_heads,
         full_attn_idxs=[num_hidden_layers - 1],
         block_multiple_of=8,
-        max_position_embeddings=4096,
+        max_position_embeddings=8192,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -113,3 +143,37 @@ def build_tiny_lfm2(
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(str(output_dir))
     return output_dir
+
+
+def imprint_reply(model_dir: str | Path, reply: str, prompts: list[list[dict]], tools: list | None = None,
+                  steps: int = 200, learning_rate: float = 3e-3) -> Path:
+    """Train the model in ``model_dir`` (in place) to answer every prompt with ``reply``.
+
+    A random model almost never emits a well-formed tool call, so a rollout would end after one turn.
+    Imprinting a fixed reply such as ``<|tool_call_start|>[click(bid='13')]<|tool_call_end|>`` gives
+    multi-turn episodes of a known shape: what pipeline tests and throughput benchmarks need. Loss is on
+    the reply tokens only.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    examples = []
+    for messages in prompts:
+        prompt_ids = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
+                                                   tokenize=True, return_dict=False)
+        ids = list(prompt_ids) + reply_ids
+        labels = [-100] * len(prompt_ids) + reply_ids
+        examples.append((torch.tensor([ids]), torch.tensor([labels])))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    model.train()
+    for step in range(steps):
+        input_ids, labels = examples[step % len(examples)]
+        loss = model(input_ids=input_ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(str(model_dir))
+    return Path(model_dir)
