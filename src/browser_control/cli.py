@@ -11,6 +11,7 @@ import sys
 # Playwright.
 COMMAND_MODULES = {
     "serve-env": "browser_control.env_service.cli",
+    "train": "browser_control.training.cli",
 }
 
 

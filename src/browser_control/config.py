@@ -1,0 +1,308 @@
+"""The training configuration: one YAML file -> a validated, typed :class:`TrainConfig`.
+
+Precedence, lowest first: the field defaults, the YAML file, the environment variables of
+:data:`ENV_OVERRIDES` (set by docker/compose.yaml), then ``--set key=value`` overrides. Every error names
+the file (or ``--set``) and the key, and an unknown key names the closest valid one, because a typo that
+is silently ignored costs a whole training run.
+
+This module imports only pydantic and PyYAML: ``browser-control train --help`` and ``--dry-run`` must
+work without torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# LFM2's real linear layers: attention q/k/v/out_proj, the short-convolution blocks' in_proj/out_proj and
+# the SwiGLU MLP w1/w2/w3. A Llama-style list (o_proj, gate_proj, ...) silently adapts only q/k/v of the
+# 6 attention layers out of 16.
+LFM2_LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"]
+
+# Environment variable -> config key. docker/compose.yaml sets these; they win over the YAML file so one
+# config works both on a laptop and inside the containers. HF_HOME is read by the Hugging Face libraries
+# themselves (model cache) and is only reported here.
+ENV_OVERRIDES = {
+    "BROWSERGYM_URL": "browsergym_url",
+    "CHECKPOINT_DIR": "checkpoint_dir",
+    "LOGGING_DIR": "logging_dir",
+}
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says where and how to fix it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskSpec(_Strict):
+    """One MiniWoB task of the training mixture."""
+
+    name: str = Field(min_length=1, max_length=200, description="MiniWoB task, e.g. click-test")
+    weight: float = Field(1.0, gt=0, description="relative sampling weight in the mixture")
+
+    @field_validator("name")
+    @classmethod
+    def _strip_prefix(cls, value: str) -> str:
+        value = value.strip()
+        # The service accepts both spellings; one canonical form keeps checkpoint names and metric tags stable.
+        return value.removeprefix("miniwob.")
+
+
+class TrainConfig(_Strict):
+    """Everything `browser-control train` needs. Field descriptions are the documentation (train --help)."""
+
+    # -- model -------------------------------------------------------------------------------------
+    model_name: str = Field("LiquidAI/LFM2-350M", min_length=1,
+                            description="Hugging Face model id or local directory")
+    # -- data ----------------------------------------------------------------------------------------
+    tasks: list[TaskSpec] = Field(
+        min_length=1,
+        description="MiniWoB tasks: [click-test] or [{name: click-test, weight: 2}, ...]",
+    )
+    max_episode_steps: int = Field(5, ge=1, le=100, description="browser actions per episode")
+    # -- GRPO ------------------------------------------------------------------------------------------
+    max_steps: int = Field(100, ge=1, description="optimizer steps")
+    num_generations: int = Field(8, ge=2, description="rollouts per task instance (one GRPO group)")
+    per_device_train_batch_size: int = Field(8, ge=1, description="rollouts per device per micro-batch")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    learning_rate: float = Field(1e-6, gt=0, le=1e-2, description="AdamW learning rate")
+    lr_scheduler_type: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        "constant_with_warmup", description="learning-rate schedule")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up optimizer steps")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_completion_length: int = Field(
+        1024, ge=16, le=65536,
+        description="tokens of one episode after the prompt, tool results (observations) included")
+    temperature: float = Field(1.0, gt=0, le=2.0, description="sampling temperature of the rollouts")
+    top_p: float = Field(1.0, gt=0, le=1.0, description="nucleus sampling of the rollouts")
+    beta: float = Field(0.0, ge=0, description="KL coefficient against the initial model (0 = no reference)")
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field("dapo", description="TRL GRPO loss")
+    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="advantage scaling")
+    mask_truncated_completions: bool = Field(
+        False, description="drop episodes cut by max_completion_length from the loss")
+    # -- precision and memory ------------------------------------------------------------------------
+    bf16: bool | Literal["auto"] = Field("auto", description="bf16 autocast; auto = on when the GPU supports it")
+    gradient_checkpointing: bool = Field(True, description="trade compute for activation memory")
+    # -- LoRA ------------------------------------------------------------------------------------------
+    use_peft: bool = Field(False, description="train a LoRA adapter instead of all weights")
+    lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: list(LFM2_LORA_TARGET_MODULES), min_length=1,
+        description="module names to adapt (LFM2's real ones by default)")
+    merge_lora: bool = Field(True, description="also save the adapter merged into the base weights")
+    # -- generation backend ----------------------------------------------------------------------------
+    use_vllm: bool = Field(False, description="generate with vLLM colocated on the training GPU")
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM's share of GPU memory")
+    vllm_max_model_length: int | None = Field(None, ge=256, description="vLLM context; unset = the model's")
+    vllm_enable_sleep_mode: bool = Field(
+        False, description="offload vLLM between generations (crashes on DGX Spark: keep off there)")
+    # -- environment service ---------------------------------------------------------------------------
+    browsergym_url: str = Field("http://127.0.0.1:8000", description="environment service [BROWSERGYM_URL]")
+    env_timeout_s: float = Field(60.0, gt=0, description="HTTP timeout of one environment request")
+    env_retries: int = Field(4, ge=0, le=20, description="retries (exponential backoff) before the service "
+                             "counts as dead and training stops")
+    env_wait_s: float = Field(120.0, ge=0, description="how long to wait for the service at start")
+    # -- outputs ---------------------------------------------------------------------------------------
+    checkpoint_dir: str = Field("checkpoints", description="final and intermediate checkpoints [CHECKPOINT_DIR]")
+    logging_dir: str = Field("runs", description="TensorBoard runs, one sub-directory per run [LOGGING_DIR]")
+    run_name: str | None = Field(
+        None, description="name of the run's checkpoint and TensorBoard directories; "
+        "unset = {model}-{task or mix}-{YYYYMMDD-HHMMSS}")
+    logging_steps: int = Field(1, ge=1, description="optimizer steps between TensorBoard points")
+    save_steps: int = Field(50, ge=1, description="optimizer steps between intermediate checkpoints")
+    save_total_limit: int | None = Field(2, ge=1, description="intermediate checkpoints kept (unset = all)")
+    resume_from_checkpoint: bool | str = Field(
+        False, description="true = the newest intermediate checkpoint of this model and task; or a path")
+    seed: int = Field(42, ge=0, le=2**31 - 1, description="seeds the task mixture, sampling and init")
+    # -- collapse guards -------------------------------------------------------------------------------
+    entropy_warning_threshold: float = Field(
+        0.05, ge=0, description="warn when the mean token entropy falls below this (policy collapse)")
+    saturation_patience: int = Field(
+        5, ge=1, description="warn when every group of a task had identical rewards this many steps running")
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _task_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):  # `--set tasks=click-test`
+            value = [value]
+        if isinstance(value, list):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("run_name")
+    @classmethod
+    def _safe_run_name(cls, value: str | None) -> str | None:
+        if value is not None and not _SAFE_NAME.match(value):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it names directories)")
+        return value
+
+    @field_validator("browsergym_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("expected an http(s) URL such as http://browsergym:8000")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        names = [t.name for t in self.tasks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"tasks: {', '.join(duplicates)} listed twice; use one entry with a weight")
+        world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        batch = self.per_device_train_batch_size * self.gradient_accumulation_steps * world_size
+        if batch % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size * gradient_accumulation_steps"
+                f"{' * WORLD_SIZE' if world_size > 1 else ''} = {batch} must be a multiple of "
+                f"num_generations = {self.num_generations}: a GRPO group must fit in one optimizer step"
+            )
+        return self
+
+    # -- derived values --------------------------------------------------------------------------------
+    @property
+    def model_short_name(self) -> str:
+        return self.model_name.rstrip("/").split("/")[-1].lower()
+
+    @property
+    def task_label(self) -> str:
+        return self.tasks[0].name if len(self.tasks) == 1 else "mix"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# -- loading -----------------------------------------------------------------------------------------
+
+def field_names() -> list[str]:
+    return list(TrainConfig.model_fields)
+
+
+def _closest(key: str, candidates: list[str]) -> str:
+    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _key_path(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel]]:
+    """The user's key path of an error location, without pydantic's union-member tags (bool, literal[...])."""
+    parts: list[str] = []
+    model: type[BaseModel] = TrainConfig
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(str(part))
+        elif part in model.model_fields:
+            parts.append(part)
+            if model is TrainConfig and part == "tasks":
+                model = TaskSpec
+        elif not parts:
+            parts.append(str(part))
+    return parts, model
+
+
+def _describe_errors(errors: list[dict[str, Any]], source: str) -> list[str]:
+    by_key: dict[str, list[str]] = {}
+    unknown: list[str] = []
+    for error in errors:
+        parts, model = _key_path(tuple(error.get("loc", ())))
+        key = ".".join(parts)
+        kind = error.get("type", "")
+        if kind == "extra_forbidden":
+            extra = str(error["loc"][-1])
+            unknown.append(f"{source}: unknown key '{key + '.' if key else ''}{extra}'"
+                           f"{_closest(extra, list(model.model_fields))}")
+            continue
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        if key and "input" in error and kind != "missing":
+            message += f" (got {error['input']!r:.80})"
+        by_key.setdefault(key, []).append(message)
+    # A typo'd key also makes its intended key look missing: report the typo first.
+    lines = list(unknown)
+    for key, messages in by_key.items():
+        lines.append(f"{source}: {key + ': ' if key else ''}{' or '.join(dict.fromkeys(messages))}")
+    return lines
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["max_steps=5", "tasks=[click-test]"]`` -> ``{"max_steps": 5, "tasks": ["click-test"]}`` (YAML values)."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set max_steps=10")
+        if key not in TrainConfig.model_fields:
+            raise ConfigError(f"--set: unknown key '{key}'{_closest(key, field_names())}")
+        try:
+            result[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: value {value!r} is not valid YAML: {exc}") from exc
+    return result
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, str]:
+    environ = dict(os.environ if environ is None else environ)
+    return {key: environ[var] for var, key in ENV_OVERRIDES.items() if environ.get(var)}
+
+
+def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
+                environ: dict[str, str] | None = None) -> TrainConfig:
+    """Read, merge and validate a config; raise :class:`ConfigError` with a message fit for a user."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        shipped = sorted(p.name for p in Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
+        hint = f"; shipped configs: {', '.join('configs/' + s for s in shipped)}" if shipped else ""
+        raise ConfigError(f"{source}: no such config file{hint}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{source}: is a directory, expected a YAML file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read: {exc}") from exc
+    data = _parse_yaml(text, source)
+    # Unknown keys of the file itself are reported against the file, before any override can hide them.
+    for key in data:
+        if key not in TrainConfig.model_fields:
+            raise ConfigError(f"{source}: unknown key '{key}'{_closest(str(key), field_names())}")
+    merged: dict[str, Any] = {**data, **env_overrides(environ)}
+    if overrides:
+        merged.update(parse_overrides(overrides) if isinstance(overrides, list) else overrides)
+    return validate_config(merged, source)
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe_errors([dict(e) for e in exc.errors()], source))) from None

@@ -1,0 +1,89 @@
+"""Trainer callbacks: collapse warnings in TensorBoard and the metrics summary of the final checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from browser_control.training.rollouts import SaturationMonitor
+
+log = logging.getLogger(__name__)
+
+# Keys whose recent average summarises how well the run ended (metrics.json "recent").
+SUMMARY_PREFIXES = ("reward", "success/", "episode/", "env/", "entropy", "frac_reward_zero_std",
+                    "tools/", "completions/mean_length", "collapse/")
+
+
+class CollapseGuard(TrainerCallback):
+    """Warns loudly when the policy collapses, and keeps what the summary needs.
+
+    It must run before the TensorBoard callback: the scalars it adds to ``logs`` are then written with
+    the step's other metrics.
+    """
+
+    def __init__(self, entropy_threshold: float, monitor: SaturationMonitor, recent: int = 10):
+        self.entropy_threshold = entropy_threshold
+        self.monitor = monitor
+        self.recent = recent
+        self.history: list[dict[str, float]] = []
+        self.final: dict[str, float] = {}
+        self.warnings: list[str] = []
+        self._low_entropy_streak = 0
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if not logs:
+            return
+        # A metric with no value in this window (e.g. the zero-weight metrics reward, which scores nothing)
+        # cannot be a TensorBoard scalar; drop it instead of letting the writer warn every step.
+        for key in [k for k, v in logs.items() if v is None]:
+            del logs[key]
+        if "train_runtime" in logs:  # the end-of-training summary, not a training step
+            self.final = {k: float(v) for k, v in logs.items() if _is_number(v)}
+            return
+        entropy = logs.get("entropy")
+        if _is_number(entropy):
+            low = entropy < self.entropy_threshold
+            logs["collapse/low_entropy"] = 1.0 if low else 0.0
+            if low:
+                self._low_entropy_streak += 1
+                message = (
+                    f"mean token entropy {entropy:.4f} is below entropy_warning_threshold "
+                    f"{self.entropy_threshold}: the policy is collapsing onto one answer; lower "
+                    "learning_rate or raise temperature"
+                )
+                if self._low_entropy_streak == 1:
+                    self.warnings.append(f"step {state.global_step}: {message}")
+                log.warning("COLLAPSE GUARD (step %d): %s", state.global_step, message)
+            else:
+                self._low_entropy_streak = 0
+        self.history.append({"step": float(state.global_step),
+                             **{k: float(v) for k, v in logs.items() if _is_number(v)}})
+
+    def summary(self, state: TrainerState | None = None) -> dict[str, Any]:
+        """What metrics.json holds: the last point, a recent average, the warnings."""
+        last = self.history[-1] if self.history else {}
+        window = self.history[-self.recent:]
+        recent: dict[str, float] = {}
+        for key in sorted({k for point in window for k in point}):
+            if key.startswith(SUMMARY_PREFIXES):
+                values = [p[key] for p in window if key in p and not math.isnan(p[key])]
+                if values:
+                    recent[key] = sum(values) / len(values)
+        return {
+            "global_step": state.global_step if state is not None else int(last.get("step", 0)),
+            "max_steps": state.max_steps if state is not None else None,
+            "recent_window_logs": len(window),
+            "recent": recent,
+            "last": last,
+            "train": self.final,
+            "saturated_tasks": sorted(self.monitor.saturated),
+            "warnings": self.warnings + self.monitor.warnings,
+        }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

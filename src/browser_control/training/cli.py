@@ -1,0 +1,102 @@
+"""Train a model on MiniWoB++ with GRPO (TRL), one YAML config per run.
+
+The model plays MiniWoB episodes through the environment service: each browser action is a tool call,
+the reward is task success, TensorBoard shows progress, and the finished model is written to
+{checkpoint_dir}/{model}-{task or mix}-{YYYYMMDD-HHMMSS}/.
+
+Examples:
+  browser-control train --config configs/lfm2_350m_local.yaml
+  browser-control train --config configs/lfm2_350m_local.yaml --dry-run
+  browser-control train --config configs/miniwob_multitask.yaml --set max_steps=20 --set use_vllm=false
+  browser-control train --config configs/lfm2_350m_local_full.yaml --set resume_from_checkpoint=true
+
+Environment variables (they override the config file; --set overrides them):
+  BROWSERGYM_URL   environment service address  -> browsergym_url
+  CHECKPOINT_DIR   checkpoint directory         -> checkpoint_dir
+  LOGGING_DIR      TensorBoard directory        -> logging_dir
+  HF_HOME          Hugging Face model cache (with HF_HUB_OFFLINE=1 a cached model loads with no network)
+
+Exit status: 0 done, 2 bad configuration or setup, 3 environment service unavailable, 4 checkpoint not
+found or not written (disk full), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+
+COMMAND = "train"
+
+EXIT_SETUP = 2
+EXIT_ENV_UNAVAILABLE = 3
+EXIT_CHECKPOINT = 4
+
+
+def _config_keys_help() -> str:
+    # Built from the config model itself so the help can never drift from what is validated. Importing
+    # browser_control.config costs only pydantic + yaml: torch and trl stay unimported.
+    from browser_control.config import TrainConfig
+
+    lines = ["config keys (YAML; default in brackets):"]
+    for name, info in TrainConfig.model_fields.items():
+        default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
+        text = f"{name} [{default}]: {info.description or ''}"
+        lines += textwrap.wrap(text, width=100, initial_indent="  ", subsequent_indent="      ")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = _config_keys_help()
+    parser.add_argument("--config", required=True, metavar="YAML", help="training config, e.g. configs/NAME.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key (YAML value, e.g. tasks=[click-test]); repeatable")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the config, check the environment service, print the plan and exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML and exit (no service needed)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "debug":
+        # One line per environment request would bury the training log.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def run(args: argparse.Namespace) -> int:
+    from browser_control.client import EnvServiceUnavailable
+    from browser_control.config import ConfigError, load_config
+    from browser_control.training.checkpoints import CheckpointError
+    from browser_control.training.trainer import TrainingSetupError, plan_run, preflight
+
+    _configure_logging(args.log_level)
+    try:
+        config = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(config.to_yaml(), end="")
+            return 0
+        plan = plan_run(config)
+        preflight(plan)
+        if args.dry_run:
+            print(plan.describe())
+            print("dry run: configuration valid and environment service ready; nothing was trained")
+            return 0
+        from browser_control.training.trainer import train
+
+        final = train(config, plan=plan)
+    except ConfigError as exc:
+        print(f"error: invalid config\n{exc}", file=sys.stderr)
+        return EXIT_SETUP
+    except (TrainingSetupError, CheckpointError) as exc:
+        code = EXIT_CHECKPOINT if isinstance(exc, CheckpointError) else EXIT_SETUP
+        print(f"error: {exc}", file=sys.stderr)
+        return code
+    except EnvServiceUnavailable as exc:
+        print(f"error: environment service unavailable, training stopped: {exc}", file=sys.stderr)
+        return EXIT_ENV_UNAVAILABLE
+    print(f"checkpoint: {final}")
+    return 0

@@ -1,0 +1,207 @@
+"""The pieces TRL's GRPOTrainer calls during rollouts: the environment factory and the metrics reward.
+
+Neither imports torch: they are plain callables that TRL drives, which keeps them testable on their own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from browser_control.agent.environment import BrowserEnvironment
+from browser_control.client import EnvClient, EnvServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+# The reward TRL derives from BrowserEnvironment.get_reward is named after the class; the wiring check
+# and the docs refer to it by these names.
+ENV_REWARD_NAME = BrowserEnvironment.__name__
+METRICS_REWARD_NAME = "EpisodeMetrics"
+
+
+class LatchingEnvClient(EnvClient):
+    """An EnvClient shared by every environment of a run that stays failed once the service is declared dead.
+
+    Each rollout's tool call would otherwise wait through the full retry backoff on its own before
+    TRL moves to the next rollout, serially: minutes of dead time before the run stops.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.fatal_error: EnvServiceUnavailable | None = None
+
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None,
+                 retry_on_session_cap: bool = False) -> dict[str, Any]:
+        if self.fatal_error is not None:
+            raise self.fatal_error
+        try:
+            return super()._request(method, path, payload, retry_on_session_cap)
+        except EnvServiceUnavailable as exc:
+            self.fatal_error = exc
+            raise
+
+
+class EnvironmentFactory:
+    """TRL calls ``environment_factory()`` with no arguments; this binds the service and the episode length.
+
+    Every instance shares one latching client and is remembered, so the trainer can close the browser
+    sessions at the end (TRL never closes environments).
+    """
+
+    def __init__(self, base_url: str, max_episode_steps: int, timeout_s: float = 60.0, retries: int = 4,
+                 backoff_s: float = 0.5):
+        self.base_url = base_url
+        self.max_episode_steps = max_episode_steps
+        self.client = LatchingEnvClient(base_url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)
+        self.environments: list[BrowserEnvironment] = []
+
+    def __call__(self) -> BrowserEnvironment:
+        env = BrowserEnvironment(base_url=self.base_url, max_episode_steps=self.max_episode_steps,
+                                 client=self.client)
+        self.environments.append(env)
+        return env
+
+    def raise_if_dead(self) -> None:
+        if self.client.fatal_error is not None:
+            raise self.client.fatal_error
+        for env in self.environments:
+            if env._fatal_error is not None:
+                raise env._fatal_error
+
+    def close(self) -> None:
+        for env in self.environments:
+            env._close()
+        self.client.close()
+
+
+class SaturationMonitor:
+    """Counts, per task, consecutive generation batches in which every GRPO group had identical rewards.
+
+    Such a group has zero advantage: the task teaches nothing (all solved, or none). A task that stays
+    there for ``patience`` batches is reported once per streak.
+    """
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.streak: dict[str, int] = defaultdict(int)
+        self.saturated: set[str] = set()
+        self.warnings: list[str] = []
+
+    def update(self, groups_by_task: dict[str, list[list[float]]], step: int) -> dict[str, bool]:
+        state = {}
+        for task, groups in groups_by_task.items():
+            flat = all(len(set(rewards)) <= 1 for rewards in groups)
+            self.streak[task] = self.streak[task] + 1 if flat else 0
+            if self.streak[task] >= self.patience and task not in self.saturated:
+                self.saturated.add(task)
+                rate = statistics.fmean(r for rewards in groups for r in rewards)
+                message = (
+                    f"task '{task}' is saturated: every GRPO group had identical rewards (success rate "
+                    f"{rate:.2f}) for {self.streak[task]} steps running, so it gives no learning signal; "
+                    "drop it from the mixture, lower its weight or raise temperature"
+                )
+                self.warnings.append(f"step {step}: {message}")
+                log.warning("COLLAPSE GUARD: %s", message)
+            elif not flat:
+                self.saturated.discard(task)
+            state[task] = task in self.saturated
+        return state
+
+
+class EpisodeMetrics:
+    """A zero-weight reward function: it scores nothing and logs what the episodes did.
+
+    TRL passes reward functions the batch's environments (aligned with the completions), the dataset
+    columns and ``log_metric``; the values land in TensorBoard with TRL's own metrics. It also stops
+    training when the service died during the rollouts, and checks that every environment played the
+    row it was given (a misaligned batch would train on someone else's rewards).
+    """
+
+    __name__ = METRICS_REWARD_NAME  # TRL names reward functions by __name__
+
+    def __init__(self, factory: EnvironmentFactory, monitor: SaturationMonitor,
+                 step_getter: Callable[[], int] = lambda: 0, episode_log: Path | None = None):
+        self.factory = factory
+        self.monitor = monitor
+        self.step_getter = step_getter
+        self.episode_log = episode_log
+        self.batches = 0
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
+                 environments: Sequence[BrowserEnvironment] | None = None,
+                 log_metric: Callable[[str, float], None] | None = None,
+                 task_name: Sequence[str] | None = None, seed: Sequence[int] | None = None,
+                 **_: Any) -> list[float | None]:
+        self.factory.raise_if_dead()
+        if environments is None or log_metric is None:
+            raise RuntimeError(
+                "the trainer did not pass environments= and log_metric= to the reward functions; "
+                "browser-control needs trl==1.16.0 with environment_factory"
+            )
+        if len(environments) != len(completions):
+            raise RuntimeError(f"{len(environments)} environments for {len(completions)} completions")
+        episodes = [env._episode for env in environments]
+        if task_name is not None and seed is not None:
+            for i, (episode, name, row_seed) in enumerate(zip(episodes, task_name, seed, strict=True)):
+                if episode.task_name != name or episode.seed != int(row_seed):
+                    raise RuntimeError(
+                        f"rollout {i} played {episode.task_name}#{episode.seed} but its row asks for "
+                        f"{name}#{row_seed}: environments and rows are misaligned, rewards would be wrong"
+                    )
+        self.batches += 1
+        step = self.step_getter()
+        log_episode_metrics(episodes, log_metric)
+        if self.episode_log is not None:
+            self._append_episode_log(step, episodes)
+
+        groups: dict[tuple[str, int], list[float]] = defaultdict(list)
+        for episode in episodes:
+            groups[(episode.task_name, episode.seed)].append(1.0 if episode.success else 0.0)
+        by_task: dict[str, list[list[float]]] = defaultdict(list)
+        for (task, _seed), rewards in groups.items():
+            by_task[task].append(rewards)
+        for task, saturated in self.monitor.update(by_task, step).items():
+            log_metric(f"collapse/saturated/{task}", 1.0 if saturated else 0.0)
+        log_metric("collapse/saturated_tasks", float(len(self.monitor.saturated)))
+        # None = "not scored by this function": TRL turns it into NaN, which its weighted nansum and
+        # its metric averages skip, so this function changes neither the reward nor reward_std.
+        return [None] * len(completions)
+
+    def _append_episode_log(self, step: int, episodes: Sequence[Any]) -> None:
+        """One JSON line per generation batch, in rollout order: which instance each rollout played and how."""
+        record = {
+            "step": step,
+            "episodes": [
+                {k: v for k, v in asdict(e).items() if k != "env_latency_s"} for e in episodes
+            ],
+        }
+        with self.episode_log.open("a", encoding="utf-8") as f:  # type: ignore[union-attr]
+            f.write(json.dumps(record) + "\n")
+
+
+def log_episode_metrics(episodes: Sequence[Any], log_metric: Callable[[str, float], None]) -> None:
+    n = len(episodes)
+    if not n:
+        return
+    log_metric("success/overall", sum(e.success for e in episodes) / n)
+    log_metric("episode/steps", sum(e.steps for e in episodes) / n)
+    log_metric("episode/done_rate", sum(e.done for e in episodes) / n)
+    log_metric("episode/truncated_rate", sum(e.truncated for e in episodes) / n)
+    steps = sum(e.steps for e in episodes)
+    log_metric("episode/invalid_action_rate", sum(e.invalid_actions for e in episodes) / steps if steps else 0.0)
+    log_metric("episode/no_action_rate", sum(e.steps == 0 for e in episodes) / n)
+    latencies = [t for e in episodes for t in e.env_latency_s]
+    if latencies:
+        log_metric("env/latency_s", statistics.fmean(latencies))
+        log_metric("env/latency_max_s", max(latencies))
+    per_task: dict[str, list[bool]] = defaultdict(list)
+    for e in episodes:
+        per_task[e.task_name].append(e.success)
+    for task, successes in sorted(per_task.items()):
+        log_metric(f"success/{task}", sum(successes) / len(successes))
