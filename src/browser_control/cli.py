@@ -11,6 +11,8 @@ import sys
 # Playwright.
 COMMAND_MODULES = {
     "serve-env": "browser_control.env_service.cli",
+    "evaluate": "browser_control.evaluation.cli",
+    "checkpoints": "browser_control.checkpoints_cli",
     "train": "browser_control.training.cli",
 }
 

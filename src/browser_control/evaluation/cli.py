@@ -1,0 +1,214 @@
+r"""Evaluate models (or the scripted baseline) on MiniWoB tasks and compare them side by side.
+
+Each model plays the same episodes (evaluation seeds, never used in training) through the environment
+service, with the prompt, tools and tool-call parser of training, greedy by default. The report gives,
+per task, the success rate with a 95% Wilson interval, the mean number of actions of successful
+episodes and the rate of invalid actions; with several models, the change against the first one with
+the 95% interval of the difference. Output: DIR/report.json, report.md, success_rates.png (bars with
+error bars) and episodes.jsonl (one line per episode, with the actions taken).
+
+Examples:
+  # did training help? base model first (the baseline), then the fine-tuned checkpoint
+  browser-control evaluate --model LiquidAI/LFM2-350M --model checkpoints/grpo-run1 \
+      --suite miniwob-easy --episodes 50 --output evaluations/run1
+
+  # a checkpoint by name (looked up in CHECKPOINT_DIR), two tasks
+  browser-control evaluate --model grpo-run1 --tasks click-test,enter-text --episodes 20
+
+  # check the harness itself: the scripted policies solve their tasks
+  browser-control evaluate --policy scripted --suite scripted --episodes 20
+
+  browser-control evaluate --list-suites
+
+Exit status: 0 when the evaluation ran, 2 for bad arguments or an unreachable service, 1 when the
+service failed during the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+from browser_control.agent.environment import DEFAULT_BROWSERGYM_URL, BrowserEnvironment
+
+COMMAND = "evaluate"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_argument_group("what to evaluate")
+    what.add_argument("--model", action="append", default=None, metavar="PATH_OR_ID",
+                      help="model directory, checkpoint name in CHECKPOINT_DIR, LoRA adapter directory or Hub "
+                      "id; repeat to compare (the first is the baseline)")
+    what.add_argument("--policy", choices=["model", "scripted"], default="model",
+                      help="'scripted' runs the hand-written policies instead of a model (a known ~100%% "
+                      "baseline for the harness)")
+    tasks = parser.add_argument_group("which tasks")
+    pick = tasks.add_mutually_exclusive_group()
+    pick.add_argument("--tasks", metavar="A,B", help="comma-separated MiniWoB task names, e.g. click-test,enter-text")
+    pick.add_argument("--suite", metavar="NAME", help="a task suite shipped with the package (see --list-suites)")
+    pick.add_argument("--list-suites", action="store_true", help="print the suites and exit")
+    tasks.add_argument("--episodes", type=_positive_int, default=20, help="episodes per task")
+    tasks.add_argument("--seed-offset", type=_non_negative_int, default=0,
+                       help="episode i uses evaluation seed 1e9 + offset + i; change it for fresh instances")
+    tasks.add_argument("--max-steps", type=_positive_int, default=BrowserEnvironment.max_episode_steps,
+                       help="actions per episode before it is cut off (training uses the same limit)")
+    run = parser.add_argument_group("how to run")
+    run.add_argument("--browsergym-url", default=None,
+                     help=f"environment service address [BROWSERGYM_URL, else {DEFAULT_BROWSERGYM_URL}]")
+    run.add_argument("--concurrency", type=_positive_int, default=8,
+                     help="episodes played at once; also the generation batch size")
+    run.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
+                     help="generation engine; vllm needs a GPU, vLLM installed and a merged model")
+    run.add_argument("--device", default="auto", help="torch device for --backend transformers (auto: cuda if "
+                     "available)")
+    run.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
+                     help="auto: bfloat16 on GPU, float32 on CPU")
+    run.add_argument("--max-new-tokens", type=_positive_int, default=256, help="tokens generated per turn")
+    run.add_argument("--temperature", type=_non_negative_float, default=0.0,
+                     help="0 is greedy decoding (reproducible); > 0 samples")
+    run.add_argument("--max-context-tokens", type=_positive_int, default=None,
+                     help="end an episode whose conversation would grow past this many tokens "
+                     "(default: the model's context length)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--output", type=Path, default=None, metavar="DIR",
+                     help="report directory (default: evaluations/<date-time>)")
+    out.add_argument("--transcripts", action="store_true",
+                     help="store each episode's full conversation in episodes.jsonl (large)")
+    out.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _fail(message: str, status: int = 2) -> int:
+    print(f"browser-control evaluate: error: {message}", file=sys.stderr)
+    return status
+
+
+def _print_suites() -> int:
+    from browser_control.evaluation.suites import list_suites
+
+    for suite in list_suites():
+        tasks = "every task of the service" if suite.tasks is None else ", ".join(suite.tasks)
+        print(f"{suite.name}: {suite.description}\n    {tasks}")
+    return 0
+
+
+def _labels(specs: list[str]) -> list[str]:
+    labels, seen = [], {}
+    for spec in specs:
+        label = Path(spec).name if spec.startswith(("/", ".", "~")) else spec
+        seen[label] = seen.get(label, 0) + 1
+        labels.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
+    return labels
+
+
+def run(args: argparse.Namespace) -> int:
+    from browser_control.client import EnvRequestError, EnvServiceUnavailable
+    from browser_control.evaluation.runner import EvaluationError, available_tasks, check_tasks, resolve_env_url
+
+    if args.list_suites:
+        return _print_suites()
+    args.model = args.model or []
+    if not args.tasks and not args.suite:
+        return _fail("say which tasks: --tasks a,b or --suite NAME (see --list-suites)")
+    if args.policy == "scripted" and args.model:
+        return _fail("--policy scripted runs no model; drop --model (or drop --policy scripted)")
+    if args.policy == "model" and not args.model:
+        return _fail("give at least one --model PATH_OR_ID (or --policy scripted)")
+
+    url = resolve_env_url(args.browsergym_url)
+    try:
+        from browser_control.evaluation.model_policy import resolve_model
+        from browser_control.evaluation.scripted import SCRIPTED_TASKS
+        from browser_control.evaluation.suites import load_suite
+
+        # Everything cheap is checked before any model is loaded.
+        requested = [t for t in (args.tasks or "").split(",") if t.strip()]
+        suite = load_suite(args.suite) if args.suite else None
+        if args.tasks is not None and not requested:
+            return _fail("--tasks is empty")
+        known = available_tasks(url)
+        tasks = check_tasks(suite.resolve(known) if suite else requested, known)
+        if args.policy == "scripted":
+            missing = [t for t in tasks if t not in SCRIPTED_TASKS]
+            if missing:
+                return _fail(f"no scripted policy for {', '.join(missing)}; scripted tasks: "
+                             f"{', '.join(SCRIPTED_TASKS)} (--suite scripted)")
+        for spec in args.model:
+            resolve_model(spec)
+    except EvaluationError as exc:
+        return _fail(str(exc))
+
+    output = args.output or Path("evaluations") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    try:
+        reports = _evaluate_all(args, tasks, url)
+    except EvaluationError as exc:
+        return _fail(str(exc))
+    except (EnvServiceUnavailable, EnvRequestError) as exc:
+        return _fail(f"the environment service failed during the evaluation: {exc}", status=1)
+
+    from browser_control.evaluation.report import write_reports
+
+    paths = write_reports(reports, output)
+    print()
+    for report in reports:
+        o = report.overall
+        print(f"{report.label}: {100 * o.success_rate:.1f}% success ({o.successes}/{o.episodes}), "
+              f"95% CI {100 * o.ci_low:.1f}-{100 * o.ci_high:.1f}%, {report.duration_s:.0f} s")
+    print(f"report: {paths['markdown']}\nchart:  {paths['chart']}\ndata:   {paths['json']}")
+    return 0
+
+
+def _evaluate_all(args: argparse.Namespace, tasks: list[str], url: str) -> list:
+    from browser_control.evaluation.runner import evaluate_policy
+
+    common = {"tasks": tasks, "episodes": args.episodes, "seed_offset": args.seed_offset, "env_url": url,
+              "max_steps": args.max_steps, "concurrency": args.concurrency, "progress": not args.quiet,
+              "keep_transcripts": args.transcripts}
+    if args.policy == "scripted":
+        from browser_control.evaluation.scripted import ScriptedPolicy
+
+        return [evaluate_policy(ScriptedPolicy(), **common)]
+    from browser_control.evaluation.model_policy import load_model_policy
+
+    reports = []
+    for spec, label in zip(args.model, _labels(args.model), strict=True):
+        # One model at a time: a 350M model is small, but two vLLM engines would fight over the GPU.
+        policy = load_model_policy(spec, backend=args.backend, label=label, device=args.device, dtype=args.dtype,
+                                   max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                   max_context_tokens=args.max_context_tokens)
+        try:
+            reports.append(evaluate_policy(policy, **common))
+        finally:
+            policy.close()
+    return reports
