@@ -116,6 +116,8 @@ class TrainConfig(_Strict):
     env_retries: int = Field(4, ge=0, le=20, description="retries (exponential backoff) before the service "
                              "counts as dead and training stops")
     env_wait_s: float = Field(120.0, ge=0, description="how long to wait for the service at start")
+    concurrent_env_calls: bool = Field(
+        True, description="run the browser calls of all rollouts concurrently (TRL runs them one by one)")
     # -- outputs ---------------------------------------------------------------------------------------
     checkpoint_dir: str = Field("checkpoints", description="final and intermediate checkpoints [CHECKPOINT_DIR]")
     logging_dir: str = Field("runs", description="TensorBoard runs, one sub-directory per run [LOGGING_DIR]")

@@ -97,7 +97,8 @@ class BrowserEnvironment:
         if self._rollouts is not None:
             self._rollouts.drain(self)
         if self._fatal_error is not None:
-            raise self._fatal_error
+            # A new exception each time: re-raising one instance splices every raise site into its traceback.
+            raise EnvServiceUnavailable(str(self._fatal_error)) from self._fatal_error
         return 1.0 if self._stats.success else 0.0
 
     # -- tools (one per whitelisted action) ------------------------------------------------------
@@ -252,7 +253,7 @@ class BrowserEnvironment:
     def _act_now(self, action: str) -> str:
         """Run one action; the service's refusal or failure goes back to the model as text."""
         if self._fatal_error is not None:
-            raise self._fatal_error
+            raise EnvServiceUnavailable(str(self._fatal_error)) from self._fatal_error
         if self._session_id is None:
             raise RuntimeError("reset() must be called before any tool")
         stats = self._stats

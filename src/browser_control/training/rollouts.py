@@ -39,7 +39,7 @@ class LatchingEnvClient(EnvClient):
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None,
                  retry_on_session_cap: bool = False) -> dict[str, Any]:
         if self.fatal_error is not None:
-            raise self.fatal_error
+            raise EnvServiceUnavailable(str(self.fatal_error)) from self.fatal_error
         try:
             return super()._request(method, path, payload, retry_on_session_cap)
         except EnvServiceUnavailable as exc:
@@ -69,10 +69,10 @@ class EnvironmentFactory:
 
     def raise_if_dead(self) -> None:
         if self.client.fatal_error is not None:
-            raise self.client.fatal_error
+            raise EnvServiceUnavailable(str(self.client.fatal_error)) from self.client.fatal_error
         for env in self.environments:
             if env._fatal_error is not None:
-                raise env._fatal_error
+                raise EnvServiceUnavailable(str(env._fatal_error)) from env._fatal_error
 
     def close(self) -> None:
         for env in self.environments:
@@ -146,6 +146,10 @@ class EpisodeMetrics:
             )
         if len(environments) != len(completions):
             raise RuntimeError(f"{len(environments)} environments for {len(completions)} completions")
+        for env in environments:
+            if env._rollouts is not None:  # concurrent calls: wait for this rollout's last action
+                env._rollouts.drain(env)
+        self.factory.raise_if_dead()
         episodes = [env._episode for env in environments]
         if task_name is not None and seed is not None:
             for i, (episode, name, row_seed) in enumerate(zip(episodes, task_name, seed, strict=True)):

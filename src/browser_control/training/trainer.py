@@ -16,6 +16,7 @@ import importlib.util
 import json
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,8 @@ class RunPlan:
             f"environment      {c.browsergym_url}"
             + (f" ({self.service.get('status')}, {self.service.get('sessions')}/"
                f"{self.service.get('max_sessions')} sessions in use; this run needs "
-               f"{self.environments_per_process} per process)" if self.service else ""),
+               f"{self.environments_per_process} per process)" if self.service else "")
+            + f", {'concurrent' if c.concurrent_env_calls else 'one-by-one'} calls",
             f"checkpoint       {self.final_dir} (written as {ckpt.TMP_PREFIX}{self.name}, renamed when complete)",
             f"intermediate     {self.run_dir}/checkpoint-N every {c.save_steps} steps "
             f"(keep {c.save_total_limit or 'all'})",
@@ -335,10 +337,13 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
     from transformers.integrations import TensorBoardCallback
     from trl import GRPOTrainer
 
+    from browser_control.agent.concurrency import ConcurrentRolloutsMixin
     from browser_control.training.callbacks import CollapseGuard
     from browser_control.training.rollouts import EnvironmentFactory, EpisodeMetrics, SaturationMonitor
 
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is what we build on
+    class BrowserGRPOTrainer(ConcurrentRolloutsMixin, GRPOTrainer):
+        """GRPOTrainer whose environment calls can run concurrently (agent/concurrency.py)."""
+
     if config.use_vllm and not torch.cuda.is_available():
         raise TrainingSetupError("use_vllm: true needs a CUDA GPU; none is visible (set use_vllm: false on CPU)")
 
@@ -360,19 +365,25 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
     tensorboard = TensorBoardCallback(SummaryWriter(log_dir=str(plan.tensorboard_dir)))
     _write_run_config(plan)
 
+    rollouts = None
     try:
-        trainer = GRPOTrainer(
-            model=config.model_name,
-            reward_funcs=[metrics],
-            args=build_grpo_config(config, plan, resolve_bf16(config)),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            environment_factory=factory,
-            peft_config=build_peft_config(config),
-            callbacks=[guard, tensorboard, *callbacks],
-        )
+        with warnings.catch_warnings():
+            # environment_factory is what this trainer is built on; TRL's "experimental" notice adds nothing.
+            warnings.filterwarnings("ignore", message=".*'environment_factory'.*experimental", category=UserWarning)
+            trainer = BrowserGRPOTrainer(
+                model=config.model_name,
+                reward_funcs=[metrics],
+                args=build_grpo_config(config, plan, resolve_bf16(config)),
+                train_dataset=dataset,
+                processing_class=tokenizer,
+                environment_factory=factory,
+                peft_config=build_peft_config(config),
+                callbacks=[guard, tensorboard, *callbacks],
+            )
         trainer_ref.append(trainer)
         check_reward_wiring(trainer)
+        if config.concurrent_env_calls:
+            rollouts = trainer.enable_concurrent_rollouts()
         if config.use_peft:
             check_lora_targets(trainer.model, config.lora_target_modules)
         log.info("training %s: %s", plan.name, plan.describe().replace("\n", "; "))
@@ -390,6 +401,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
                 ) from exc
             raise
     finally:
+        if rollouts is not None:
+            rollouts.shutdown()
         factory.close()
 
     summary = guard.summary(trainer.state)

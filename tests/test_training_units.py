@@ -1,0 +1,275 @@
+"""Training pieces without a model: task mixture, checkpoint files, run plans, the env factory and metrics."""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from browser_control.client import EnvServiceUnavailable
+from browser_control.config import TrainConfig
+from browser_control.seeds import EVAL_SEED_RANGE, TRAIN_SEED_RANGE
+from browser_control.training import checkpoints as ckpt
+from browser_control.training.data import build_rows, sample_tasks
+from browser_control.training.rollouts import EnvironmentFactory, EpisodeMetrics, SaturationMonitor
+from browser_control.training.trainer import TrainingSetupError, plan_run, preflight
+from tests.conftest import ServiceProcess
+
+
+def config(**overrides: object) -> TrainConfig:
+    data: dict[str, object] = {"tasks": ["click-test"], "max_steps": 4, "num_generations": 2,
+                               "per_device_train_batch_size": 4}
+    data.update(overrides)
+    return TrainConfig.model_validate(data)
+
+
+# -- dataset rows ----------------------------------------------------------------------------------
+
+def test_weighted_mixture_is_deterministic_and_follows_the_weights() -> None:
+    tasks = config(tasks=[{"name": "click-test", "weight": 1}, {"name": "enter-text", "weight": 3}]).tasks
+    draws = sample_tasks(tasks, 4000, seed=7)
+    assert draws == sample_tasks(tasks, 4000, seed=7)
+    assert draws != sample_tasks(tasks, 4000, seed=8)
+    share = Counter(draws)["enter-text"] / len(draws)
+    assert 0.72 < share < 0.78  # 3 / (1 + 3), with a fixed seed so never flaky
+    assert sample_tasks(tasks, 100, seed=7) == draws[:100]  # prefix-stable: resume sees the same rows
+
+
+def test_rows_carry_prompt_task_and_a_unique_training_seed() -> None:
+    cfg = config(tasks=["click-test", "enter-text"], max_steps=50)
+    rows = build_rows(cfg)
+    assert len(rows) == 50 * 4 // 2  # steps x task instances per step
+    seeds = [row["seed"] for row in rows]
+    assert len(set(seeds)) == len(seeds)
+    assert all(s in TRAIN_SEED_RANGE and s not in EVAL_SEED_RANGE for s in seeds)
+    assert {row["task_name"] for row in rows} == {"click-test", "enter-text"}
+    row = rows[0]
+    assert row["prompt"][-1]["role"] == "user" and row["task_name"] in row["prompt"][-1]["content"]
+
+
+# -- checkpoint files ------------------------------------------------------------------------------
+
+def test_atomic_write_renames_only_when_complete(tmp_path: Path) -> None:
+    final = tmp_path / "model-click-test-20260101-000000"
+
+    def write(tmp: Path) -> None:
+        assert tmp.name == ".tmp-" + final.name and not final.exists()
+        (tmp / "config.json").write_text("{}")
+
+    assert ckpt.write_atomically(final, write) == final
+    assert (final / "config.json").is_file() and not (tmp_path / f".tmp-{final.name}").exists()
+    with pytest.raises(ckpt.CheckpointError, match="never overwritten"):
+        ckpt.write_atomically(final, write)
+
+
+def test_disk_full_while_saving_leaves_nothing_partial(tmp_path: Path) -> None:
+    final = tmp_path / "run"
+
+    def write(tmp: Path) -> None:
+        (tmp / "model.safetensors").write_bytes(b"\0" * 1024)  # half-written weights
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(ckpt.CheckpointError, match="disk full") as info:
+        ckpt.write_atomically(final, write)
+    assert "partial files were removed" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_reported_inside_another_error_type_is_recognised(tmp_path: Path) -> None:
+    def write(tmp: Path) -> None:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as exc:
+            raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })") from exc
+
+    with pytest.raises(ckpt.CheckpointError, match="disk full"):
+        ckpt.write_atomically(tmp_path / "run", write)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_errors_propagate_and_clean_up(tmp_path: Path) -> None:
+    (tmp_path / ".tmp-run").mkdir()
+    (tmp_path / ".tmp-run" / "stale").write_text("left by a crash")
+
+    def write(tmp: Path) -> None:
+        assert not (tmp / "stale").exists()  # a stale temp dir is never reused
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        ckpt.write_atomically(tmp_path / "run", write)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _checkpoint(run: Path, step: int, complete: bool = True) -> Path:
+    path = run / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    if complete:
+        (path / ckpt.COMPLETE_MARKER).write_text("{}")
+    return path
+
+
+def test_resume_finds_the_newest_complete_checkpoint(tmp_path: Path) -> None:
+    runs = ckpt.runs_dir(tmp_path)
+    old = _checkpoint(runs / "tiny-click-test-20260101-000000", 10)
+    time.sleep(0.01)
+    newer = _checkpoint(runs / "tiny-click-test-20260102-000000", 5)
+    _checkpoint(runs / "tiny-click-test-20260102-000000", 10, complete=False)  # cut short
+    _checkpoint(runs / "tiny-mix-20260103-000000", 99)  # another task
+    assert ckpt.find_resume_checkpoint(tmp_path, "tiny-click-test-") == newer
+    assert ckpt.find_resume_checkpoint(tmp_path, "x", exact_name=old.parent.name) == old
+    with pytest.raises(ckpt.CheckpointError, match="no complete checkpoint"):
+        ckpt.find_resume_checkpoint(tmp_path, "other-")
+    assert ckpt.resolve_resume_path(newer.parent) == newer
+    with pytest.raises(ckpt.CheckpointError, match="incomplete"):
+        ckpt.resolve_resume_path(newer.parent / "checkpoint-10")
+    assert ckpt.remove_partial_checkpoints(newer.parent) == [newer.parent / "checkpoint-10"]
+    assert ckpt.intermediate_checkpoints(newer.parent) == [newer]
+
+
+def test_plan_names_and_guards(tmp_path: Path) -> None:
+    cfg = config(model_name="LiquidAI/LFM2-350M", checkpoint_dir=str(tmp_path / "ck"), logging_dir=str(tmp_path / "tb"))
+    plan = plan_run(cfg)
+    assert re.fullmatch(r"lfm2-350m-click-test-\d{8}-\d{6}", plan.name)
+    assert plan.final_dir == tmp_path / "ck" / plan.name
+    assert plan.run_dir == tmp_path / "ck" / "runs" / plan.name
+    assert plan.tensorboard_dir == tmp_path / "tb" / plan.name
+    assert plan_run(config(tasks=["click-test", "enter-text"], model_name="x/Tiny")).name.startswith("tiny-mix-")
+
+    named = cfg.model_copy(update={"run_name": "exp1"})
+    _checkpoint(tmp_path / "ck" / "runs" / "exp1", 2)
+    with pytest.raises(TrainingSetupError, match="resume_from_checkpoint: true"):
+        plan_run(named)
+    resumed = plan_run(named.model_copy(update={"resume_from_checkpoint": True}))
+    assert resumed.name == "exp1" and resumed.resume_checkpoint == tmp_path / "ck" / "runs" / "exp1" / "checkpoint-2"
+    (tmp_path / "ck" / "exp1").mkdir()
+    with pytest.raises(TrainingSetupError, match="already exists"):
+        plan_run(named.model_copy(update={"resume_from_checkpoint": True}))
+
+
+def test_asking_for_vllm_where_it_is_missing_fails_at_start(tmp_path: Path) -> None:
+    pytest.importorskip("trl")
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    plan = plan_run(config(use_vllm=True, checkpoint_dir=str(tmp_path)))
+    with pytest.raises(TrainingSetupError, match="vLLM is not installed"):
+        preflight(plan)
+
+
+def test_preflight_checks_the_service(env_url: str, tmp_path: Path) -> None:
+    plan = plan_run(config(browsergym_url=env_url, checkpoint_dir=str(tmp_path)))
+    preflight(plan)
+    assert plan.service["status"] == "ok"
+    with pytest.raises(TrainingSetupError, match=r"does not know 'clik-test' \(did you mean click-test"):
+        preflight(plan_run(config(browsergym_url=env_url, tasks=["clik-test"], checkpoint_dir=str(tmp_path))))
+    dead = plan_run(config(browsergym_url="http://127.0.0.1:9", env_wait_s=0.5, checkpoint_dir=str(tmp_path)))
+    with pytest.raises(EnvServiceUnavailable, match="not healthy"):
+        preflight(dead)
+
+
+# -- the environment factory and the metrics reward, against the real service -------------------------
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {}
+
+    def __call__(self, name: str, value: float) -> None:
+        self.values.setdefault(name, []).append(value)
+
+
+def test_factory_binds_the_service_and_metrics_describe_the_episodes(env_url: str, tmp_path: Path) -> None:
+    factory = EnvironmentFactory(env_url, max_episode_steps=2)
+    envs = [factory() for _ in range(4)]  # TRL calls the factory with no arguments
+    assert factory.environments == envs
+    rows = [("click-test", 11), ("click-test", 11), ("focus-text", 12), ("focus-text", 12)]
+    for env, (task, seed) in zip(envs, rows, strict=True):
+        assert "Goal:" in env.reset(task_name=task, seed=seed)
+    envs[0].click(bid="13")  # solves click-test
+    envs[1].click(bid="no such")  # invalid: a bid is digits
+    log_path = tmp_path / "episodes.jsonl"
+    monitor = SaturationMonitor(patience=2)
+    metrics = EpisodeMetrics(factory, monitor, step_getter=lambda: 3, episode_log=log_path)
+    recorder = _Recorder()
+    out = metrics(prompts=[[]] * 4, completions=[[]] * 4, environments=envs, log_metric=recorder,
+                  task_name=[t for t, _ in rows], seed=[s for _, s in rows])
+    assert out == [None] * 4  # scores nothing: the task reward is BrowserEnvironment.get_reward
+    v = {k: vals[-1] for k, vals in recorder.values.items()}
+    assert v["success/overall"] == 0.25 and v["success/click-test"] == 0.5 and v["success/focus-text"] == 0.0
+    assert v["episode/steps"] == 0.5 and v["episode/invalid_action_rate"] == 0.5
+    assert v["env/latency_s"] > 0 and v["collapse/saturated_tasks"] == 0.0
+    record = json.loads(log_path.read_text().splitlines()[0])
+    assert record["step"] == 3 and [e["seed"] for e in record["episodes"]] == [11, 11, 12, 12]
+    assert [e["success"] for e in record["episodes"]] == [True, False, False, False]
+
+    # focus-text groups all failed twice running: saturated (no learning signal) -> reported
+    metrics(prompts=[[]] * 4, completions=[[]] * 4, environments=envs, log_metric=recorder)
+    assert monitor.saturated == {"focus-text"} and recorder.values["collapse/saturated/focus-text"][-1] == 1.0
+    assert any("focus-text" in w and "no learning signal" in w for w in monitor.warnings)
+
+    with pytest.raises(RuntimeError, match="misaligned"):
+        metrics(prompts=[[]] * 4, completions=[[]] * 4, environments=envs, log_metric=recorder,
+                task_name=["click-test"] * 4, seed=[11, 11, 11, 11])
+    factory.close()
+
+
+def test_a_service_killed_mid_episode_is_fatal_not_a_zero_reward(chromium: str | None, tmp_path: Path) -> None:
+    service = ServiceProcess("--workers", "1", log_path=tmp_path / "serve.log", chromium=chromium)
+    try:
+        service.wait_healthy()
+        factory = EnvironmentFactory(service.url, max_episode_steps=3, retries=1, backoff_s=0.05)
+        first, second = factory(), factory()
+        first.reset(task_name="click-test", seed=1)
+        second.reset(task_name="click-test", seed=2)
+    finally:
+        service.stop()
+    # TRL would catch this exception and hand its text to the model...
+    with pytest.raises(EnvServiceUnavailable, match=service.url):
+        first.click(bid="13")
+    # ...so the episode keeps it: its reward and the metrics reward raise instead of returning 0.0,
+    with pytest.raises(EnvServiceUnavailable):
+        first.get_reward()
+    with pytest.raises(EnvServiceUnavailable):
+        EpisodeMetrics(factory, SaturationMonitor(3))(
+            prompts=[[]] * 2, completions=[[]] * 2, environments=[first, second], log_metric=_Recorder())
+    # ...and the shared client stays failed: the next rollout does not wait through its own retries.
+    with pytest.raises(EnvServiceUnavailable) as info:
+        second.click(bid="13")
+    assert info.value.__cause__ is factory.client.fatal_error
+    factory.close()
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(env_url: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from browser_control.cli import main
+
+    path = tmp_path / "run.yaml"
+    path.write_text("tasks: [{name: click-test, weight: 1}, {name: enter-text, weight: 3}]\n"
+                    f"checkpoint_dir: {tmp_path / 'ck'}\nlogging_dir: {tmp_path / 'tb'}\n")
+    assert main(["train", "--config", str(path), "--set", f"browsergym_url={env_url}", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "click-test (25%), enter-text (75%)" in out and "transformers generate" in out
+    assert f"{env_url} (ok," in out and "dry run" in out
+    assert re.search(r"checkpoint\s+.*/ck/lfm2-350m-mix-\d{8}-\d{6}", out)
+    assert not (tmp_path / "ck").exists() and not (tmp_path / "tb").exists()
+
+
+def test_cli_exit_codes_for_a_dead_service_and_missing_vllm(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    from browser_control.cli import main
+
+    path = tmp_path / "run.yaml"
+    path.write_text("tasks: [click-test]\nbrowsergym_url: http://127.0.0.1:9\nenv_wait_s: 0.5\n"
+                    f"checkpoint_dir: {tmp_path / 'ck'}\n")
+    assert main(["train", "--config", str(path), "--dry-run"]) == 3
+    assert "environment service unavailable" in capsys.readouterr().err
+    if importlib.util.find_spec("vllm") is None:
+        assert main(["train", "--config", str(path), "--set", "use_vllm=true"]) == 2
+        assert "vLLM is not installed" in capsys.readouterr().err
