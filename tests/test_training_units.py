@@ -273,3 +273,47 @@ def test_cli_exit_codes_for_a_dead_service_and_missing_vllm(tmp_path: Path,
     if importlib.util.find_spec("vllm") is None:
         assert main(["train", "--config", str(path), "--set", "use_vllm=true"]) == 2
         assert "vLLM is not installed" in capsys.readouterr().err
+
+
+def test_collapse_guard_warns_and_adds_tensorboard_scalars(caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from browser_control.training.callbacks import CollapseGuard
+
+    monitor = SaturationMonitor(patience=1)
+    monitor.update({"click-test": [[1.0, 1.0]]}, step=1)
+    guard = CollapseGuard(entropy_threshold=0.1, monitor=monitor)
+    state = SimpleNamespace(global_step=7, max_steps=10)
+    healthy = {"entropy": 0.8, "reward": 0.5, "rewards/EpisodeMetrics/mean": None}
+    guard.on_log(None, state, None, logs=healthy)  # type: ignore[arg-type]
+    assert healthy["collapse/low_entropy"] == 0.0
+    assert "rewards/EpisodeMetrics/mean" not in healthy  # None cannot be a TensorBoard scalar
+    collapsed = {"entropy": 0.01, "reward": 1.0, "success/overall": 1.0}
+    with caplog.at_level("WARNING"):
+        guard.on_log(None, state, None, logs=collapsed)  # type: ignore[arg-type]
+    assert collapsed["collapse/low_entropy"] == 1.0
+    assert "COLLAPSE GUARD" in caplog.text and "entropy 0.0100" in caplog.text
+    guard.on_log(None, state, None, logs={"train_runtime": 12.0, "train_loss": 0.1})  # type: ignore[arg-type]
+    summary = guard.summary(state)  # type: ignore[arg-type]
+    assert summary["global_step"] == 7 and summary["recent"]["reward"] == 0.75
+    assert summary["recent"]["success/overall"] == 1.0 and summary["train"]["train_runtime"] == 12.0
+    assert summary["saturated_tasks"] == ["click-test"]
+    assert any("entropy" in w for w in summary["warnings"]) and any("saturated" in w for w in summary["warnings"])
+
+
+def test_reward_wiring_check_refuses_an_unwired_reward() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from browser_control.training.trainer import check_reward_wiring
+
+    wired = SimpleNamespace(reward_func_names=["EpisodeMetrics", "BrowserEnvironment"],
+                            reward_weights=torch.tensor([0.0, 1.0]))
+    check_reward_wiring(wired)  # type: ignore[arg-type]
+    for names, weights in ((["EpisodeMetrics"], [0.0]),  # the environment's get_reward was not picked up
+                           (["EpisodeMetrics", "BrowserEnvironment"], [1.0, 1.0]),  # metrics would score
+                           (["EpisodeMetrics", "BrowserEnvironment"], [0.0, 0.0])):
+        broken = SimpleNamespace(reward_func_names=names, reward_weights=torch.tensor(weights))
+        with pytest.raises(TrainingSetupError, match="reward wiring is wrong"):
+            check_reward_wiring(broken)  # type: ignore[arg-type]
