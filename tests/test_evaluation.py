@@ -116,6 +116,30 @@ def test_evaluate_compares_a_base_and_a_trained_model(env_url: str, tiny_models:
     assert "trained: 50.0% success (3/6)" in printed and str(out / "report.md") in printed
 
 
+def test_a_checkpoint_is_compared_with_its_base_under_its_training_budget(
+        env_url: str, tiny_models: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    base, trained = tiny_models
+    checkpoint = tmp_path / "checkpoints" / "tiny-click-test-20260101-100000"
+    shutil.copytree(trained, checkpoint)
+    (checkpoint / "training_config.yaml").write_text(
+        f"model_name: {base}\ntasks: [{{name: click-test, weight: 1}}]\nmax_episode_steps: 2\n"
+        "max_completion_length: 64\n")
+    out = tmp_path / "report"
+    status = main(["evaluate", "--model", str(checkpoint), "--compare-base", "--episodes", "2", "--max-new-tokens",
+                   "16", "--browsergym-url", env_url, "--output", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "click-test (the training tasks" in captured.err
+    runs = json.loads((out / "report.json").read_text())["runs"]
+    assert [r["label"] for r in runs] == ["base", checkpoint.name]
+    for run in runs:
+        assert run["settings"]["tasks"] == ["click-test"]
+        assert run["settings"]["max_steps"] == 2 and run["settings"]["max_completion_tokens"] == 64
+    assert [r["overall"]["successes"] for r in runs] == [0, 2]
+
+
 def test_scripted_policy_scores_100_percent_on_click_test(env_url: str, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["evaluate", "--policy", "scripted", "--suite", "smoke", "--episodes", "5",
@@ -139,6 +163,13 @@ def test_evaluate_policy_is_callable_with_a_model_in_memory(env_url: str, tiny_m
     assert report.success_rate == 1.0 and report.overall.episodes == 2
     assert report.metrics()["eval/success_rate/click-test"] == 1.0
     assert model.training
+
+    # enter-text: click('13') hits nothing useful and the page comes back; with training's completion budget
+    # of 64 tokens that observation uses it up, and the episode ends there as it would in training.
+    policy.max_completion_tokens = 64
+    report = evaluate_policy(policy, ["enter-text"], 1, env_url=env_url, progress=False)
+    episode = report.episodes[0]
+    assert (episode.ended_by, episode.tool_calls, episode.success) == ("completion_limit", 1, False)
 
 
 def test_lora_adapter_directory_is_evaluated_merged(tiny_models: tuple[Path, Path], tmp_path: Path) -> None:
@@ -165,7 +196,8 @@ def test_lora_adapter_directory_is_evaluated_merged(tiny_models: tuple[Path, Pat
     (["--suite", "miniwob-hard"], "unknown suite 'miniwob-hard'"),
     (["--model", "/nonexistent/model", "--suite", "smoke"], "model path '/nonexistent/model' does not exist"),
     (["--tasks", "book-flight"], "no scripted policy for book-flight"),
-    ([], "say which tasks"),
+    (["--tasks", ","], "--tasks is empty"),
+    (["--suite", "smoke", "--compare-base"], "--policy scripted runs no model"),
 ])
 def test_bad_arguments_fail_with_a_clear_message(env_url: str, args: list[str], message: str,
                                                  capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,8 +7,16 @@ episodes and the rate of invalid actions; with several models, the change agains
 the 95% interval of the difference. Output: DIR/report.json, report.md, success_rates.png (bars with
 error bars) and episodes.jsonl (one line per episode, with the actions taken).
 
+Without --tasks or --suite, a checkpoint is evaluated on the tasks it was trained on (from its
+training_config.yaml), anything else on the miniwob-easy suite. A checkpoint's training_config.yaml
+also sets the default --max-steps and --max-completion-tokens, so episodes get the budget they had in
+training; every run of one evaluation uses the same settings.
+
 Examples:
-  # did training help? base model first (the baseline), then the fine-tuned checkpoint
+  # did training help? the checkpoint against the model it was trained from, on its training tasks
+  browser-control evaluate --model checkpoints/grpo-run1 --compare-base --episodes 50
+
+  # the same with explicit models (the first is the baseline) and a suite
   browser-control evaluate --model LiquidAI/LFM2-350M --model checkpoints/grpo-run1 \
       --suite miniwob-easy --episodes 50 --output evaluations/run1
 
@@ -71,19 +79,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--model", action="append", default=None, metavar="PATH_OR_ID",
                       help="model directory, checkpoint name in CHECKPOINT_DIR, LoRA adapter directory or Hub "
                       "id; repeat to compare (the first is the baseline)")
+    what.add_argument("--compare-base", action="store_true",
+                      help="also evaluate the model the first --model was trained from (its training_config.yaml "
+                      "or LoRA base), as the baseline")
     what.add_argument("--policy", choices=["model", "scripted"], default="model",
                       help="'scripted' runs the hand-written policies instead of a model (a known ~100%% "
                       "baseline for the harness)")
     tasks = parser.add_argument_group("which tasks")
     pick = tasks.add_mutually_exclusive_group()
     pick.add_argument("--tasks", metavar="A,B", help="comma-separated MiniWoB task names, e.g. click-test,enter-text")
-    pick.add_argument("--suite", metavar="NAME", help="a task suite shipped with the package (see --list-suites)")
+    pick.add_argument("--suite", metavar="NAME", help="a task suite shipped with the package (see --list-suites); "
+                      "default: a checkpoint's training tasks, else miniwob-easy")
     pick.add_argument("--list-suites", action="store_true", help="print the suites and exit")
     tasks.add_argument("--episodes", type=_positive_int, default=20, help="episodes per task")
     tasks.add_argument("--seed-offset", type=_non_negative_int, default=0,
                        help="episode i uses evaluation seed 1e9 + offset + i; change it for fresh instances")
-    tasks.add_argument("--max-steps", type=_positive_int, default=BrowserEnvironment.max_episode_steps,
-                       help="actions per episode before it is cut off (training uses the same limit)")
+    tasks.add_argument("--max-steps", type=_positive_int, default=None,
+                       help="actions per episode before it is cut off (default: the checkpoint's "
+                       f"max_episode_steps, else {BrowserEnvironment.max_episode_steps})")
     run = parser.add_argument_group("how to run")
     run.add_argument("--browsergym-url", default=None,
                      help=f"environment service address [BROWSERGYM_URL, else {DEFAULT_BROWSERGYM_URL}]")
@@ -98,6 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--max-new-tokens", type=_positive_int, default=256, help="tokens generated per turn")
     run.add_argument("--temperature", type=_non_negative_float, default=0.0,
                      help="0 is greedy decoding (reproducible); > 0 samples")
+    run.add_argument("--max-completion-tokens", type=_positive_int, default=None,
+                     help="end an episode after this many tokens past its prompt, tool results included, like "
+                     "training's max_completion_length (default: the checkpoint's, else no limit)")
     run.add_argument("--max-context-tokens", type=_positive_int, default=None,
                      help="end an episode whose conversation would grow past this many tokens "
                      "(default: the model's context length)")
@@ -139,33 +155,59 @@ def run(args: argparse.Namespace) -> int:
     if args.list_suites:
         return _print_suites()
     args.model = args.model or []
-    if not args.tasks and not args.suite:
-        return _fail("say which tasks: --tasks a,b or --suite NAME (see --list-suites)")
-    if args.policy == "scripted" and args.model:
-        return _fail("--policy scripted runs no model; drop --model (or drop --policy scripted)")
+    if args.policy == "scripted" and (args.model or args.compare_base):
+        return _fail("--policy scripted runs no model; drop --model/--compare-base (or drop --policy scripted)")
     if args.policy == "model" and not args.model:
         return _fail("give at least one --model PATH_OR_ID (or --policy scripted)")
+    if args.tasks is not None and not [t for t in args.tasks.split(",") if t.strip()]:
+        return _fail("--tasks is empty; give task names such as click-test,enter-text")
 
     url = resolve_env_url(args.browsergym_url)
     try:
-        from browser_control.evaluation.model_policy import resolve_model
+        from browser_control.evaluation.model_policy import (
+            base_model_of,
+            resolve_model,
+            trained_tasks,
+            training_config,
+        )
         from browser_control.evaluation.scripted import SCRIPTED_TASKS
         from browser_control.evaluation.suites import load_suite
 
         # Everything cheap is checked before any model is loaded.
-        requested = [t for t in (args.tasks or "").split(",") if t.strip()]
-        suite = load_suite(args.suite) if args.suite else None
-        if args.tasks is not None and not requested:
-            return _fail("--tasks is empty")
+        for spec in args.model:
+            resolve_model(spec)
+        config = next((c for c in map(training_config, args.model) if c), None) if args.model else None
+        if args.compare_base:
+            base = base_model_of(args.model[0])
+            if base is None:
+                return _fail(f"--compare-base: {args.model[0]} has no training_config.yaml or LoRA adapter naming "
+                             "the model it was trained from; give the baseline as the first --model instead")
+            resolve_model(base)
+            if base not in args.model:
+                args.model.insert(0, base)
         known = available_tasks(url)
-        tasks = check_tasks(suite.resolve(known) if suite else requested, known)
+        if args.tasks:
+            requested = [t for t in args.tasks.split(",") if t.strip()]
+        elif args.suite:
+            requested = load_suite(args.suite).resolve(known)
+        elif config and trained_tasks(config):
+            requested = trained_tasks(config)
+            print(f"tasks: {', '.join(requested)} (the training tasks; --tasks/--suite to change)", file=sys.stderr)
+        else:
+            requested = load_suite("miniwob-easy").resolve(known)
+        tasks = check_tasks(requested, known)
         if args.policy == "scripted":
             missing = [t for t in tasks if t not in SCRIPTED_TASKS]
             if missing:
                 return _fail(f"no scripted policy for {', '.join(missing)}; scripted tasks: "
                              f"{', '.join(SCRIPTED_TASKS)} (--suite scripted)")
-        for spec in args.model:
-            resolve_model(spec)
+        if args.max_steps is None:
+            configured = (config or {}).get("max_episode_steps")
+            args.max_steps = configured if isinstance(configured, int) and configured > 0 else \
+                BrowserEnvironment.max_episode_steps
+        if args.max_completion_tokens is None and config:
+            configured = config.get("max_completion_length")
+            args.max_completion_tokens = configured if isinstance(configured, int) and configured > 0 else None
     except EvaluationError as exc:
         return _fail(str(exc))
 
@@ -206,7 +248,8 @@ def _evaluate_all(args: argparse.Namespace, tasks: list[str], url: str) -> list:
         # One model at a time: a 350M model is small, but two vLLM engines would fight over the GPU.
         policy = load_model_policy(spec, backend=args.backend, label=label, device=args.device, dtype=args.dtype,
                                    max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                   max_context_tokens=args.max_context_tokens)
+                                   max_context_tokens=args.max_context_tokens,
+                                   max_completion_tokens=args.max_completion_tokens)
         try:
             reports.append(evaluate_policy(policy, **common))
         finally:

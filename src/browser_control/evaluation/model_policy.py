@@ -48,6 +48,42 @@ def resolve_model(spec: str) -> str:
     )
 
 
+TRAINING_CONFIG_FILE = "training_config.yaml"  # written beside every checkpoint by `browser-control train`
+
+
+def training_config(spec: str) -> dict[str, Any] | None:
+    """The training configuration saved with a checkpoint; None for a Hub id or a model without one."""
+    import yaml
+
+    path = Path(resolve_model(spec)) / TRAINING_CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def trained_tasks(config: dict[str, Any]) -> list[str]:
+    """Task names of a training configuration (``tasks: [click-test]`` or ``[{name: ..., weight: ...}]``)."""
+    names = []
+    for task in config.get("tasks") or []:
+        name = task.get("name") if isinstance(task, dict) else task
+        if isinstance(name, str) and name:
+            names.append(name)
+    return names
+
+
+def base_model_of(spec: str) -> str | None:
+    """The model a checkpoint was trained from: training_config.yaml's model_name, else the adapter's base."""
+    config = training_config(spec)
+    if config and isinstance(config.get("model_name"), str):
+        return config["model_name"]
+    lora = _adapter(resolve_model(spec))
+    return lora[1] if lora else None
+
+
 def use_tool_calling_template(tokenizer: Any) -> Any:
     """Swap LFM2's original template, which drops tool calls, for lfm2_v2 (what training does)."""
     from trl.chat_template_utils import lfm2_chat_template, lfm2_v2_chat_template
@@ -207,37 +243,56 @@ class VLLMGenerator:
 
 
 class ModelPolicy(Policy):
-    """Greedy (by default) tool calling with a chat model; one batched generation per turn."""
+    """Greedy (by default) tool calling with a chat model; one batched generation per turn.
+
+    ``max_completion_tokens`` is TRL's ``max_completion_length``: the tokens of an episode after its
+    prompt, tool results included. Training ends an episode there, so evaluation can too.
+    """
 
     kind = "model"
 
     def __init__(self, codec: ChatCodec, generator: TransformersGenerator | VLLMGenerator, label: str,
-                 max_context_tokens: int | None = None, settings: dict[str, Any] | None = None):
+                 max_context_tokens: int | None = None, settings: dict[str, Any] | None = None,
+                 max_completion_tokens: int | None = None):
         self.codec = codec
         self.generator = generator
         self.label = label
         self.max_context_tokens = max_context_tokens
-        self.settings = settings or {}
+        self.max_completion_tokens = max_completion_tokens
+        self.settings = {**(settings or {}), "max_completion_tokens": max_completion_tokens}
 
     def start(self, episode: Episode) -> None:
         tools = bound_tools(episode.env)
         episode.state["tools"] = tools
         episode.state["ids"] = self.codec.prompt_ids(episode.messages, tools)
+        episode.state["prompt_length"] = len(episode.state["ids"])
+
+    def _room(self, episode: Episode) -> int:
+        """Tokens the next turn may generate (<= 0: the episode is out of budget)."""
+        ids = episode.state["ids"]
+        room = self.generator.max_new_tokens
+        if self.max_context_tokens is not None:
+            room = min(room, self.max_context_tokens - len(ids))
+        if self.max_completion_tokens is not None:
+            room = min(room, self.max_completion_tokens - (len(ids) - episode.state["prompt_length"]))
+        return room
 
     def decide(self, episodes: Sequence[Episode]) -> list[Decision]:
         decisions: list[Decision | None] = [None] * len(episodes)
         ready = []
         for i, episode in enumerate(episodes):
-            room = self.max_context_tokens
-            if room is not None and len(episode.state["ids"]) + self.generator.max_new_tokens > room:
-                decisions[i] = Decision([], stop_reason="context_limit")
+            if self._room(episode) <= 0:
+                used = len(episode.state["ids"]) - episode.state["prompt_length"]
+                over_completion = self.max_completion_tokens is not None and used >= self.max_completion_tokens
+                decisions[i] = Decision([], stop_reason="completion_limit" if over_completion else "context_limit")
             else:
                 ready.append(i)
         if ready:
             outputs = self.generator.generate([episodes[i].state["ids"] for i in ready])
             for i, output in zip(ready, outputs, strict=True):
                 episode = episodes[i]
-                completion = self.codec.cut_at_eos(output)
+                # All rows share one max_new_tokens; cut each to its own budget, as TRL truncates.
+                completion = self.codec.cut_at_eos(output)[: self._room(episode)]
                 episode.state["completion"] = completion
                 message = (self.codec.parse(completion, episode.state["ids"], episode.state["tools"])
                            if completion else {"role": "assistant", "content": ""})
@@ -261,7 +316,8 @@ def _eos_ids(generation_config: Any) -> list[int]:
 
 
 def from_model(model: Any, tokenizer: Any, label: str = "model", *, max_new_tokens: int = 256,
-               temperature: float = 0.0, top_p: float = 1.0, max_context_tokens: int | None = None) -> ModelPolicy:
+               temperature: float = 0.0, top_p: float = 1.0, max_context_tokens: int | None = None,
+               max_completion_tokens: int | None = None) -> ModelPolicy:
     """A policy around a model already in memory (e.g. the one being trained, from a TrainerCallback)."""
     codec = ChatCodec(tokenizer, _eos_ids(getattr(model, "generation_config", None)))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else codec.eos_token_ids[0]
@@ -270,7 +326,7 @@ def from_model(model: Any, tokenizer: Any, label: str = "model", *, max_new_toke
     if max_context_tokens is not None:
         limit = min(limit, max_context_tokens) if limit else max_context_tokens
     settings = {"backend": "transformers", "max_new_tokens": max_new_tokens, "temperature": temperature}
-    return ModelPolicy(codec, generator, label, limit, settings)
+    return ModelPolicy(codec, generator, label, limit, settings, max_completion_tokens)
 
 
 def _adapter(path: str) -> tuple[Path, str] | None:
@@ -287,7 +343,7 @@ def _adapter(path: str) -> tuple[Path, str] | None:
 def load_model_policy(spec: str, *, backend: str = "transformers", label: str | None = None,
                       device: str = "auto", dtype: str = "auto", max_new_tokens: int = 256,
                       temperature: float = 0.0, top_p: float = 1.0, max_context_tokens: int | None = None,
-                      gpu_memory_utilization: float = 0.85) -> ModelPolicy:
+                      max_completion_tokens: int | None = None, gpu_memory_utilization: float = 0.85) -> ModelPolicy:
     """Load a model directory, checkpoint name or Hub id (a LoRA adapter is merged into its base)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -318,7 +374,7 @@ def load_model_policy(spec: str, *, backend: str = "transformers", label: str | 
                         "model": spec}
             engine_limit = generator.llm.llm_engine.model_config.max_model_len  # what TRL reads too
             limit = min(engine_limit, max_context_tokens) if max_context_tokens else engine_limit
-            return ModelPolicy(codec, generator, label, limit, settings)
+            return ModelPolicy(codec, generator, label, limit, settings, max_completion_tokens)
         if lora:
             from peft import PeftModel
 
@@ -331,7 +387,8 @@ def load_model_policy(spec: str, *, backend: str = "transformers", label: str | 
         raise EvaluationError(f"could not load model {spec!r}: {exc}") from None
     model.to(device)
     policy = from_model(model, tokenizer, label, max_new_tokens=max_new_tokens, temperature=temperature,
-                        top_p=top_p, max_context_tokens=max_context_tokens)
+                        top_p=top_p, max_context_tokens=max_context_tokens,
+                        max_completion_tokens=max_completion_tokens)
     policy.settings.update({"model": spec, "device": device, "dtype": str(torch_dtype).removeprefix("torch."),
                             "lora_base": base})
     return policy

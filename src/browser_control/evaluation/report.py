@@ -193,8 +193,8 @@ def markdown(reports: Sequence[EvaluationReport]) -> str:
         lines += ["", f"## Change against {first.label}", "",
                   "| run | task | change | 95% CI | verdict |", "|---|---|---|---|---|"]
         for row in rows:
-            lines.append(f"| {row['run']} | {row['task']} | {100 * row['delta']:+.0f} pts | "
-                         f"{100 * row['ci_low']:+.0f}..{100 * row['ci_high']:+.0f} | {row['verdict']} |")
+            lines.append(f"| {row['run']} | {row['task']} | {round(100 * row['delta']):+d} pts | "
+                         f"{round(100 * row['ci_low']):+d}..{round(100 * row['ci_high']):+d} | {row['verdict']} |")
     lines += ["", "## How episodes ended", "", "| run | task | endings |", "|---|---|---|"]
     for r in reports:
         for t in r.tasks:
@@ -231,14 +231,15 @@ def plot(reports: Sequence[EvaluationReport], path: Path) -> Path:
             ys.append((len(names) - 1 - j) + (runs - 1 - i - (runs - 1) / 2) * bar)
         ax.barh(ys, values, height=bar * 0.95, xerr=[low_err, high_err], color=colors[i % len(colors)],
                 ecolor="#333333", capsize=2, label=r.label, error_kw={"linewidth": 0.8})
-        for y, v in zip(ys, values, strict=True):
-            ax.text(min(v + 1.5, 101), y, f"{v:.0f}%", va="center", fontsize=7)
+        for y, v, up in zip(ys, values, high_err, strict=True):
+            # Right of the error bar's cap, so the number never sits on the whisker.
+            ax.text(v + up + 1.2, y, f"{v:.0f}%", va="center", fontsize=7)
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(list(reversed(names)), fontsize=8)
     for tick in ax.get_yticklabels():
         if tick.get_text() == ALL_TASKS:
             tick.set_fontweight("bold")
-    ax.set_xlim(0, 112)
+    ax.set_xlim(0, 114)
     ax.set_xticks(range(0, 101, 20))
     ax.set_xlabel("success rate (%), error bars: 95% Wilson interval")
     episodes = reports[0].settings["episodes_per_task"]
