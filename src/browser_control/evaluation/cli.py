@@ -38,8 +38,12 @@ import argparse
 import datetime as dt
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from browser_control.agent.environment import DEFAULT_BROWSERGYM_URL, BrowserEnvironment
+
+if TYPE_CHECKING:
+    from browser_control.evaluation.report import EvaluationReport
 
 COMMAND = "evaluate"
 
@@ -231,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_all(args: argparse.Namespace, tasks: list[str], url: str) -> list:
+def _evaluate_all(args: argparse.Namespace, tasks: list[str], url: str) -> list[EvaluationReport]:
     from browser_control.evaluation.runner import evaluate_policy
 
     common = {"tasks": tasks, "episodes": args.episodes, "seed_offset": args.seed_offset, "env_url": url,

@@ -305,7 +305,15 @@ class ModelPolicy(Policy):
                                     + self.codec.tool_suffix_ids(tool_messages))
 
     def close(self) -> None:
-        self.generator = None  # type: ignore[assignment]  # drop the model so its memory can be freed
+        """Drop the model so the next one of a comparison fits in GPU memory."""
+        self.generator = None  # type: ignore[assignment]
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _eos_ids(generation_config: Any) -> list[int]:

@@ -257,5 +257,6 @@ class ScriptedPolicy(Policy):
             except ScriptedPolicyError as exc:
                 decisions.append(Decision([], stop_reason=f"scripted policy gave up: {exc}"))
                 continue
-            decisions.append(Decision([call] if call else []))
+            # A finished plan on a page that is not solved means the policy has nothing left to try.
+            decisions.append(Decision([call]) if call else Decision([], stop_reason="scripted plan finished"))
         return decisions
