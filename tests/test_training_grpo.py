@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -298,3 +299,29 @@ def test_lora_run_saves_adapter_and_merged_model(clicking_model: Path, env_url: 
     assert {"in_proj", "w1", "q_proj"} <= adapted  # conv and MLP layers too, not only attention
     AutoModelForCausalLM.from_pretrained(final)
     assert (final / "metrics.json").is_file() and (final / "tokenizer.json").is_file()
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(clicking_model: Path, env_url: str, tmp_path: Path) -> None:
+    """`docker compose stop` sends SIGTERM: the run ends at a step boundary with a checkpoint to resume."""
+    import signal
+
+    from transformers import TrainerCallback
+
+    from browser_control.training.trainer import TrainingStopped, train
+
+    class SendSigterm(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if state.global_step == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    handler_before = signal.getsignal(signal.SIGTERM)
+    data = _config(tmp_path, model_name=str(clicking_model), browsergym_url=env_url, max_steps=5, save_steps=50,
+                   checkpoint_dir=str(tmp_path / "ck"), logging_dir=str(tmp_path / "tb"))
+    with pytest.raises(TrainingStopped, match=r"signal 15 at step 1 of 5") as info:
+        train(TrainConfig.model_validate(data), callbacks=[SendSigterm()])
+    assert info.value.signal_number == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is handler_before
+    (run_dir,) = (tmp_path / "ck" / "runs").iterdir()
+    assert [p.name for p in run_dir.glob("checkpoint-*")] == ["checkpoint-1"]
+    assert (run_dir / "checkpoint-1" / "trainer_state.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["runs"]  # no finished checkpoint

@@ -87,3 +87,45 @@ class CollapseGuard(TrainerCallback):
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class GracefulStop(TrainerCallback):
+    """SIGTERM/SIGINT (``docker compose stop``, Ctrl-C): save an intermediate checkpoint, then stop.
+
+    The Trainer checks its control flags after each optimizer step, so the run ends at a step boundary
+    with a complete checkpoint to resume from; a second signal interrupts at once. The handlers are only
+    installed in the main thread (Python's rule) and are restored by :meth:`uninstall`.
+    """
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        import signal
+
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal_number is not None:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self.signal_number = signum
+        log.warning("signal %d: saving a checkpoint at the end of this step, then stopping "
+                    "(send it again to stop at once)", signum)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
+        if self.signal_number is not None:
+            control.should_save = True
+            control.should_training_stop = True

@@ -17,7 +17,8 @@ Environment variables (they override the config file; --set overrides them):
   HF_HOME          Hugging Face model cache (with HF_HUB_OFFLINE=1 a cached model loads with no network)
 
 Exit status: 0 done, 2 bad configuration or setup, 3 environment service unavailable, 4 checkpoint not
-found or not written (disk full), 1 anything else.
+found or not written (disk full), 130/143 stopped by SIGINT/SIGTERM after saving a checkpoint to resume
+from, 1 anything else.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from browser_control.client import EnvServiceUnavailable
     from browser_control.config import ConfigError, load_config
     from browser_control.training.checkpoints import CheckpointError
-    from browser_control.training.trainer import TrainingSetupError, plan_run, preflight
+    from browser_control.training.trainer import TrainingSetupError, TrainingStopped, plan_run, preflight
 
     _configure_logging(args.log_level)
     try:
@@ -95,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
         code = EXIT_CHECKPOINT if isinstance(exc, CheckpointError) else EXIT_SETUP
         print(f"error: {exc}", file=sys.stderr)
         return code
+    except TrainingStopped as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 128 + exc.signal_number
     except EnvServiceUnavailable as exc:
         print(f"error: environment service unavailable, training stopped: {exc}", file=sys.stderr)
         return EXIT_ENV_UNAVAILABLE

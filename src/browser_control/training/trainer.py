@@ -45,6 +45,14 @@ class TrainingSetupError(RuntimeError):
     """Training cannot start as configured; the message says why and what to change."""
 
 
+class TrainingStopped(RuntimeError):
+    """A stop signal ended the run early; an intermediate checkpoint was saved to resume from."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
 @dataclass
 class RunPlan:
     """Everything decided before a model is loaded; ``describe()`` is what ``--dry-run`` prints."""
@@ -338,7 +346,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
     from trl import GRPOTrainer
 
     from browser_control.agent.concurrency import ConcurrentRolloutsMixin
-    from browser_control.training.callbacks import CollapseGuard
+    from browser_control.training.callbacks import CollapseGuard, GracefulStop
     from browser_control.training.rollouts import EnvironmentFactory, EpisodeMetrics, SaturationMonitor
 
     class BrowserGRPOTrainer(ConcurrentRolloutsMixin, GRPOTrainer):
@@ -360,10 +368,15 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
         episode_log=plan.run_dir / (EPISODE_LOG_FILE if rank == 0 else f"episodes-rank{rank}.jsonl"),
     )
     guard = CollapseGuard(config.entropy_warning_threshold, monitor)
-    plan.tensorboard_dir.mkdir(parents=True, exist_ok=True)
     # The guard comes first so the collapse scalars it adds to a step's logs reach TensorBoard with it.
-    tensorboard = TensorBoardCallback(SummaryWriter(log_dir=str(plan.tensorboard_dir)))
-    _write_run_config(plan)
+    # Only the main process writes (a SummaryWriter creates its event file at once).
+    if rank == 0:
+        plan.tensorboard_dir.mkdir(parents=True, exist_ok=True)
+        tensorboard = TensorBoardCallback(SummaryWriter(log_dir=str(plan.tensorboard_dir)))
+        _write_run_config(plan)
+    else:
+        tensorboard = TensorBoardCallback()  # never initialised off the main process
+    stop = GracefulStop()
 
     rollouts = None
     try:
@@ -378,7 +391,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
                 processing_class=tokenizer,
                 environment_factory=factory,
                 peft_config=build_peft_config(config),
-                callbacks=[guard, tensorboard, *callbacks],
+                callbacks=[guard, tensorboard, stop, *callbacks],
             )
         trainer_ref.append(trainer)
         check_reward_wiring(trainer)
@@ -387,6 +400,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
         if config.use_peft:
             check_lora_targets(trainer.model, config.lora_target_modules)
         log.info("training %s: %s", plan.name, plan.describe().replace("\n", "; "))
+        stop.install()
         try:
             trainer.train(resume_from_checkpoint=str(plan.resume_checkpoint) if plan.resume_checkpoint else None)
         except BaseException as exc:
@@ -401,10 +415,16 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
                 ) from exc
             raise
     finally:
+        stop.uninstall()
         if rollouts is not None:
             rollouts.shutdown()
         factory.close()
 
+    if stop.signal_number is not None and trainer.state.global_step < trainer.state.max_steps:
+        raise TrainingStopped(
+            f"stopped by signal {stop.signal_number} at step {trainer.state.global_step} of "
+            f"{trainer.state.max_steps}; checkpoint saved under {plan.run_dir}. Continue with "
+            "resume_from_checkpoint: true", stop.signal_number)
     summary = guard.summary(trainer.state)
     summary["run_name"] = plan.name
     summary["episodes"] = {"generation_batches": metrics.batches}
