@@ -132,6 +132,16 @@ def test_group_must_fit_in_a_step(tmp_path: Path) -> None:
     assert "multiple of num_generations = 3" in message
 
 
+def test_vllm_context_must_hold_prompt_and_completion(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        tasks: [click-test]
+        use_vllm: true
+        max_completion_length: 4096
+        vllm_max_model_length: 4096
+    """)
+    assert "must exceed max_completion_length" in error_of(path)
+
+
 def test_duplicate_and_missing_tasks(tmp_path: Path) -> None:
     assert "listed twice" in error_of(write(tmp_path, "tasks: [click-test, miniwob.click-test]\n"))
     assert "tasks: Field required" in error_of(write(tmp_path, "max_steps: 3\n"))

@@ -173,6 +173,13 @@ class TrainConfig(_Strict):
                 f"{' * WORLD_SIZE' if world_size > 1 else ''} = {batch} must be a multiple of "
                 f"num_generations = {self.num_generations}: a GRPO group must fit in one optimizer step"
             )
+        if self.use_vllm and self.vllm_max_model_length is not None and (
+            self.vllm_max_model_length <= self.max_completion_length
+        ):
+            raise ValueError(
+                f"vllm_max_model_length = {self.vllm_max_model_length} must exceed max_completion_length = "
+                f"{self.max_completion_length}: the prompt (tool list and first page) comes on top"
+            )
         return self
 
     # -- derived values --------------------------------------------------------------------------------
