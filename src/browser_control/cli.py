@@ -14,6 +14,8 @@ COMMAND_MODULES = {
     "evaluate": "browser_control.evaluation.cli",
     "checkpoints": "browser_control.checkpoints_cli",
     "train": "browser_control.training.cli",
+    "demos": "browser_control.sft.demos_cli",
+    "sft": "browser_control.sft.cli",
 }
 
 

@@ -197,8 +197,8 @@ class TrainConfig(_Strict):
 
 # -- loading -----------------------------------------------------------------------------------------
 
-def field_names() -> list[str]:
-    return list(TrainConfig.model_fields)
+def field_names(schema: type[BaseModel] | None = None) -> list[str]:
+    return list((schema or TrainConfig).model_fields)
 
 
 def _closest(key: str, candidates: list[str]) -> str:
@@ -206,10 +206,10 @@ def _closest(key: str, candidates: list[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def _key_path(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel]]:
+def _key_path(loc: tuple[Any, ...], root: type[BaseModel] = TrainConfig) -> tuple[list[str], type[BaseModel]]:
     """The user's key path of an error location, without pydantic's union-member tags (bool, literal[...])."""
     parts: list[str] = []
-    model: type[BaseModel] = TrainConfig
+    model: type[BaseModel] = root
     for part in loc:
         if isinstance(part, int):
             parts.append(str(part))
@@ -222,11 +222,12 @@ def _key_path(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel]]:
     return parts, model
 
 
-def _describe_errors(errors: list[dict[str, Any]], source: str) -> list[str]:
+def _describe_errors(errors: list[dict[str, Any]], source: str,
+                     root: type[BaseModel] = TrainConfig) -> list[str]:
     by_key: dict[str, list[str]] = {}
     unknown: list[str] = []
     for error in errors:
-        parts, model = _key_path(tuple(error.get("loc", ())))
+        parts, model = _key_path(tuple(error.get("loc", ())), root)
         key = ".".join(parts)
         kind = error.get("type", "")
         if kind == "extra_forbidden":
@@ -262,7 +263,7 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     return data
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+def parse_overrides(pairs: list[str], schema: type[BaseModel] = TrainConfig) -> dict[str, Any]:
     """``["max_steps=5", "tasks=[click-test]"]`` -> ``{"max_steps": 5, "tasks": ["click-test"]}`` (YAML values)."""
     result: dict[str, Any] = {}
     for pair in pairs:
@@ -270,8 +271,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set max_steps=10")
-        if key not in TrainConfig.model_fields:
-            raise ConfigError(f"--set: unknown key '{key}'{_closest(key, field_names())}")
+        if key not in schema.model_fields:
+            raise ConfigError(f"--set: unknown key '{key}'{_closest(key, field_names(schema))}")
         try:
             result[key] = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError as exc:
@@ -279,13 +280,14 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return result
 
 
-def env_overrides(environ: dict[str, str] | None = None) -> dict[str, str]:
+def env_overrides(environ: dict[str, str] | None = None, schema: type[BaseModel] = TrainConfig) -> dict[str, str]:
     environ = dict(os.environ if environ is None else environ)
-    return {key: environ[var] for var, key in ENV_OVERRIDES.items() if environ.get(var)}
+    return {key: environ[var] for var, key in ENV_OVERRIDES.items()
+            if environ.get(var) and key in schema.model_fields}
 
 
 def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
-                environ: dict[str, str] | None = None) -> TrainConfig:
+                environ: dict[str, str] | None = None, schema: type[BaseModel] = TrainConfig) -> Any:
     """Read, merge and validate a config; raise :class:`ConfigError` with a message fit for a user."""
     path = Path(path)
     source = str(path)
@@ -302,16 +304,18 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None =
     data = _parse_yaml(text, source)
     # Unknown keys of the file itself are reported against the file, before any override can hide them.
     for key in data:
-        if key not in TrainConfig.model_fields:
-            raise ConfigError(f"{source}: unknown key '{key}'{_closest(str(key), field_names())}")
-    merged: dict[str, Any] = {**data, **env_overrides(environ)}
+        if key not in schema.model_fields:
+            raise ConfigError(f"{source}: unknown key '{key}'{_closest(str(key), field_names(schema))}")
+    merged: dict[str, Any] = {**data, **env_overrides(environ, schema)}
     if overrides:
-        merged.update(parse_overrides(overrides) if isinstance(overrides, list) else overrides)
-    return validate_config(merged, source)
+        merged.update(parse_overrides(overrides, schema) if isinstance(overrides, list) else overrides)
+    return validate_config(merged, source, schema)
 
 
-def validate_config(data: dict[str, Any], source: str = "config") -> TrainConfig:
+def validate_config(data: dict[str, Any], source: str = "config", schema: type[BaseModel] = TrainConfig) -> Any:
+    """Validate against ``schema`` (TrainConfig, or another strict model such as the SFT config)."""
     try:
-        return TrainConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError("\n".join(_describe_errors([dict(e) for e in exc.errors()], source))) from None
+        errors = [dict(e) for e in exc.errors()]
+        raise ConfigError("\n".join(_describe_errors(errors, source, schema))) from None

@@ -1,0 +1,1 @@
+"""Supervised warm start: scripted demonstrations (``demos``) and fine-tuning on them (``sft``)."""
