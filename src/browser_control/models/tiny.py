@@ -146,19 +146,21 @@ def build_tiny_lfm2(
 
 
 def imprint_reply(model_dir: str | Path, reply: str, prompts: list[list[dict]], tools: list | None = None,
-                  steps: int = 200, learning_rate: float = 3e-3) -> Path:
+                  steps: int = 200, learning_rate: float = 3e-3, max_rounds: int = 4) -> Path:
     """Train the model in ``model_dir`` (in place) to answer every prompt with ``reply``.
 
     A random model almost never emits a well-formed tool call, so a rollout would end after one turn.
     Imprinting a fixed reply such as ``<|tool_call_start|>[click(bid='13')]<|tool_call_end|>`` gives
     multi-turn episodes of a known shape: what pipeline tests and throughput benchmarks need. Loss is on
-    the reply tokens only.
+    the reply tokens only. Training goes on in rounds of ``steps`` until greedy decoding of the first
+    and last prompt gives the reply, for at most ``max_rounds`` rounds.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device)
     reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     examples = []
     for messages in prompts:
@@ -166,14 +168,30 @@ def imprint_reply(model_dir: str | Path, reply: str, prompts: list[list[dict]], 
                                                    tokenize=True, return_dict=False)
         ids = list(prompt_ids) + reply_ids
         labels = [-100] * len(prompt_ids) + reply_ids
-        examples.append((torch.tensor([ids]), torch.tensor([labels])))
+        examples.append((torch.tensor([ids], device=device), torch.tensor([labels], device=device)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+
+    def answers_with_reply(example: tuple) -> bool:
+        input_ids, labels = example
+        prompt = input_ids[:, : int((labels[0] == -100).sum())]
+        model.eval()
+        with torch.no_grad():
+            out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                 max_new_tokens=len(reply_ids), pad_token_id=tokenizer.pad_token_id)
+        model.train()
+        return out[0, prompt.shape[1]:].tolist() == reply_ids
+
     model.train()
-    for step in range(steps):
-        input_ids, labels = examples[step % len(examples)]
-        loss = model(input_ids=input_ids, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    for round_ in range(max_rounds):
+        for step in range(steps):
+            input_ids, labels = examples[(round_ * steps + step) % len(examples)]
+            loss = model(input_ids=input_ids, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        if all(answers_with_reply(e) for e in (examples[0], examples[-1])):
+            break
+    else:
+        raise RuntimeError(f"the model did not learn to answer {reply!r} in {max_rounds * steps} steps")
     model.save_pretrained(str(model_dir))
     return Path(model_dir)
