@@ -66,7 +66,16 @@ def solve_login_user(goal: str, tree: str) -> list[str]:
     ]
 
 
+def solve_click_link(goal: str, tree: str) -> list[str]:
+    # Links are <span>s: the service keeps their bid by marking them clickable.
+    text = _quoted(goal)[0]
+    match = re.search(rf"\[(\w+)\] generic, clickable=True\n\t+StaticText '{re.escape(text)}'", tree)
+    assert match, f"no clickable link {text!r} in\n{tree}"
+    return [f"click('{match.group(1)}')"]
+
+
 SOLVERS: dict[str, Solver] = {
+    "click-link": solve_click_link,
     "click-test": solve_click_test,
     "click-button": solve_click_button,
     "enter-text": solve_enter_text,

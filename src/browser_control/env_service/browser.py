@@ -31,7 +31,14 @@ from browsergym.core.action import functions as action_functions
 from browsergym.core.action.base import execute_python_code
 from browsergym.core.action.highlevel import HighLevelActionSet
 from browsergym.core.constants import BROWSERGYM_ID_ATTRIBUTE
-from browsergym.core.observation import MarkingError, _post_extract, _pre_extract, extract_merged_axtree
+from browsergym.core.observation import (
+    MarkingError,
+    _post_extract,
+    _pre_extract,
+    extract_dom_extra_properties,
+    extract_dom_snapshot,
+    extract_merged_axtree,
+)
 from browsergym.miniwob.base import AbstractMiniwobTask
 from browsergym.utils.obs import IGNORED_AXTREE_PROPERTIES, flatten_axtree_to_str
 
@@ -61,6 +68,19 @@ _TRANSIENT_EXTRACT_ERRORS = (
     "Cannot mark a child frame without a bid",
     "Cannot read properties of undefined",
 )
+
+
+def _mark_clickable_generics(axtree: dict[str, Any], clickable: set[str]) -> None:
+    """Give clickable generic nodes (e.g. <span> links) a property, so the flattener keeps their bid.
+
+    flatten_axtree_to_str drops generic nodes without properties to save tokens; MiniWoB draws many
+    click targets (click-link's links, menus) as plain spans, which would leave the text with no bid.
+    """
+    for node in axtree["nodes"]:
+        if node.get("browsergym_id") in clickable and node.get("role", {}).get("value") == "generic":
+            node.setdefault("properties", []).append(
+                {"name": "clickable", "value": {"type": "boolean", "value": True}}
+            )
 
 
 @functools.cache
@@ -312,6 +332,10 @@ class BrowserSession:
             try:
                 _pre_extract(page, tags_to_mark="standard_html", lenient=attempt == 2)
                 axtree = extract_merged_axtree(page)
+                clickable = {
+                    bid for bid, props in extract_dom_extra_properties(extract_dom_snapshot(page), 1.0).items()
+                    if props.get("clickable")
+                }
                 break
             except (playwright.sync_api.Error, MarkingError) as exc:
                 if attempt == 2 or not any(s in str(exc) for s in _TRANSIENT_EXTRACT_ERRORS):
@@ -319,6 +343,7 @@ class BrowserSession:
                 _post_extract(page)
                 page.wait_for_timeout(100)
         _post_extract(page)
+        _mark_clickable_generics(axtree, clickable)
         text = flatten_axtree_to_str(
             axtree, ignored_roles=AXTREE_IGNORED_ROLES, ignored_properties=AXTREE_IGNORED_PROPERTIES
         )
