@@ -42,9 +42,11 @@ from browsergym.core.observation import (
 from browsergym.miniwob.base import AbstractMiniwobTask
 from browsergym.utils.obs import IGNORED_AXTREE_PROPERTIES, flatten_axtree_to_str
 
+from browser_control.env_service import playwright_stack
 from browser_control.env_service.actions import ACTIONS, ParsedAction
 
 log = logging.getLogger("browser_control.env_service")
+playwright_stack.install()
 
 T = TypeVar("T")
 
