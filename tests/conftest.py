@@ -132,6 +132,38 @@ def env_url(env_service: ServiceProcess) -> str:
     return env_service.url
 
 
+CLICK_REPLY = "<|tool_call_start|>[click(bid='13')]<|tool_call_end|>"
+
+
+@pytest.fixture(scope="session")
+def clicking_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LFM2 (local tokenizer, LFM2 special tokens) that answers every turn with click(bid='13').
+
+    A random model almost never calls a tool; this one gives multi-turn episodes of a known shape on
+    click-test (solved at once) and click-checkboxes (never solved by that click).
+    """
+    import torch
+
+    from browser_control.agent.environment import bound_tools
+    from browser_control.agent.prompts import task_prompt
+    from browser_control.models.tiny import build_tiny_lfm2, imprint_reply
+
+    torch.set_num_threads(1)  # torch's threads and Chromium otherwise fight over two cores
+    path = build_tiny_lfm2(tmp_path_factory.mktemp("clicker"), hidden_size=32, intermediate_size=64)
+    call = {"type": "function", "function": {"name": "click", "arguments": {"bid": "13"}}}
+    prompts = []
+    for task, page, result in (
+        ("click-test", "[13] button 'Click Me!'", "The episode is over after 1 actions: the task is solved."),
+        ("click-checkboxes", "[18] checkbox 'x'", "Goal: Select x.\nPage:\n[18] checkbox 'x'"),
+    ):
+        first = task_prompt(task)
+        first[-1] = {**first[-1], "content": first[-1]["content"]
+                     + f"Goal: do it.\nStep 0 of 3. Last action error: none\nPage:\n{page}"}
+        prompts += [first, [*first, {"role": "assistant", "content": "", "tool_calls": [call]},
+                            {"role": "tool", "name": "click", "content": result}]]
+    return imprint_reply(path, CLICK_REPLY, prompts, tools=bound_tools(), steps=150)
+
+
 def which(name: str) -> str | None:
     return shutil.which(name) or (
         str(Path(sys.executable).parent / name) if (Path(sys.executable).parent / name).exists() else None

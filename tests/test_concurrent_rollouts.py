@@ -6,7 +6,6 @@ must fail here (and at run time), not silently feed placeholders to the model.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import pytest
@@ -57,29 +56,6 @@ def test_a_dead_service_is_raised_when_its_result_is_collected() -> None:
     with pytest.raises(EnvServiceUnavailable):
         env.get_reward()  # never a silent 0.0
     rollouts.shutdown()
-
-
-def _tools() -> list:
-    env = BrowserEnvironment.__new__(BrowserEnvironment)
-    return [getattr(env, n) for n, _ in inspect.getmembers(BrowserEnvironment, inspect.isfunction)
-            if not n.startswith("_") and n not in ("reset", "get_reward")]
-
-
-@pytest.fixture(scope="module")
-def clicking_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny LFM2 that answers every turn with click(bid='13'): episodes of a known number of turns."""
-    from browser_control.models.tiny import build_tiny_lfm2, imprint_reply
-
-    path = build_tiny_lfm2(tmp_path_factory.mktemp("clicker"), hidden_size=32, intermediate_size=64)
-    prompts = []
-    for k in range(3):
-        first = task_prompt("click-checkboxes")
-        first[-1] = {**first[-1], "content": first[-1]["content"] + f"Goal: Select x.\nPage:\n[{18 + k}] checkbox"}
-        call = {"type": "function", "function": {"name": "click", "arguments": {"bid": "13"}}}
-        prompts += [first, [*first, {"role": "assistant", "content": "", "tool_calls": [call]},
-                            {"role": "tool", "name": "click", "content": "Goal: Select x.\nPage:\n[18] checkbox"}]]
-    return imprint_reply(path, "<|tool_call_start|>[click(bid='13')]<|tool_call_end|>", prompts,
-                         tools=_tools(), steps=150)
 
 
 def _trainer(model: Path, env_url: str, tmp_path: Path, trainer_cls: type, steps: int = 3):

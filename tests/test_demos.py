@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from browser_control.agent.environment import BrowserEnvironment
+from browser_control.agent.environment import BrowserEnvironment, bound_tools
 from browser_control.agent.prompts import SYSTEM_PROMPT
-from browser_control.evaluation.policy import bound_tools
 from browser_control.seeds import EVAL_SEED_RANGE, TRAIN_SEED_RANGE, train_seed
 from browser_control.sft.demos import read_demos
 from tests.conftest import free_port, subprocess_env

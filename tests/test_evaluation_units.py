@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from browser_control.agent.environment import BrowserEnvironment
+from browser_control.agent.environment import BrowserEnvironment, tool_names
 from browser_control.env_service.actions import parse_action
 from browser_control.evaluation.observation import parse_observation
-from browser_control.evaluation.policy import ToolCall, tool_names
+from browser_control.evaluation.policy import ToolCall
 from browser_control.evaluation.report import EpisodeRecord, build_report, compare, write_reports
 from browser_control.evaluation.runner import EvaluationError, check_tasks
 from browser_control.evaluation.scripted import SCRIPTED_TASKS, ScriptedPolicyError, scripted_step
@@ -222,7 +222,7 @@ def test_tool_result_tokens_are_the_ones_trl_appends(tmp_path: Path) -> None:
                                    chat_template_kwargs={}, _is_vlm=False)
     assert codec.tool_suffix_ids(messages) == GRPOTrainer._get_tool_suffix_ids(trainer_like, messages)
     env = BrowserEnvironment(base_url="http://127.0.0.1:9")
-    from browser_control.evaluation.policy import bound_tools
+    from browser_control.agent.environment import bound_tools
 
     prompt = codec.prompt_ids([{"role": "user", "content": "hi"}], bound_tools(env))
     completion = tokenizer("<|tool_call_start|>[fill(bid='14', value='Cheree')]<|tool_call_end|><|im_end|>",

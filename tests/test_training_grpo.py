@@ -6,7 +6,6 @@ episodes have tool calls, rewards are not all zero, and a broken reward wiring w
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
@@ -21,7 +20,6 @@ import pytest
 import yaml
 
 from browser_control.agent.environment import BrowserEnvironment
-from browser_control.agent.prompts import task_prompt
 from browser_control.client import EnvServiceUnavailable
 from browser_control.config import TrainConfig
 from tests.conftest import ServiceProcess, subprocess_env
@@ -29,7 +27,6 @@ from tests.conftest import ServiceProcess, subprocess_env
 pytestmark = pytest.mark.slow
 
 HUB_ID = "browser-control-tests/Tiny-LFM2"  # served from a local HF cache with HF_HUB_OFFLINE=1
-CLICK = "<|tool_call_start|>[click(bid='13')]<|tool_call_end|>"
 NAME_RE = re.compile(r"^tiny-lfm2-click-test-\d{8}-\d{6}$")
 
 
@@ -43,29 +40,6 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _tools() -> list:
-    env = BrowserEnvironment.__new__(BrowserEnvironment)
-    return [getattr(env, n) for n, _ in inspect.getmembers(BrowserEnvironment, inspect.isfunction)
-            if not n.startswith("_") and n not in ("reset", "get_reward")]
-
-
-@pytest.fixture(scope="module")
-def clicking_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from browser_control.models.tiny import build_tiny_lfm2, imprint_reply
-
-    torch.set_num_threads(1)
-    path = build_tiny_lfm2(tmp_path_factory.mktemp("clicker"), hidden_size=32, intermediate_size=64)
-    first = task_prompt("click-test")
-    first[-1] = {**first[-1], "content": first[-1]["content"]
-                 + "Goal: Click the button.\nStep 0 of 2. Last action error: none\nPage:\n[13] button 'Click Me!'"}
-    call = {"type": "function", "function": {"name": "click", "arguments": {"bid": "13"}}}
-    after = [*first, {"role": "assistant", "content": "", "tool_calls": [call]},
-             {"role": "tool", "name": "click", "content": "The episode is over after 1 actions: the task is solved."}]
-    return imprint_reply(path, CLICK, [first, after], tools=_tools(), steps=150)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,10 @@ one whitelisted action of the environment service; the service validates it agai
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -298,3 +300,22 @@ class BrowserEnvironment:
             except Exception:  # the service may already be gone at shutdown; nothing to keep
                 pass
             self._session_id = None
+
+
+# TRL exposes every public method except these two as a tool (GRPOTrainer, environment_factory).
+NOT_TOOLS = ("reset", "get_reward")
+
+
+def tool_names(env_class: type = BrowserEnvironment) -> list[str]:
+    """Tool names in TRL's order (inspect.getmembers sorts by name), so prompts render identically."""
+    return [name for name, _ in inspect.getmembers(env_class, predicate=inspect.isfunction)
+            if not name.startswith("_") and name not in NOT_TOOLS]
+
+
+def bound_tools(env: BrowserEnvironment | None = None) -> list[Callable[..., str]]:
+    """The bound tool methods, as TRL passes them to ``apply_chat_template(tools=...)``.
+
+    Without ``env``, the methods of an unconnected instance: enough to render the tool schemas.
+    """
+    env = env if env is not None else BrowserEnvironment.__new__(BrowserEnvironment)
+    return [getattr(env, name) for name in tool_names(type(env))]

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from browser_control.agent.environment import bound_tools
 from browser_control.checkpoints_cli import adapter_dir, checkpoint_dir
-from browser_control.evaluation.policy import Decision, Episode, Policy, ToolCall, bound_tools
+from browser_control.evaluation.policy import Decision, Episode, Policy, ToolCall
 from browser_control.evaluation.runner import EvaluationError
 
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

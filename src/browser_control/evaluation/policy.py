@@ -9,25 +9,11 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from browser_control.agent.environment import BrowserEnvironment, action_text
-
-# TRL exposes every public method except these two as a tool (trl GRPOTrainer, environment_factory).
-_NOT_TOOLS = ("reset", "get_reward")
-
-
-def tool_names(env_class: type = BrowserEnvironment) -> list[str]:
-    """Tool names in TRL's order (inspect.getmembers sorts by name), so prompts render identically."""
-    return [name for name, _ in inspect.getmembers(env_class, predicate=inspect.isfunction)
-            if not name.startswith("_") and name not in _NOT_TOOLS]
-
-
-def bound_tools(env: BrowserEnvironment) -> list[Callable[..., str]]:
-    """The bound tool methods of ``env``, as TRL passes them to ``apply_chat_template(tools=...)``."""
-    return [getattr(env, name) for name in tool_names(type(env))]
+from browser_control.agent.environment import BrowserEnvironment, action_text, tool_names
 
 
 @dataclass

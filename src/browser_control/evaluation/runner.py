@@ -18,10 +18,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from browser_control.agent.environment import DEFAULT_BROWSERGYM_URL, BrowserEnvironment
+from browser_control.agent.environment import DEFAULT_BROWSERGYM_URL, BrowserEnvironment, tool_names
 from browser_control.agent.prompts import task_prompt
 from browser_control.client import EnvClient, EnvRequestError, EnvServiceUnavailable
-from browser_control.evaluation.policy import Decision, Episode, Policy, tool_names
+from browser_control.evaluation.policy import Decision, Episode, Policy
 from browser_control.evaluation.report import EpisodeRecord, EvaluationReport, build_report
 from browser_control.seeds import eval_seed
 

@@ -9,7 +9,6 @@ path with from_pretrained, the same code path as a hub model.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,16 +33,15 @@ LFM2_SPECIAL_TOKENS = [
 
 def _default_corpus() -> list[str]:
     """Text that looks like what the model will read and write: prompts, trees, tool calls."""
-    from browser_control.agent.environment import BrowserEnvironment
+    from browser_control.agent.environment import tool_names
     from browser_control.agent.prompts import SYSTEM_PROMPT
 
-    tool_names = [n for n, v in vars(BrowserEnvironment).items()
-                  if inspect.isfunction(v) and not n.startswith("_") and n not in ("reset", "get_reward")]
+    names = tool_names()
     lines = [SYSTEM_PROMPT, "List of tools: ", "Goal: Click the button.", "Page:", "RootWebArea", "focused"]
     for role in ("button", "textbox", "checkbox", "link", "combobox", "option", "StaticText", "generic", "radio"):
         for bid in range(0, 120, 3):
             lines.append(f"\t[{bid}] {role} 'Submit'")
-    for name in tool_names:
+    for name in names:
         lines += [f"[{name}(bid='{b}')]" for b in range(0, 60, 7)]
         lines.append(f'{{"name": "{name}", "description": "", "parameters": {{"type": "object"}}}}')
     lines += [f"Step {i} of 10. Last action error: none" for i in range(11)]
@@ -52,13 +50,10 @@ def _default_corpus() -> list[str]:
 
 def _rendered_prompt(tokenizer) -> str:  # type: ignore[no-untyped-def]
     """The system prompt with every tool schema, as the chat template renders it for each episode."""
-    from browser_control.agent.environment import BrowserEnvironment
+    from browser_control.agent.environment import bound_tools
     from browser_control.agent.prompts import task_prompt
 
-    env = BrowserEnvironment.__new__(BrowserEnvironment)
-    tools = [getattr(env, n) for n, v in vars(BrowserEnvironment).items()
-             if inspect.isfunction(v) and not n.startswith("_") and n not in ("reset", "get_reward")]
-    return tokenizer.apply_chat_template(task_prompt("click-test"), tools=tools, tokenize=False)
+    return tokenizer.apply_chat_template(task_prompt("click-test"), tools=bound_tools(), tokenize=False)
 
 
 def build_tokenizer(output_dir: str | Path, corpus: Iterable[str] | None = None, vocab_size: int = 1024):

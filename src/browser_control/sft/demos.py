@@ -25,10 +25,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from browser_control.agent.environment import BrowserEnvironment
+from browser_control.agent.environment import BrowserEnvironment, bound_tools, tool_names
 from browser_control.agent.prompts import task_prompt
 from browser_control.client import EnvClient
-from browser_control.evaluation.policy import ToolCall, bound_tools, tool_names
+from browser_control.evaluation.policy import ToolCall
 from browser_control.evaluation.scripted import SCRIPTED_TASKS, ScriptedPolicyError, scripted_step
 from browser_control.seeds import TRAIN_SEED_RANGE, train_seed
 
