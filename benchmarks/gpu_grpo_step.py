@@ -19,7 +19,6 @@ click(bid='13'), so each episode really has 5 turns.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import statistics
@@ -89,14 +88,6 @@ def replaying_environment(recording: list[dict], turns: int) -> type:
     return RecordedEpisodes
 
 
-def tools() -> list:
-    from browser_control.agent.environment import BrowserEnvironment
-
-    env = BrowserEnvironment.__new__(BrowserEnvironment)
-    return [getattr(env, n) for n, _ in inspect.getmembers(BrowserEnvironment, inspect.isfunction)
-            if not n.startswith("_") and n not in ("reset", "get_reward")]
-
-
 TINY = dict(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
             num_key_value_heads=2, full_attn_idxs=[1], block_multiple_of=8, max_position_embeddings=8192)
 
@@ -105,6 +96,7 @@ def build_model(path: Path, recording: list[dict], shape: dict, learning_rate: f
     import torch
     from transformers import Lfm2Config, Lfm2ForCausalLM
 
+    from browser_control.agent.environment import bound_tools
     from browser_control.agent.prompts import task_prompt
     from browser_control.models.tiny import build_tokenizer, imprint_reply
 
@@ -126,7 +118,7 @@ def build_model(path: Path, recording: list[dict], shape: dict, learning_rate: f
             messages += [{"role": "assistant", "content": "", "tool_calls": [call]},
                          {"role": "tool", "name": "click", "content": reply}]
             prompts.append(list(messages))
-    imprint_reply(path, "<|tool_call_start|>[click(bid='13')]<|tool_call_end|>", prompts, tools=tools(),
+    imprint_reply(path, "<|tool_call_start|>[click(bid='13')]<|tool_call_end|>", prompts, tools=bound_tools(),
                   steps=100, learning_rate=learning_rate, max_rounds=6)
 
 
@@ -139,6 +131,7 @@ def run(mode: str, gradient_checkpointing: bool, rollouts: int, generations: int
     from trl import GRPOConfig, GRPOTrainer
 
     from browser_control.agent.concurrency import ConcurrentRolloutsMixin
+    from browser_control.agent.environment import bound_tools
     from browser_control.agent.prompts import task_prompt
 
     recording = json.loads(RECORDING.read_text())
@@ -203,7 +196,7 @@ def run(mode: str, gradient_checkpointing: bool, rollouts: int, generations: int
         "completion_tokens_mean": logs[-1]["completions/mean_length"] if logs else None,
         "tool_calls_per_rollout": logs[-1].get("tools/call_frequency") if logs else None,
         "prompt_tokens": len(trainer.processing_class.apply_chat_template(
-            task_prompt(TASK), tools=tools(), add_generation_prompt=True, tokenize=True, return_dict=False)),
+            task_prompt(TASK), tools=bound_tools(), add_generation_prompt=True, tokenize=True, return_dict=False)),
         "model_build_and_imprint_s": round(build_s, 1),
         "gpu": torch.cuda.get_device_name() if cuda else "cpu",
         "torch": torch.__version__,

@@ -13,7 +13,6 @@ the first step of each mode (warm-up).
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import platform
 import statistics
@@ -46,14 +45,11 @@ def start_service(port: int, sessions: int, workers: int, chromium: str | None) 
 
 
 def imprinted_model(path: Path) -> Path:
-    from browser_control.agent.environment import BrowserEnvironment
+    from browser_control.agent.environment import BrowserEnvironment, bound_tools
     from browser_control.agent.prompts import task_prompt
     from browser_control.models.tiny import build_tiny_lfm2, imprint_reply
 
     build_tiny_lfm2(path, hidden_size=32, intermediate_size=64)
-    env = BrowserEnvironment.__new__(BrowserEnvironment)
-    tools = [getattr(env, n) for n, _ in inspect.getmembers(BrowserEnvironment, inspect.isfunction)
-             if not n.startswith("_") and n not in ("reset", "get_reward")]
     # Real first observations and tool results of the benchmark task, so the imprint holds on them.
     url = os.environ["ROLLOUT_BENCH_URL"]
     client_env = BrowserEnvironment(base_url=url, max_episode_steps=5)
@@ -69,7 +65,7 @@ def imprinted_model(path: Path) -> Path:
             prompts.append(list(messages))
     client_env._close()
     return imprint_reply(path, "<|tool_call_start|>[click(bid='13')]<|tool_call_end|>", prompts,
-                         tools=tools, steps=300)
+                         tools=bound_tools(), steps=300)
 
 
 def run_mode(concurrent: bool, model: Path, url: str, rollouts: int, turns: int, steps: int,
