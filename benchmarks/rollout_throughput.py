@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -78,9 +79,24 @@ def run_mode(concurrent: bool, model: Path, url: str, rollouts: int, turns: int,
     from browser_control.agent.environment import BrowserEnvironment
     from browser_control.agent.prompts import task_prompt
 
+    env_wait_s = [0.0]  # time the trainer's thread spends blocked on the environment service
+
+    def timed(fn):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if threading.current_thread() is not threading.main_thread():
+                return fn(*args, **kwargs)  # on a lane: overlapped, not waited for here
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                env_wait_s[0] += time.perf_counter() - started
+        return wrapper
+
     class Env(BrowserEnvironment):
         base_url = url
         max_episode_steps = turns
+        _act_now = timed(BrowserEnvironment._act_now)
+        _reset_now = timed(BrowserEnvironment._reset_now)
 
     class Timer(TrainerCallback):
         def __init__(self) -> None:
@@ -117,7 +133,17 @@ def run_mode(concurrent: bool, model: Path, url: str, rollouts: int, turns: int,
     trainer = trainer_cls(model=str(model), args=args, train_dataset=Dataset.from_list(rows),
                           environment_factory=Env, callbacks=[timer])
     if concurrent:
-        trainer.enable_concurrent_rollouts()
+        concurrent_rollouts = trainer.enable_concurrent_rollouts()
+        concurrent_rollouts.resolve = timed(concurrent_rollouts.resolve)
+        concurrent_rollouts.take_reset = timed(concurrent_rollouts.take_reset)
+    waits: list[float] = []
+
+    class EnvWaitPerStep(TrainerCallback):
+        def on_step_end(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            waits.append(env_wait_s[0])
+            env_wait_s[0] = 0.0
+
+    trainer.add_callback(EnvWaitPerStep())
     trainer.train()
     envs = trainer._environment_pool[None]
     actions = sum(env._episode.steps for env in envs[:rollouts])
@@ -127,7 +153,7 @@ def run_mode(concurrent: bool, model: Path, url: str, rollouts: int, turns: int,
     step_s = statistics.mean(timed)
     gen_s = statistics.mean(rollout_s[1:] or rollout_s)
     return {"step_s": step_s, "rollout_s": gen_s, "episodes_per_s": rollouts / gen_s,
-            "actions_per_step": actions}
+            "actions_per_step": actions, "env_wait_s": statistics.mean(waits[1:] or waits)}
 
 
 def main() -> int:
@@ -162,15 +188,16 @@ def main() -> int:
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"command: python {' '.join(sys.argv)}\n")
-    print("| env calls | s per GRPO step | s of rollouts per step | episodes/s (rollouts) |"
-          " env actions in last step |")
-    print("|---|---:|---:|---:|---:|")
+    print("| env calls | s per GRPO step | s of rollouts per step | s waiting on the env per step |"
+          " episodes/s (rollouts) | env actions in last step |")
+    print("|---|---:|---:|---:|---:|---:|")
     for concurrent, r in results.items():
         label = "concurrent (ours)" if concurrent else "sequential (TRL 1.16)"
-        print(f"| {label} | {r['step_s']:.2f} | {r['rollout_s']:.2f} | {r['episodes_per_s']:.2f} | "
-              f"{r['actions_per_step']:.0f} |")
-    print(f"\nspeed-up of the rollout phase: {results[False]['rollout_s'] / results[True]['rollout_s']:.2f}x; "
-          f"of a whole GRPO step: {results[False]['step_s'] / results[True]['step_s']:.2f}x")
+        print(f"| {label} | {r['step_s']:.2f} | {r['rollout_s']:.2f} | {r['env_wait_s']:.2f} | "
+              f"{r['episodes_per_s']:.2f} | {r['actions_per_step']:.0f} |")
+    seq, con = results[False], results[True]
+    print(f"\nspeed-up: env waiting {seq['env_wait_s'] / con['env_wait_s']:.2f}x, rollout phase "
+          f"{seq['rollout_s'] / con['rollout_s']:.2f}x, whole GRPO step {seq['step_s'] / con['step_s']:.2f}x")
     return 0
 
 
