@@ -221,8 +221,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     steps = [p["grpo_step"] for p in result["curve"]]
-    for task in result["tasks"]:
-        ax.plot(steps, [100 * p["success"][task] for p in result["curve"]], marker="o", label=task)
+    # Distinct markers and widths: tasks that reach the same rates would otherwise hide each other.
+    for index, task in enumerate(result["tasks"]):
+        ax.plot(steps, [100 * p["success"][task] for p in result["curve"]], marker="osD^v<>"[index % 7],
+                linewidth=1 + 2.5 * (len(result["tasks"]) - 1 - index) / max(len(result["tasks"]) - 1, 1),
+                markersize=9 - 1.2 * index, alpha=0.85, label=task)
     ax.plot(steps, [100 * p["overall"] for p in result["curve"]], color="black", linestyle="--", label="overall")
     ax.set_xlabel("GRPO optimizer steps (0 = the SFT start)")
     ax.set_ylabel("held-out success, greedy (%)")
@@ -249,7 +252,8 @@ def results_section(result: dict[str, Any], png: Path, results_md: Path, command
         f"Command: `{command}`  ",
         f"Machine: {result['machine']}, CPU only, one torch thread per process.  ",
         f"Time: demos {t['demos_s']:.0f} s, SFT {t['sft_s']:.0f} s, GRPO {t['grpo_s']:.0f} s "
-        f"({last['grpo_step']} steps), evaluation of {len(result['curve'])} checkpoints {t['evaluation_s']:.0f} s.",
+        f"({last['grpo_step']} steps), evaluation of {len(result['curve'])} checkpoints {t['evaluation_s']:.0f} s; "
+        f"{result['total_s']:.0f} s in all.",
         "",
         f"| task | SFT start | after GRPO ({last['grpo_step']} steps) | change (points) |",
         "| --- | --- | --- | --- |",
