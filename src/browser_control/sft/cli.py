@@ -7,9 +7,9 @@ like a training checkpoint, and can be given as model_name to `browser-control t
 
 Examples:
   browser-control demos --tasks click-test,focus-text --episodes 50 --output data/demos.jsonl
-  browser-control sft --config configs/sft_tiny.yaml
-  browser-control sft --config configs/sft_tiny.yaml --set demos=data/demos.jsonl --set max_steps=30
-  browser-control train --config configs/learning_tiny.yaml --set model_name=checkpoints/<sft run>
+  browser-control sft --config configs/sft_learning.yaml
+  browser-control sft --config configs/sft_learning.yaml --set demos=[data/demos.jsonl] --set max_steps=30
+  browser-control train --config configs/learning_grpo.yaml --set model_name=checkpoints/<sft run>
 
 Environment variables (they override the config file; --set overrides them):
   CHECKPOINT_DIR   checkpoint directory         -> checkpoint_dir
@@ -44,7 +44,7 @@ def _config_keys_help() -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = _config_keys_help()
-    parser.add_argument("--config", required=True, metavar="YAML", help="SFT config, e.g. configs/sft_tiny.yaml")
+    parser.add_argument("--config", required=True, metavar="YAML", help="SFT config, e.g. configs/sft_learning.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key (YAML value, e.g. max_steps=20); repeatable")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")

@@ -12,7 +12,7 @@ Use --max-steps equal to the max_episode_steps of the training config: the obser
 Examples:
   browser-control demos --tasks click-test,focus-text --episodes 50 --output data/demos.jsonl
   browser-control demos --suite scripted --episodes 20 --output data/all.jsonl --concurrency 8
-  browser-control sft --config configs/sft_tiny.yaml --set demos=data/demos.jsonl
+  browser-control sft --config configs/sft_learning.yaml --set demos=data/demos.jsonl
 
 Exit status: 0 when the file was written, 2 for bad arguments or an unreachable service, 1 when the
 service failed during recording.
