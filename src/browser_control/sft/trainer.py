@@ -185,8 +185,8 @@ def train_sft(config: SftConfig, callbacks: Sequence[TrainerCallback] = (), plan
     tensorboard = TensorBoardCallback(SummaryWriter(log_dir=str(plan.tensorboard_dir)))
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          callbacks=[tensorboard, *callbacks])
-    log.info("SFT %s: %d demonstrations of %s, %s optimizer steps", plan.name, len(rows),
-             ", ".join(sorted({str(r.get("task_name")) for r in records})), trainer.state.max_steps or "?")
+    log.info("SFT %s: %d demonstrations of %s", plan.name, len(rows),
+             ", ".join(sorted({str(r.get("task_name")) for r in records})))
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     tasks: dict[str, int] = {}
