@@ -130,6 +130,12 @@ class TrainConfig(_Strict):
     resume_from_checkpoint: bool | str = Field(
         False, description="true = the newest intermediate checkpoint of this model and task; or a path")
     seed: int = Field(42, ge=0, le=2**31 - 1, description="seeds the task mixture, sampling and init")
+    # -- held-out evaluation during training -------------------------------------------------------------
+    eval_steps: int | None = Field(
+        None, ge=1, description="optimizer steps between greedy evaluations on held-out seeds (unset = none)")
+    eval_episodes: int = Field(10, ge=1, le=1000, description="episodes per task of each such evaluation")
+    eval_tasks: list[str] | None = Field(
+        None, description="tasks of that evaluation; unset = the training tasks")
     # -- collapse guards -------------------------------------------------------------------------------
     entropy_warning_threshold: float = Field(
         0.05, ge=0, description="warn when the mean token entropy falls below this (policy collapse)")

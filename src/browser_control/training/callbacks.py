@@ -129,3 +129,39 @@ class GracefulStop(TrainerCallback):
         if self.signal_number is not None:
             control.should_save = True
             control.should_training_stop = True
+
+
+class HeldOutEvaluation(TrainerCallback):
+    """Every ``eval_steps`` optimizer steps, play greedy episodes on evaluation seeds and log the success.
+
+    Uses the evaluation harness (the same prompt, tools and parser as ``browser-control evaluate``) on the
+    model being trained, so the TensorBoard curve ``eval/success_rate`` is comparable with offline reports.
+    Evaluation seeds never overlap training seeds (browser_control.seeds).
+    """
+
+    def __init__(self, every: int, tasks: list[str], episodes: int, env_url: str, max_steps: int,
+                 max_completion_tokens: int, writer: Any | None):
+        self.every, self.tasks, self.episodes = every, tasks, episodes
+        self.env_url, self.max_steps, self.max_completion_tokens = env_url, max_steps, max_completion_tokens
+        self.writer = writer  # a SummaryWriter on the main process, None elsewhere
+        self.history: list[dict[str, float]] = []
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    model: Any = None, processing_class: Any = None, **kwargs: Any) -> None:
+        if state.global_step % self.every or model is None or processing_class is None:
+            return
+        from browser_control.evaluation.model_policy import from_model
+        from browser_control.evaluation.runner import evaluate_policy
+
+        policy = from_model(model, processing_class, label=f"step-{state.global_step}",
+                            max_completion_tokens=self.max_completion_tokens)
+        report = evaluate_policy(policy, self.tasks, self.episodes, env_url=self.env_url,
+                                 max_steps=self.max_steps, progress=False)
+        metrics = report.metrics("eval")
+        self.history.append({"step": state.global_step, **metrics})
+        log.info("held-out evaluation at step %d: %s", state.global_step,
+                 ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, state.global_step)
+            self.writer.flush()

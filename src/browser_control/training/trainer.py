@@ -167,7 +167,8 @@ def preflight(plan: RunPlan) -> None:
         health = client.wait_until_healthy(timeout_s=max(config.env_wait_s, 1.0))
         plan.service = health.model_dump()
         available = set(client.tasks())
-        unknown = [t.name for t in config.tasks if t.name not in available]
+        wanted = [t.name for t in config.tasks] + list(config.eval_tasks or [])
+        unknown = [name for name in dict.fromkeys(wanted) if name.removeprefix("miniwob.") not in available]
         if unknown:
             import difflib
 
@@ -176,7 +177,7 @@ def preflight(plan: RunPlan) -> None:
                 close = difflib.get_close_matches(name, sorted(available), n=3, cutoff=0.6)
                 hints.append(f"'{name}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
             raise TrainingSetupError(
-                f"tasks: the environment service at {config.browsergym_url} does not know "
+                f"tasks/eval_tasks: the environment service at {config.browsergym_url} does not know "
                 f"{', '.join(hints)}; GET {config.browsergym_url}/tasks lists all {len(available)}"
             )
         if health.max_sessions < plan.environments_per_process:
@@ -346,7 +347,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
     from trl import GRPOTrainer
 
     from browser_control.agent.concurrency import ConcurrentRolloutsMixin
-    from browser_control.training.callbacks import CollapseGuard, GracefulStop
+    from browser_control.training.callbacks import CollapseGuard, GracefulStop, HeldOutEvaluation
     from browser_control.training.rollouts import EnvironmentFactory, EpisodeMetrics, SaturationMonitor
 
     class BrowserGRPOTrainer(ConcurrentRolloutsMixin, GRPOTrainer):
@@ -377,6 +378,13 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
     else:
         tensorboard = TensorBoardCallback()  # never initialised off the main process
     stop = GracefulStop()
+    held_out = []
+    if config.eval_steps:
+        held_out.append(HeldOutEvaluation(
+            config.eval_steps, config.eval_tasks or [t.name for t in config.tasks], config.eval_episodes,
+            config.browsergym_url, config.max_episode_steps, config.max_completion_length,
+            writer=tensorboard.tb_writer if rank == 0 else None,
+        ))
 
     rollouts = None
     try:
@@ -391,7 +399,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
                 processing_class=tokenizer,
                 environment_factory=factory,
                 peft_config=build_peft_config(config),
-                callbacks=[guard, tensorboard, stop, *callbacks],
+                callbacks=[guard, tensorboard, stop, *held_out, *callbacks],
             )
         trainer_ref.append(trainer)
         check_reward_wiring(trainer)

@@ -1,0 +1,46 @@
+"""Held-out evaluation during training (config eval_steps), against the real service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from browser_control.config import TrainConfig
+
+
+def test_eval_keys_are_validated() -> None:
+    config = TrainConfig(tasks=["click-test"], eval_steps=5, eval_tasks=["focus-text"])
+    assert config.eval_steps == 5 and config.eval_episodes == 10
+    with pytest.raises(ValueError, match="eval_steps"):
+        TrainConfig(tasks=["click-test"], eval_steps=0)
+    with pytest.raises(ValueError, match="eval_episodes"):
+        TrainConfig(tasks=["click-test"], eval_episodes=0)
+
+
+def test_held_out_evaluation_logs_success_to_tensorboard(clicking_model: Path, env_url: str,
+                                                          tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState, TrainingArguments
+
+    from browser_control.training.callbacks import HeldOutEvaluation
+
+    model = AutoModelForCausalLM.from_pretrained(clicking_model)
+    tokenizer = AutoTokenizer.from_pretrained(clicking_model)
+    writer = SummaryWriter(log_dir=str(tmp_path / "tb"))
+    callback = HeldOutEvaluation(every=2, tasks=["click-test"], episodes=3, env_url=env_url, max_steps=2,
+                                 max_completion_tokens=512, writer=writer)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
+    for step in (1, 2):
+        callback.on_step_end(args, TrainerState(global_step=step), TrainerControl(), model=model,
+                             processing_class=tokenizer)
+    writer.close()
+    assert [h["step"] for h in callback.history] == [2]  # only on multiples of eval_steps
+    # The imprinted model clicks bid 13, which solves every click-test instance.
+    assert callback.history[0]["eval/success_rate"] == 1.0
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    scalars = {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+    assert [(e.step, e.value) for e in scalars["eval/success_rate"]] == [(2, 1.0)]
+    assert "eval/success_rate/click-test" in scalars
