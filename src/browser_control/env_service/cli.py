@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from browser_control.arg_types import positive_float, positive_int
+
 
 def _env(name: str, default: str | None) -> str | None:
     return os.environ.get(name, default)
@@ -22,36 +24,26 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=_env("HOST", "127.0.0.1"),
                         help="interface to bind; 0.0.0.0 inside a container [HOST]")
     parser.add_argument("--port", type=int, default=int(_env("PORT", "8000") or 8000), help="[PORT]")
-    parser.add_argument("--max-sessions", type=_positive_int,
+    parser.add_argument("--max-sessions", type=positive_int,
                         default=_env("MAX_SESSIONS", "32"),
                         help="open sessions allowed at once; more gets 503 [MAX_SESSIONS]")
-    parser.add_argument("--session-ttl-s", type=_positive_float, default=_env("SESSION_TTL_S", "600"),
+    parser.add_argument("--session-ttl-s", type=positive_float, default=_env("SESSION_TTL_S", "600"),
                         help="idle seconds after which a session is closed [SESSION_TTL_S]")
-    parser.add_argument("--workers", type=_positive_int, default=_env("BROWSER_WORKERS", "4"),
+    parser.add_argument("--workers", type=positive_int, default=_env("BROWSER_WORKERS", "4"),
                         help="browser threads, each with its own Chromium; sessions are spread over "
                         "them (see benchmarks/RESULTS.md for the trade-off) [BROWSER_WORKERS]")
     parser.add_argument("--chromium-executable", default=_env("CHROMIUM_EXECUTABLE", None),
                         help="path of a Chromium binary; unset uses Playwright's own browser "
                         "[CHROMIUM_EXECUTABLE]")
-    parser.add_argument("--max-obs-chars", type=_positive_int, default=_env("MAX_OBS_CHARS", "8000"),
+    parser.add_argument("--max-obs-chars", type=positive_int, default=_env("MAX_OBS_CHARS", "8000"),
                         help="cap on the accessibility-tree text of one observation [MAX_OBS_CHARS]")
     parser.add_argument("--screenshots", action=argparse.BooleanOptionalAction,
                         default=_truthy(_env("SCREENSHOTS", "0")),

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from browser_control.agent.environment import DEFAULT_BROWSERGYM_URL, BrowserEnvironment
+from browser_control.arg_types import non_negative_float, non_negative_int, positive_int
 
 if TYPE_CHECKING:
     from browser_control.evaluation.report import EvaluationReport
@@ -48,34 +49,10 @@ if TYPE_CHECKING:
 COMMAND = "evaluate"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,16 +72,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pick.add_argument("--suite", metavar="NAME", help="a task suite shipped with the package (see --list-suites); "
                       "default: a checkpoint's training tasks, else miniwob-easy")
     pick.add_argument("--list-suites", action="store_true", help="print the suites and exit")
-    tasks.add_argument("--episodes", type=_positive_int, default=20, help="episodes per task")
-    tasks.add_argument("--seed-offset", type=_non_negative_int, default=0,
+    tasks.add_argument("--episodes", type=positive_int, default=20, help="episodes per task")
+    tasks.add_argument("--seed-offset", type=non_negative_int, default=0,
                        help="episode i uses evaluation seed 1e9 + offset + i; change it for fresh instances")
-    tasks.add_argument("--max-steps", type=_positive_int, default=None,
+    tasks.add_argument("--max-steps", type=positive_int, default=None,
                        help="actions per episode before it is cut off (default: the checkpoint's "
                        f"max_episode_steps, else {BrowserEnvironment.max_episode_steps})")
     run = parser.add_argument_group("how to run")
     run.add_argument("--browsergym-url", default=None,
                      help=f"environment service address [BROWSERGYM_URL, else {DEFAULT_BROWSERGYM_URL}]")
-    run.add_argument("--concurrency", type=_positive_int, default=8,
+    run.add_argument("--concurrency", type=positive_int, default=8,
                      help="episodes played at once; also the generation batch size")
     run.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
                      help="generation engine; vllm needs a GPU, vLLM installed and a merged model")
@@ -112,13 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "available)")
     run.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
                      help="auto: bfloat16 on GPU, float32 on CPU")
-    run.add_argument("--max-new-tokens", type=_positive_int, default=256, help="tokens generated per turn")
-    run.add_argument("--temperature", type=_non_negative_float, default=0.0,
+    run.add_argument("--max-new-tokens", type=positive_int, default=256, help="tokens generated per turn")
+    run.add_argument("--temperature", type=non_negative_float, default=0.0,
                      help="0 is greedy decoding (reproducible); > 0 samples")
-    run.add_argument("--max-completion-tokens", type=_positive_int, default=None,
+    run.add_argument("--max-completion-tokens", type=positive_int, default=None,
                      help="end an episode after this many tokens past its prompt, tool results included, like "
                      "training's max_completion_length (default: the checkpoint's, else no limit)")
-    run.add_argument("--max-context-tokens", type=_positive_int, default=None,
+    run.add_argument("--max-context-tokens", type=positive_int, default=None,
                      help="end an episode whose conversation would grow past this many tokens "
                      "(default: the model's context length)")
     out = parser.add_argument_group("output")

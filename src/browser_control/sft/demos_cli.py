@@ -25,28 +25,13 @@ import sys
 from pathlib import Path
 
 from browser_control.agent.environment import DEFAULT_BROWSERGYM_URL
+from browser_control.arg_types import non_negative_int, positive_int
 
 COMMAND = "demos"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,16 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pick = parser.add_mutually_exclusive_group(required=True)
     pick.add_argument("--tasks", metavar="A,B", help="comma-separated MiniWoB tasks with a scripted policy")
     pick.add_argument("--suite", metavar="NAME", help="a shipped task suite, e.g. scripted (evaluate --list-suites)")
-    parser.add_argument("--episodes", type=_positive_int, default=20, help="episodes recorded per task")
+    parser.add_argument("--episodes", type=positive_int, default=20, help="episodes recorded per task")
     parser.add_argument("--output", type=Path, required=True, metavar="FILE.jsonl", help="where to write")
-    parser.add_argument("--seed-offset", type=_non_negative_int, default=DEFAULT_SEED_OFFSET,
+    parser.add_argument("--seed-offset", type=non_negative_int, default=DEFAULT_SEED_OFFSET,
                         help="episode i uses training seed OFFSET + i (the default keeps away from the seeds "
                         "GRPO plays first)")
-    parser.add_argument("--max-steps", type=_positive_int, default=5,
+    parser.add_argument("--max-steps", type=positive_int, default=5,
                         help="actions per episode; match the training config's max_episode_steps")
     parser.add_argument("--browsergym-url", default=None,
                         help=f"environment service address [BROWSERGYM_URL, else {DEFAULT_BROWSERGYM_URL}]")
-    parser.add_argument("--concurrency", type=_positive_int, default=4, help="episodes played at once")
+    parser.add_argument("--concurrency", type=positive_int, default=4, help="episodes played at once")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
