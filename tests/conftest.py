@@ -132,6 +132,18 @@ def env_url(env_service: ServiceProcess) -> str:
     return env_service.url
 
 
+@pytest.fixture()
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for the test: on two shared cores, torch's threads and Chromium fight each other
+    and a training step gets many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 CLICK_REPLY = "<|tool_call_start|>[click(bid='13')]<|tool_call_end|>"
 
 

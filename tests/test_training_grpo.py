@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,22 +23,10 @@ from browser_control.client import EnvServiceUnavailable
 from browser_control.config import TrainConfig
 from tests.conftest import ServiceProcess, subprocess_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 HUB_ID = "browser-control-tests/Tiny-LFM2"  # served from a local HF cache with HF_HUB_OFFLINE=1
 NAME_RE = re.compile(r"^tiny-lfm2-click-test-\d{8}-\d{6}$")
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    # The machine's two cores are shared: two torch threads fighting other processes are many times
-    # slower than one.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

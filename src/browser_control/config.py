@@ -15,10 +15,10 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # LFM2's real linear layers: attention q/k/v/out_proj, the short-convolution blocks' in_proj/out_proj and
 # the SwiGLU MLP w1/w2/w3. A Llama-style list (o_proj, gate_proj, ...) silently adapts only q/k/v of the
@@ -35,6 +35,16 @@ ENV_OVERRIDES = {
 }
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _check_run_name(value: str) -> str:
+    if not _SAFE_NAME.match(value):
+        raise ValueError("use letters, digits, '.', '_' and '-' only (it names directories)")
+    return value
+
+
+# A run name becomes directory names (checkpoints, TensorBoard), so it is checked wherever it is configured.
+RunName = Annotated[str, AfterValidator(_check_run_name)]
 
 
 class ConfigError(ValueError):
@@ -121,7 +131,7 @@ class TrainConfig(_Strict):
     # -- outputs ---------------------------------------------------------------------------------------
     checkpoint_dir: str = Field("checkpoints", description="final and intermediate checkpoints [CHECKPOINT_DIR]")
     logging_dir: str = Field("runs", description="TensorBoard runs, one sub-directory per run [LOGGING_DIR]")
-    run_name: str | None = Field(
+    run_name: RunName | None = Field(
         None, description="name of the run's checkpoint and TensorBoard directories; "
         "unset = {model}-{task or mix}-{YYYYMMDD-HHMMSS}")
     logging_steps: int = Field(1, ge=1, description="optimizer steps between TensorBoard points")
@@ -149,13 +159,6 @@ class TrainConfig(_Strict):
             value = [value]
         if isinstance(value, list):
             return [{"name": item} if isinstance(item, str) else item for item in value]
-        return value
-
-    @field_validator("run_name")
-    @classmethod
-    def _safe_run_name(cls, value: str | None) -> str | None:
-        if value is not None and not _SAFE_NAME.match(value):
-            raise ValueError("use letters, digits, '.', '_' and '-' only (it names directories)")
         return value
 
     @field_validator("browsergym_url")
@@ -325,3 +328,18 @@ def validate_config(data: dict[str, Any], source: str = "config", schema: type[B
     except ValidationError as exc:
         errors = [dict(e) for e in exc.errors()]
         raise ConfigError("\n".join(_describe_errors(errors, source, schema))) from None
+
+
+def config_keys_help(schema: type[BaseModel]) -> str:
+    """Every key of ``schema`` with its default and description, for a command's --help epilog.
+
+    Built from the config model itself, so the help can never drift from what is validated.
+    """
+    import textwrap
+
+    lines = ["config keys (YAML; default in brackets):"]
+    for name, info in schema.model_fields.items():
+        default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
+        lines += textwrap.wrap(f"{name} [{default}]: {info.description or ''}", width=100, initial_indent="  ",
+                               subsequent_indent="      ")
+    return "\n".join(lines)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import textwrap
 
 COMMAND = "sft"
 
@@ -32,14 +31,11 @@ EXIT_CHECKPOINT = 4
 
 
 def _config_keys_help() -> str:
+    # Importing the config costs only pydantic + yaml: torch and trl stay unimported for --help.
+    from browser_control.config import config_keys_help
     from browser_control.sft.config import SftConfig
 
-    lines = ["config keys (YAML; default in brackets):"]
-    for name, info in SftConfig.model_fields.items():
-        default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
-        lines += textwrap.wrap(f"{name} [{default}]: {info.description or ''}", width=100, initial_indent="  ",
-                               subsequent_indent="      ")
-    return "\n".join(lines)
+    return config_keys_help(SftConfig)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

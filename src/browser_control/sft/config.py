@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator
 
-from browser_control.config import _SAFE_NAME, _Strict
+from browser_control.config import RunName, _Strict
 
 
 class SftConfig(_Strict):
@@ -45,7 +45,7 @@ class SftConfig(_Strict):
     # -- outputs -------------------------------------------------------------------------------------------
     checkpoint_dir: str = Field("checkpoints", description="where the finished model goes [CHECKPOINT_DIR]")
     logging_dir: str = Field("runs", description="TensorBoard runs, one sub-directory per run [LOGGING_DIR]")
-    run_name: str | None = Field(
+    run_name: RunName | None = Field(
         None, description="name of the checkpoint and TensorBoard directories; unset = "
         "{model}-sft-{task or mix}-{YYYYMMDD-HHMMSS}")
     logging_steps: int = Field(1, ge=1, description="optimizer steps between logged losses")
@@ -65,13 +65,6 @@ class SftConfig(_Strict):
         if not names or not all(names):
             raise ValueError("give task names such as [click-test, focus-text], or leave tasks unset")
         return names
-
-    @field_validator("run_name")
-    @classmethod
-    def _safe_run_name(cls, value: str | None) -> str | None:
-        if value is not None and not _SAFE_NAME.match(value):
-            raise ValueError("use letters, digits, '.', '_' and '-' only (it names directories)")
-        return value
 
     @property
     def model_short_name(self) -> str:

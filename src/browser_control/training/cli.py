@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import textwrap
 
 COMMAND = "train"
 
@@ -36,16 +35,10 @@ EXIT_CHECKPOINT = 4
 
 
 def _config_keys_help() -> str:
-    # Built from the config model itself so the help can never drift from what is validated. Importing
-    # browser_control.config costs only pydantic + yaml: torch and trl stay unimported.
-    from browser_control.config import TrainConfig
+    # Importing the config costs only pydantic + yaml: torch and trl stay unimported for --help.
+    from browser_control.config import TrainConfig, config_keys_help
 
-    lines = ["config keys (YAML; default in brackets):"]
-    for name, info in TrainConfig.model_fields.items():
-        default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
-        text = f"{name} [{default}]: {info.description or ''}"
-        lines += textwrap.wrap(text, width=100, initial_indent="  ", subsequent_indent="      ")
-    return "\n".join(lines)
+    return config_keys_help(TrainConfig)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
