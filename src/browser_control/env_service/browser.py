@@ -44,6 +44,7 @@ from browsergym.utils.obs import IGNORED_AXTREE_PROPERTIES, flatten_axtree_to_st
 
 from browser_control.env_service import playwright_stack
 from browser_control.env_service.actions import ACTIONS, ParsedAction
+from browser_control.threadsafe_ast import AST_LOCK
 
 log = logging.getLogger("browser_control.env_service")
 playwright_stack.install()
@@ -95,6 +96,13 @@ def browsergym_action_set() -> HighLevelActionSet:
         multiaction=False,
         demo_mode="off",
     )
+
+
+def browsergym_code(action: ParsedAction) -> str:
+    """The Python that BrowserGym will exec() for a whitelisted action."""
+    # BrowserGym's action parser calls ast.literal_eval: it shares the process-wide lock with ours.
+    with AST_LOCK:
+        return browsergym_action_set().to_python_code(action.canonical())
 
 
 class BrowserUnavailableError(RuntimeError):
@@ -287,7 +295,7 @@ class BrowserSession:
                 "session_id to start a new episode on a fresh browser"
             )
         # Only the canonical re-serialisation of a whitelisted, literal-only call reaches exec().
-        code = browsergym_action_set().to_python_code(action.canonical())
+        code = browsergym_code(action)
         error = ""
         try:
             execute_python_code(
