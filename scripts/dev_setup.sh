@@ -13,7 +13,7 @@ TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 .venv/bin/python -c 'import torch' 2>/dev/null || .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
 .venv/bin/python -m pip install --quiet -e '.[env,train,dev]'
 
-if ! ls /usr/lib/chromium/chromium-headless-shell /usr/lib/chromium/chromium >/dev/null 2>&1 \
+if ! [[ -x /usr/lib/chromium/chromium-headless-shell || -x /usr/lib/chromium/chromium ]] \
    && [[ -z "${CHROMIUM_EXECUTABLE:-}" ]]; then
   echo "note: no system Chromium found. Either 'sudo apt-get install chromium-headless-shell'" \
        "or '.venv/bin/playwright install chromium' before 'make test'." >&2
