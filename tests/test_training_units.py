@@ -317,3 +317,18 @@ def test_reward_wiring_check_refuses_an_unwired_reward() -> None:
         broken = SimpleNamespace(reward_func_names=names, reward_weights=torch.tensor(weights))
         with pytest.raises(TrainingSetupError, match="reward wiring is wrong"):
             check_reward_wiring(broken)  # type: ignore[arg-type]
+
+
+def test_built_lfm2_configs_carry_every_field_vllm_reads(tmp_path) -> None:
+    from transformers import AutoConfig
+
+    from browser_control.models.tiny import VLLM_LFM2_CONFIG_FIELDS, build_tiny_lfm2, lfm2_config
+
+    built = AutoConfig.from_pretrained(str(build_tiny_lfm2(tmp_path / "tiny")))
+    shaped = lfm2_config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         full_attn_idxs=[1])
+    for config in (built, shaped):
+        missing = [name for name in VLLM_LFM2_CONFIG_FIELDS if getattr(config, name, None) is None
+                   and name != "block_ffn_dim_multiplier"]
+        assert missing == [], f"vLLM's LFM2 would fail at engine start: {missing}"
+        assert config.conv_dim == config.block_dim == config.conv_dim_out == config.hidden_size

@@ -101,6 +101,34 @@ def _wrap(bpe, chat_template: str):  # type: ignore[no-untyped-def]
     return tokenizer
 
 
+# LiquidAI/LFM2-350M's architecture (its config.json): 16 layers, 6 of them attention. Benchmarks build it
+# with random weights where no model hub is reachable.
+LFM2_350M_SHAPE = dict(
+    vocab_size=65536, hidden_size=1024, intermediate_size=6656, num_hidden_layers=16,
+    num_attention_heads=16, num_key_value_heads=8, full_attn_idxs=[2, 5, 8, 10, 12, 14],
+    block_multiple_of=256, block_ffn_dim_multiplier=1.0, block_auto_adjust_ff_dim=True,
+    conv_L_cache=3, max_position_embeddings=128_000, tie_word_embeddings=True,
+)
+
+# The Lfm2Config attributes vLLM's LFM2 model reads (vllm/model_executor/models/lfm2.py, 0.26). transformers
+# defines all but conv_dim, block_dim and conv_dim_out, which LFM2-350M's config.json carries and vLLM refuses
+# to start without.
+VLLM_LFM2_CONFIG_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "layer_types", "norm_eps", "rope_parameters", "tie_word_embeddings",
+    "conv_L_cache", "conv_bias", "conv_dim", "conv_dim_out", "block_dim", "block_multiple_of",
+    "block_ffn_dim_multiplier", "block_auto_adjust_ff_dim",
+)
+
+
+def lfm2_config(**fields):  # type: ignore[no-untyped-def]
+    """An ``Lfm2Config`` as LiquidAI's checkpoints write it: the convolution widths equal the hidden size."""
+    from transformers import Lfm2Config
+
+    width = fields["hidden_size"]
+    return Lfm2Config(**{"conv_dim": width, "conv_dim_out": width, "block_dim": width, **fields})
+
+
 def build_tiny_lfm2(
     output_dir: str | Path,
     hidden_size: int = 16,
@@ -113,12 +141,12 @@ def build_tiny_lfm2(
 ) -> Path:
     """Write a random LFM2 (attention in the last layer, short convolutions before) and its tokenizer."""
     import torch
-    from transformers import Lfm2Config, Lfm2ForCausalLM
+    from transformers import Lfm2ForCausalLM
 
     output_dir = Path(output_dir)
     tokenizer = build_tokenizer(output_dir, corpus, vocab_size)
     torch.manual_seed(seed)
-    config = Lfm2Config(
+    config = lfm2_config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
