@@ -9,7 +9,7 @@ path with from_pretrained, the same code path as a hub model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 # LFM2's special tokens, in LFM2's id order.
@@ -168,15 +168,17 @@ def build_tiny_lfm2(
     return output_dir
 
 
-def imprint_reply(model_dir: str | Path, reply: str, prompts: list[list[dict]], tools: list | None = None,
-                  steps: int = 200, learning_rate: float = 3e-3, max_rounds: int = 4) -> Path:
+def imprint_reply(model_dir: str | Path, reply: str | Sequence[str], prompts: list[list[dict]],
+                  tools: list | None = None, steps: int = 200, learning_rate: float = 3e-3,
+                  max_rounds: int = 4) -> Path:
     """Train the model in ``model_dir`` (in place) to answer every prompt with ``reply``.
 
     A random model almost never emits a well-formed tool call, so a rollout would end after one turn.
     Imprinting a fixed reply such as ``<|tool_call_start|>[click(bid='13')]<|tool_call_end|>`` gives
-    multi-turn episodes of a known shape: what pipeline tests and throughput benchmarks need. Loss is on
-    the reply tokens only. Training goes on in rounds of ``steps`` until greedy decoding of the first
-    and last prompt gives the reply, for at most ``max_rounds`` rounds.
+    multi-turn episodes of a known shape: what pipeline tests and throughput benchmarks need. Several
+    replies (repeats weigh more) give a policy that samples among them, so GRPO groups see different
+    rewards. Loss is on the reply tokens only. Training goes on in rounds of ``steps`` until greedy decoding
+    of the first and last prompt gives one of the replies, for at most ``max_rounds`` rounds.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -184,14 +186,16 @@ def imprint_reply(model_dir: str | Path, reply: str, prompts: list[list[dict]], 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device)
-    reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    replies = [reply] if isinstance(reply, str) else list(reply)
+    replies_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for r in replies]
     examples = []
     for messages in prompts:
         prompt_ids = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
                                                    tokenize=True, return_dict=False)
-        ids = list(prompt_ids) + reply_ids
-        labels = [-100] * len(prompt_ids) + reply_ids
-        examples.append((torch.tensor([ids], device=device), torch.tensor([labels], device=device)))
+        for reply_ids in replies_ids:
+            ids = list(prompt_ids) + reply_ids
+            labels = [-100] * len(prompt_ids) + reply_ids
+            examples.append((torch.tensor([ids], device=device), torch.tensor([labels], device=device)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
 
     def answers_with_reply(example: tuple) -> bool:
@@ -200,9 +204,10 @@ def imprint_reply(model_dir: str | Path, reply: str, prompts: list[list[dict]], 
         model.eval()
         with torch.no_grad():
             out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                 max_new_tokens=len(reply_ids), pad_token_id=tokenizer.pad_token_id)
+                                 max_new_tokens=max(map(len, replies_ids)), pad_token_id=tokenizer.pad_token_id)
         model.train()
-        return out[0, prompt.shape[1]:].tolist() == reply_ids
+        answer = out[0, prompt.shape[1]:].tolist()
+        return any(answer[: len(ids)] == ids for ids in replies_ids)
 
     model.train()
     for round_ in range(max_rounds):
@@ -215,6 +220,6 @@ def imprint_reply(model_dir: str | Path, reply: str, prompts: list[list[dict]], 
         if all(answers_with_reply(e) for e in (examples[0], examples[-1])):
             break
     else:
-        raise RuntimeError(f"the model did not learn to answer {reply!r} in {max_rounds * steps} steps")
+        raise RuntimeError(f"the model did not learn to answer {replies!r} in {max_rounds * steps} steps")
     model.save_pretrained(str(model_dir))
     return Path(model_dir)

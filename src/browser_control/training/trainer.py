@@ -403,6 +403,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
             )
         trainer_ref.append(trainer)
         check_reward_wiring(trainer)
+        trainer.enable_weight_sync_timing()
         if config.concurrent_env_calls:
             rollouts = trainer.enable_concurrent_rollouts()
         if config.use_peft:
