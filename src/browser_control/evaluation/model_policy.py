@@ -11,6 +11,7 @@ score on the distribution the model was trained on.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -225,6 +226,9 @@ class VLLMGenerator:
             raise EvaluationError("--backend vllm needs vLLM (pip install 'vllm>=0.22,<=0.31'); "
                                   "or use the default --backend transformers") from None
         self.eos_token_ids = list(eos_token_ids)
+        # vLLM runs its engine in a child process; forked after this process has touched CUDA (the device
+        # check above does), the child fails with "Cannot re-initialize CUDA in forked subprocess".
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         self.llm = LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        seed=0)
         self.params = SamplingParams(temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
@@ -343,6 +347,8 @@ def _adapter(path: str) -> tuple[Path, str] | None:
     adapter = adapter_dir(Path(path)) if Path(path).is_dir() else None
     if adapter is None:
         return None
+    if adapter != Path(path) and (Path(path) / "config.json").is_file():
+        return None  # merge_lora: the checkpoint is the merged model; adapter/ is kept beside it
     base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
         raise EvaluationError(f"{adapter}/adapter_config.json names no base_model_name_or_path; cannot load it")
