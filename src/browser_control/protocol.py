@@ -12,7 +12,9 @@ MAX_SEED = 2**31 - 1
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a request means what it says. Lax mode would take `"seed": true` as 1 and `"5"` as 5,
+    # turning a client bug into a silently different episode.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Observation(BaseModel):
