@@ -64,8 +64,10 @@ class ServiceSettings:
 
 ENDPOINTS_HINT = "endpoints: GET /health, GET /tasks, POST /reset, POST /step, POST /close (see /docs)"
 
+# Typed str with a None default where used, not str | None: OpenAPI then documents a plain optional string
+# header; a nullable one makes generators send the text "null", which the pattern rightly refuses.
 IdempotencyKey = Annotated[
-    str | None,
+    str,
     Header(
         alias=IDEMPOTENCY_HEADER, pattern=IDEMPOTENCY_KEY_PATTERN,
         description="Any random id (8-64 of A-Z a-z 0-9 _ . : -), the same on every retry of one call: the "
@@ -201,8 +203,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         if exc.status_code == 400:
             # Starlette's body parser answers 400 for bodies json.loads cannot take (not UTF-8, nested
             # too deep); to a client that is the same mistake as any other malformed JSON.
-            return _error(422, "invalid_request", f"the request body could not be parsed: {exc.detail}",
-                          "send a UTF-8 JSON object as documented in docs/http-api.md")
+            return _error(422, "invalid_request",
+                          "the request body is not JSON that can be read: it must be UTF-8 text holding one "
+                          "JSON object, not nested deeper than a few levels",
+                          "send a JSON object as documented in docs/http-api.md")
         return _error(exc.status_code, "http_error", str(exc.detail)[:300])
 
     @app.exception_handler(RequestValidationError)
