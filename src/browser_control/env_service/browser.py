@@ -145,8 +145,9 @@ class BrowserWorker:
         self._browser: playwright.sync_api.Browser | None = None
         self._probe_page: playwright.sync_api.Page | None = None
         self._probe_crashed = False
-        # Pid of the worker's Chromium main process; the watchdog kills its tree when a job overruns.
-        self._browser_pid: int | None = None
+        # The worker's Chromium main process; the watchdog kills its tree when a job overruns. A psutil
+        # Process, not a pid: it refuses to signal a pid that a new process has taken over since.
+        self._browser_process: psutil.Process | None = None
         self._running: _RunningJob | None = None
         self._stopping = False
         self._watch_cond = threading.Condition()
@@ -215,22 +216,23 @@ class BrowserWorker:
                         self._watch_cond.wait(remaining)
                         continue
                     job.expired = True
-                    pid = self._browser_pid
+                    browser_process = self._browser_process
                     break
-            self._expire(job, pid)
+            self._expire(job, browser_process)
 
-    def _expire(self, job: _RunningJob, browser_pid: int | None) -> None:
+    def _expire(self, job: _RunningJob, browser_process: psutil.Process | None) -> None:
         deadline_s = self.options.job_deadline_s
+        pid = browser_process.pid if browser_process is not None else None
         log.error("browser job overran its deadline; killing the worker's browser",
-                  extra={"worker": self.index, "deadline_s": deadline_s, "browser_pid": browser_pid})
+                  extra={"worker": self.index, "deadline_s": deadline_s, "browser_pid": pid})
         with contextlib.suppress(concurrent.futures.InvalidStateError):
             job.future.set_exception(SessionLostError(
                 f"the browser did not finish this request within {deadline_s:g} s (hung or stopped), so it "
                 "was replaced and this session's page is gone; POST /reset with this session_id to start "
                 "a new episode"
             ))
-        if browser_pid is not None:
-            kill_process_tree(browser_pid)
+        if browser_process is not None:
+            kill_process_tree(browser_process)
 
     def browser(self) -> playwright.sync_api.Browser:
         """The worker's Chromium, (re)launched if it is not running. Worker thread only."""
@@ -238,6 +240,8 @@ class BrowserWorker:
             return self._browser
         self._browser = None
         self._probe_page = None
+        with self._watch_cond:
+            self._browser_process = None
         try:
             if self._playwright is None:
                 self._playwright = playwright.sync_api.sync_playwright().start()
@@ -260,7 +264,10 @@ class BrowserWorker:
             raise BrowserUnavailableError(f"{hint} ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
         pid = self._main_process_pid(self._browser)
         with self._watch_cond:
-            self._browser_pid = pid
+            try:
+                self._browser_process = psutil.Process(pid) if pid is not None else None
+            except psutil.Error:
+                self._browser_process = None
         log.info(
             "browser launched",
             extra={"worker": self.index, "version": self._browser.version, "browser_pid": pid,
@@ -342,10 +349,9 @@ class BrowserWorker:
         self._playwright = None
 
 
-def kill_process_tree(pid: int) -> None:
+def kill_process_tree(root: psutil.Process) -> None:
     """SIGKILL a process and its descendants; works on stopped processes, ignores ones already gone."""
     try:
-        root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
         return
