@@ -198,6 +198,32 @@ def test_a_hung_browser_is_410_after_the_deadline_and_is_replaced(own_service) -
     assert "browser job overran its deadline" in service.log()
 
 
+@pytest.mark.timeout(300)
+def test_a_hung_playwright_driver_is_replaced_too(own_service) -> None:
+    """A hang below Chromium (the Playwright driver) survives killing the browser; the driver goes next."""
+    service = own_service("--workers", "1", "--job-deadline-s", "15")
+    with httpx.Client(base_url=service.url, timeout=120) as http:
+        before = _renderers(service.proc.pid)
+        sid = _reset(http, 1)
+        driver = _browser_root(next(iter(_renderers(service.proc.pid) - before))).parent()
+        assert driver is not None and driver.pid != service.proc.pid
+        driver.suspend()
+        try:
+            r = _click(http, sid)
+            assert r.status_code == 410 and r.json()["error"] == "session_lost", r.text
+            _wait_until(lambda: _gone(driver.pid), 60, "the hung driver is killed")
+        finally:
+            try:
+                driver.resume()
+                driver.kill()
+            except psutil.Error:
+                pass
+        assert _reset(http, 2, session_id=sid) == sid
+        assert _click(http, sid).json()["reward"] == 1.0
+        assert http.get("/health").status_code == 200
+    assert "killing the Playwright driver" in service.log()
+
+
 # -- item: client retries run each request at most once ----------------------------------------------
 def _requests_logged(service: ServiceProcess, path: str) -> list[dict]:
     records = [json.loads(line) for line in service.log().splitlines() if line.startswith("{")]

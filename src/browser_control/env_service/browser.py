@@ -148,6 +148,13 @@ class BrowserWorker:
         # The worker's Chromium main process; the watchdog kills its tree when a job overruns. A psutil
         # Process, not a pid: it refuses to signal a pid that a new process has taken over since.
         self._browser_process: psutil.Process | None = None
+        # The Playwright driver (node) under which the browser runs: killed when a hung job survives the
+        # browser's death, after which the worker starts a new Playwright.
+        self._driver_process: psutil.Process | None = None
+        self._restart_playwright = False
+        # Bumped when Playwright is restarted. Objects of an earlier Playwright must not be called again:
+        # their calls would wait on that Playwright's dead event loop.
+        self.playwright_generation = 0
         self._running: _RunningJob | None = None
         self._stopping = False
         self._watch_cond = threading.Condition()
@@ -189,6 +196,7 @@ class BrowserWorker:
                 outcome = (False, exc)
             with self._watch_cond:
                 self._running = None
+                self._watch_cond.notify_all()
                 if job.expired:
                     # The watchdog already answered the caller; this is the aftermath of the kill.
                     log.info("overrun job ended after its browser was killed",
@@ -216,9 +224,21 @@ class BrowserWorker:
                         self._watch_cond.wait(remaining)
                         continue
                     job.expired = True
-                    browser_process = self._browser_process
+                    browser_process, driver_process = self._browser_process, self._driver_process
                     break
             self._expire(job, browser_process)
+            # A hang below Chromium (in the Playwright driver) outlives the browser's death: then the driver
+            # goes too, its calls fail at once, and the worker starts a new Playwright for its next job.
+            grace_s = min(10.0, self.options.job_deadline_s)
+            with self._watch_cond:
+                ended = self._watch_cond.wait_for(lambda job=job: self._running is not job or self._stopping,
+                                                  timeout=grace_s)
+                if not ended and driver_process is not None:
+                    self._restart_playwright = True
+            if not ended and driver_process is not None:
+                log.error("job still hung after its browser was killed; killing the Playwright driver",
+                          extra={"worker": self.index, "driver_pid": driver_process.pid})
+                kill_process_tree(driver_process)
 
     def _expire(self, job: _RunningJob, browser_process: psutil.Process | None) -> None:
         deadline_s = self.options.job_deadline_s
@@ -236,6 +256,16 @@ class BrowserWorker:
 
     def browser(self) -> playwright.sync_api.Browser:
         """The worker's Chromium, (re)launched if it is not running. Worker thread only."""
+        with self._watch_cond:
+            restart, self._restart_playwright = self._restart_playwright, False
+        if restart and self._playwright is not None:
+            try:
+                self._playwright.stop()
+            except Exception:  # its driver was killed: there is nothing left to stop
+                log.debug("ignored error while dropping a dead Playwright", exc_info=True)
+            self._playwright = None
+            self._browser = None
+            self.playwright_generation += 1
         if self._browser is not None and self._browser.is_connected():
             return self._browser
         self._browser = None
@@ -245,6 +275,9 @@ class BrowserWorker:
         try:
             if self._playwright is None:
                 self._playwright = playwright.sync_api.sync_playwright().start()
+                driver = self._driver_process_of(self._playwright)
+                with self._watch_cond:
+                    self._driver_process = driver
                 # BrowserGym's action functions locate elements with get_by_test_id(bid).
                 self._playwright.selectors.set_test_id_attribute(BROWSERGYM_ID_ATTRIBUTE)
             started = time.perf_counter()
@@ -276,6 +309,15 @@ class BrowserWorker:
         return self._browser
 
     @staticmethod
+    def _driver_process_of(pw: playwright.sync_api.Playwright) -> psutil.Process | None:
+        """Playwright's driver process; only reachable through its private transport (pinned 1.44)."""
+        try:
+            return psutil.Process(pw._impl_obj._connection._transport._proc.pid)  # type: ignore[attr-defined]
+        except Exception:  # another Playwright layout: a driver hang then stays a hang, as before
+            log.warning("could not find the Playwright driver process", exc_info=True)
+            return None
+
+    @staticmethod
     def _main_process_pid(browser: playwright.sync_api.Browser) -> int | None:
         """The pid of Chromium's main process, which Playwright does not expose; asked over CDP."""
         try:
@@ -291,7 +333,12 @@ class BrowserWorker:
 
     def owns(self, context: playwright.sync_api.BrowserContext) -> bool:
         """Whether the context belongs to the worker's current, connected browser (not a crashed one)."""
-        return self._browser is not None and self._browser.is_connected() and context.browser == self._browser
+        return (
+            not self._restart_playwright  # its driver was killed: everything it made is gone
+            and self._browser is not None
+            and self._browser.is_connected()
+            and context.browser == self._browser
+        )
 
     def probe(self) -> str:
         """Drive the browser for real (run JS in a page); return its version. Worker thread only.
@@ -333,8 +380,8 @@ class BrowserWorker:
         if page is not None:
             try:
                 page.context.close()
-            except playwright.sync_api.Error:
-                pass  # the renderer or the whole browser is already gone
+            except Exception:  # the renderer, the browser or its driver is already gone
+                pass
 
     def _shutdown(self) -> None:
         for close in (
@@ -401,12 +448,14 @@ class BrowserSession:
     _crashed: bool = False
     # The last reset failed with the browser gone: the episode is unusable until a reset succeeds.
     _lost: bool = False
+    _generation: int = 0  # the worker's playwright_generation that made _context
 
     def reset(
         self, task_cls: type[AbstractMiniwobTask], task_name: str, seed: int, base_url: str,
         max_episode_steps: int | None,
     ) -> dict[str, Any]:
         task = task_cls(seed=seed, base_url=base_url)
+        self.worker.browser()  # relaunch a dead browser first, so the reuse check below sees it is gone
         reuse = self._reusable_for(task)
         try:
             with self._browser_loss_is_session_loss():
@@ -439,6 +488,7 @@ class BrowserSession:
             self._context = self.worker.browser().new_context(
                 viewport=task.viewport, locale=task.locale, timezone_id=task.timezone_id
             )
+            self._generation = self.worker.playwright_generation
             self._page = self._context.new_page()
             self._crashed = False
             self._page.on("crash", self._on_crash)
@@ -596,7 +646,12 @@ class BrowserSession:
             and self.worker.owns(self._context)
         )
 
+    def _of_a_dead_playwright(self) -> bool:
+        return self._generation != self.worker.playwright_generation
+
     def _teardown_task(self) -> None:
+        if self._task is not None and self._of_a_dead_playwright():
+            self._task = None  # its page belongs to a Playwright that is gone: nothing to tear down
         if self._task is not None:
             try:
                 self._task.teardown()
@@ -606,10 +661,10 @@ class BrowserSession:
 
     def _close_context(self) -> None:
         self._teardown_task()
-        if self._context is not None:
+        if self._context is not None and not self._of_a_dead_playwright():
             try:
                 self._context.close()
-            except playwright.sync_api.Error:
-                pass  # the browser is already gone; nothing to free
+            except Exception:  # the browser (or its Playwright driver) is already gone; nothing to free
+                pass
         self._context = None
         self._page = None
