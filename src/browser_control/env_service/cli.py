@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--screenshots", action=argparse.BooleanOptionalAction,
                         default=_truthy(_env("SCREENSHOTS", "0")),
                         help="add a base64 PNG screenshot to observations [SCREENSHOTS]")
+    parser.add_argument("--job-deadline-s", type=positive_float, default=_env("JOB_DEADLINE_S", "60"),
+                        help="longest one reset or step may keep a browser busy; past it the request "
+                        "gets 410 session_lost and that worker's Chromium is killed and relaunched "
+                        "[JOB_DEADLINE_S]")
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"], help="[LOG_LEVEL]")
 
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         chromium_executable=args.chromium_executable,
         max_obs_chars=args.max_obs_chars,
         screenshots=args.screenshots,
+        job_deadline_s=args.job_deadline_s,
         # Reap often enough that a session never outlives its TTL by much, without busy-looping.
         reap_interval_s=min(10.0, max(0.5, args.session_ttl_s / 2)),
     )
