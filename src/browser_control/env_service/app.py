@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from browser_control.env_service import openenv_ws
 from browser_control.env_service.actions import ActionError, describe_actions
 from browser_control.env_service.browser import (
     BrowserOptions,
@@ -203,6 +204,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         await manager(request).close(body.session_id)
         return CloseResponse(ok=True)
 
+    openenv_ws.mount(app)  # OpenEnv's WebSocket protocol on /ws, over the same sessions
     return app
 
 
