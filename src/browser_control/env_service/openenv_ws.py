@@ -19,10 +19,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.websockets import WebSocketState
 
 from browser_control.env_service.actions import ActionError
@@ -78,9 +78,10 @@ class CloseFrame(_Strict):
     type: Literal["close"]
 
 
-ClientFrame = Annotated[ResetFrame | StepFrame | StateRequestFrame | CloseFrame, Field(discriminator="type")]
-_client_frame: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
-CLIENT_FRAME_TYPES = ("reset", "step", "state", "close")
+ClientFrame = ResetFrame | StepFrame | StateRequestFrame | CloseFrame
+_CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
+    "reset": ResetFrame, "step": StepFrame, "state": StateRequestFrame, "close": CloseFrame,
+}  # fmt: skip
 
 
 # -- server frames ---------------------------------------------------------------------------------
@@ -166,7 +167,7 @@ class _FrameError(Exception):
 def _validation_message(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if not str(p).endswith("Frame")) or "frame"
+        where = ".".join(str(p) for p in err.get("loc", ())) or "frame"
         problems.append(f"{where}: {err.get('msg', 'invalid')}")
     return "; ".join(problems)
 
@@ -208,15 +209,15 @@ class _Connection:
             raise _FrameError(ErrorCode.INVALID_JSON, f"Invalid JSON: {exc}") from None
         kind = payload.get("type") if isinstance(payload, dict) else None
         self.last_type = kind if isinstance(kind, str) else None
-        if kind not in CLIENT_FRAME_TYPES:
+        if kind not in _CLIENT_FRAMES:
             shown = json.dumps(kind)[:100] if kind is not None else "none"
             raise _FrameError(
                 ErrorCode.UNKNOWN_TYPE,
                 f"Unknown message type: {shown}; a frame is a JSON object whose 'type' is one of "
-                + ", ".join(CLIENT_FRAME_TYPES),
+                + ", ".join(_CLIENT_FRAMES),
             )
         try:
-            frame = _client_frame.validate_python(payload)
+            frame = _CLIENT_FRAMES[kind].model_validate(payload)
         except ValidationError as exc:
             raise _FrameError(
                 ErrorCode.VALIDATION_ERROR,
