@@ -9,10 +9,13 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -227,3 +230,24 @@ def test_health_keeps_its_contract_and_passes_openenvs_readiness_wait(idle_servi
     _poll_health(idle_service.url + "/health", timeout_s=120)
     body = httpx.get(idle_service.url + "/health", timeout=30).json()
     assert body == {"status": "ok", "sessions": 0, "max_sessions": MAX_SESSIONS}
+
+
+@pytest.mark.timeout(600)
+def test_screenshots_are_pixels_as_openenv_sends_them(chromium: str | None, tmp_path: Path) -> None:
+    service = ServiceProcess(
+        "--max-sessions", "1", "--workers", "1", "--screenshots",
+        log_path=tmp_path / "serve-env.log", chromium=chromium,
+    )  # fmt: skip
+    try:
+        service.wait_healthy(timeout_s=180)
+        with openenv_client(service) as env:
+            page = env.reset(task_name="click-test", seed=2).observation
+            # What TRL's browsergym.py does with it: numpy, then a PIL image.
+            pixels = np.array(page["screenshot"], dtype=np.uint8)
+            assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+            assert pixels.min() < pixels.max()  # a drawn page, not a blank frame
+            assert Image.fromarray(pixels).size == (pixels.shape[1], pixels.shape[0])
+            solved = env.step({"action_str": f"click('{bid_of(page['axtree_txt'], 'Click Me!')}')"})
+            assert solved.reward == 1.0 and np.array(solved.observation["screenshot"]).shape == pixels.shape
+    finally:
+        service.stop()
