@@ -142,6 +142,16 @@ def test_openenv_client_plays_click_test_to_reward_one(idle_service: ServiceProc
     wait_for_sessions(idle_service, 0)
 
 
+def assert_refused(ws: ClientConnection) -> None:
+    """A CAPACITY_REACHED error frame, then the server closes with 1013 (try again later)."""
+    frame = json.loads(ws.recv(timeout=REPLY_TIMEOUT_S))
+    assert frame["type"] == "error" and frame["data"]["code"] == "CAPACITY_REACHED", frame
+    assert frame["data"]["max_sessions"] == MAX_SESSIONS and frame["data"]["active_sessions"] == MAX_SESSIONS
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=REPLY_TIMEOUT_S)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+
+
 @pytest.mark.timeout(600)
 def test_capacity_reached_is_an_error_frame_then_a_close(idle_service: ServiceProcess) -> None:
     holders = [openenv_client(idle_service) for _ in range(MAX_SESSIONS)]
@@ -152,30 +162,38 @@ def test_capacity_reached_is_an_error_frame_then_a_close(idle_service: ServicePr
         assert sessions(idle_service) == MAX_SESSIONS
 
         with raw(idle_service) as refused:
-            frame = json.loads(refused.recv(timeout=REPLY_TIMEOUT_S))
-            assert frame["type"] == "error" and frame["data"]["code"] == "CAPACITY_REACHED"
-            assert (frame["data"]["active_sessions"], frame["data"]["max_sessions"]) == (MAX_SESSIONS, MAX_SESSIONS)
-            with pytest.raises(ConnectionClosed) as closed:
-                refused.recv(timeout=REPLY_TIMEOUT_S)
-            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+            assert_refused(refused)
 
         # OpenEnv's own client surfaces the same refusal as its error.
         with openenv_client(idle_service) as late, pytest.raises(RuntimeError, match="CAPACITY_REACHED"):
             late.reset(task_name="click-test")
         assert sessions(idle_service) == MAX_SESSIONS
 
-        # Both connected while one slot was free: the first reset takes it, the second is refused at reset.
+        # One slot free: the first connection takes it at connect (its session comes with its first reset),
+        # so the next connection is refused at once; an HTTP client can still take that slot, and the
+        # first reset is then refused the same way.
         holders.pop().close()
         wait_for_sessions(idle_service, MAX_SESSIONS - 1)
-        with raw(idle_service) as first, raw(idle_service) as second:
-            assert exchange(first, {"type": "reset", "data": {"task_name": "click-test"}})["type"] == "observation"
-            frame = exchange(second, {"type": "reset", "data": {"task_name": "click-test"}})
-            assert frame["data"]["code"] == "CAPACITY_REACHED"
-            with pytest.raises(ConnectionClosed):
-                second.recv(timeout=REPLY_TIMEOUT_S)
+        with raw(idle_service) as admitted:
+            with raw(idle_service) as refused:
+                assert_refused(refused)
+            http_session = httpx.post(idle_service.url + "/reset", json={"task_name": "click-test"}, timeout=120)
+            assert http_session.status_code == 200, http_session.text
+            try:
+                admitted.send(json.dumps({"type": "reset", "data": {"task_name": "click-test"}}))
+                assert_refused(admitted)
+            finally:
+                httpx.post(idle_service.url + "/close", json={"session_id": http_session.json()["session_id"]})
     finally:
         for client in holders:
             client.close()
+
+    # Every place is back: as many connections as the cap are admitted again.
+    wait_for_sessions(idle_service, 0)
+    with raw(idle_service) as one, raw(idle_service) as two:
+        assert MAX_SESSIONS == 2
+        for ws in (one, two):
+            assert exchange(ws, {"type": "state"})["type"] == "state"
 
 
 @pytest.mark.timeout(600)

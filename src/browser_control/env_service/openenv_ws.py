@@ -193,9 +193,19 @@ class _Episode:
     over: str = ""  # why no more actions are taken ('' while the episode runs)
 
 
+@dataclass
+class _Waiting:
+    """Connections admitted under the cap that have no session yet (their first reset makes it): they
+    count against the cap for later connections, so admission at connect is exact for /ws clients."""
+
+    count: int = 0
+
+
 class _Connection:
-    def __init__(self, manager: SessionManager):
+    def __init__(self, manager: SessionManager, waiting: _Waiting):
         self.manager = manager
+        self.waiting = waiting
+        self.admitted = False  # holds one of `waiting`'s places
         self.session_id: str | None = None
         self.task_name: str | None = None
         self.episode: _Episode | None = None
@@ -259,6 +269,7 @@ class _Connection:
             await self._drop_episode()
             raise _FrameError(ErrorCode.EXECUTION_ERROR, f"reset failed: {exc}") from None
         self.session_id = session_id
+        self._leave_waiting()
         self.task_name = result["task_name"]
         page = await self._page(result["observation"], result["task_name"], result["seed"])
         self.episode = _Episode(
@@ -296,8 +307,8 @@ class _Connection:
                 self.session_id, self.episode = None, None
                 raise _FrameError(
                     ErrorCode.EXECUTION_ERROR,
-                    f"this connection's session was closed after {self.manager.session_ttl_s:.0f} s idle "
-                    "(SESSION_TTL_S): send reset to start a new episode",
+                    "this connection's session is gone (closed by the service, or after "
+                    f"{self.manager.session_ttl_s:.0f} s idle, SESSION_TTL_S): send reset to start a new episode",
                 ) from None
             raise _FrameError(ErrorCode.EXECUTION_ERROR, exc.message) from None
         except (SessionLostError, BrowserUnavailableError) as exc:
@@ -333,7 +344,20 @@ class _Connection:
             )
         )
 
+    def admit(self) -> bool:
+        if self.manager.session_count + self.waiting.count >= self.manager.max_sessions:
+            return False
+        self.waiting.count += 1
+        self.admitted = True
+        return True
+
+    def _leave_waiting(self) -> None:
+        if self.admitted:
+            self.waiting.count -= 1
+            self.admitted = False
+
     async def release(self) -> None:
+        self._leave_waiting()
         session_id, self.session_id = self.session_id, None
         if session_id is not None:
             try:
@@ -351,7 +375,7 @@ class _Connection:
             ErrorCode.CAPACITY_REACHED,
             f"all {self.manager.max_sessions} sessions are in use; reconnect later or raise MAX_SESSIONS",
             close=True,
-            active_sessions=self.manager.session_count,
+            active_sessions=self.manager.session_count + self.waiting.count - self.admitted,
             max_sessions=self.manager.max_sessions,
         )
 
@@ -392,18 +416,23 @@ def _text_of(message: dict[str, Any]) -> str:
 def mount(app: FastAPI) -> None:
     """Serve OpenEnv's protocol on `/ws`; the app's lifespan must set `app.state.manager`."""
 
+    waiting = _Waiting()
+
     @app.websocket(PATH)
     async def openenv_ws(websocket: WebSocket) -> None:
         manager: SessionManager = websocket.app.state.manager
-        await websocket.accept()
-        connection = _Connection(manager)
+        connection = _Connection(manager, waiting)
+        # A session needs a task, so the first reset makes it; until then the connection holds a place
+        # that only other /ws connections see, taken before the handshake completes so that a client
+        # that connects next is counted against it. HTTP clients can still take the last slot meanwhile:
+        # that first reset then answers CAPACITY_REACHED and closes, as a refusal at connect does.
+        admitted = connection.admit()
         connection_id = uuid.uuid4().hex[:12]
         close_code = 1000
         frames = 0
         try:
-            # Checked here so a refused client learns at once; the slot itself is taken by the first
-            # reset, which answers CAPACITY_REACHED too if HTTP clients took the last one meanwhile.
-            if manager.session_count >= manager.max_sessions:
+            await websocket.accept()
+            if not admitted:
                 refusal = connection._capacity_error()
                 await _send(websocket, refusal.frame)
                 close_code = CLOSE_TRY_AGAIN_LATER
