@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from browser_control.env_service import openenv_ws
 from browser_control.env_service.actions import ActionError, describe_actions
 from browser_control.env_service.browser import (
     BrowserOptions,
@@ -279,6 +280,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         response, _replayed = await dedup.run(idempotency_key, "/close " + body.model_dump_json(), work)
         return response
 
+    openenv_ws.mount(app)  # OpenEnv's WebSocket protocol on /ws, over the same sessions
     return app
 
 
