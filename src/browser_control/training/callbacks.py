@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from browser_control.training import checkpoints as ckpt
 from browser_control.training.rollouts import SaturationMonitor
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,23 @@ class CollapseGuard(TrainerCallback):
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class CompletionMarker(TrainerCallback):
+    """Proves each intermediate checkpoint complete once the Trainer has written all of it.
+
+    The Trainer calls ``on_save`` after weights, optimizer, scheduler, RNG and trainer state are written
+    (and after an exception in any of them, never); only then is checkpoint-complete.json written, by
+    rename. Resume and cleanup trust that file, not the presence of the Trainer's own files.
+    """
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                **kwargs: Any) -> None:
+        if not args.should_save:  # only the process that writes the checkpoint marks it
+            return
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if checkpoint.is_dir():
+            ckpt.mark_complete(checkpoint, state.global_step)
 
 
 class GracefulStop(TrainerCallback):
