@@ -80,11 +80,13 @@ class BrowserEnvironment:
     ``reset(task_name, seed)`` starts the episode and returns the first observation; each tool performs
     one action and returns the next observation; ``get_reward()`` is 1.0 when the task was solved.
 
-    Faults: an unreachable service raises EnvServiceUnavailable (the run stops). A service that answers but
-    cannot play the episode (410 session_lost after a browser crash, 5xx, a session reaped mid-episode)
-    costs only this episode: it is marked faulted, later tools return a short notice without calling the
-    service, and ``get_reward()`` returns None, which TRL 1.16 leaves out of the group baseline and gives
-    zero advantage. The next ``reset`` starts a fresh session when the old one cannot be reset.
+    Faults: an unreachable service raises EnvServiceUnavailable (the run stops). With
+    ``faults_are_no_data`` (training), a service that answers but cannot play the episode (410
+    session_lost after a browser crash, 5xx, a session reaped mid-episode) costs only this episode: it is
+    marked faulted, later tools return a short notice without calling the service, and ``get_reward()``
+    returns None, which TRL 1.16 leaves out of the group baseline and gives zero advantage. Without it the
+    service's error is raised. Either way the next ``reset`` starts a fresh session when the old one
+    cannot be reset in place.
     """
 
     max_episode_steps: int = 10
@@ -93,9 +95,11 @@ class BrowserEnvironment:
     _rollouts: ConcurrentRollouts | None = None
 
     def __init__(self, base_url: str | None = None, max_episode_steps: int | None = None,
-                 client: EnvClient | None = None):
+                 client: EnvClient | None = None, faults_are_no_data: bool = False):
         self._client = client or EnvClient(browsergym_url(base_url or self.base_url))
         self._max_steps = max_episode_steps or self.max_episode_steps
+        # Training (EnvironmentFactory) turns environment faults into no-data episodes; elsewhere they raise.
+        self._faults_are_no_data = faults_are_no_data
         self._session_id: str | None = None
         self._stats = EpisodeStats()
         # TRL turns a tool's exception into text for the model; a dead service must still stop training, so
@@ -119,14 +123,14 @@ class BrowserEnvironment:
         try:
             response = self._start_episode(task_name, int(seed))
         except EnvServiceUnavailable as exc:
-            if not service_answers(self._client):
+            if not (self._faults_are_no_data and self._service_answers()):
                 self._fatal_error = exc
                 raise
-            return self._fault(f"the service could not start the episode: {exc}")
+            return self._fault(f"the service could not start the episode: {exc}", exc)
         except EnvRequestError as exc:
             if exc.error in _CALLER_ERRORS:
                 raise
-            return self._fault(f"the service could not start the episode: {exc}")
+            return self._fault(f"the service could not start the episode: {exc}", exc)
         self._session_id = response.session_id
         self._stats.task_name, self._stats.seed = response.task_name, response.seed
         self._stats.env_latency_s.append(time.perf_counter() - started)
@@ -146,6 +150,10 @@ class BrowserEnvironment:
                 self._forget_session()
         return self._client.reset(task_name, seed=seed, max_episode_steps=self._max_steps)
 
+    def _service_answers(self) -> bool:
+        """Alive unless the shared client already declared the service dead, or it does not answer now."""
+        return getattr(self._client, "fatal_error", None) is None and service_answers(self._client)
+
     def _forget_session(self) -> None:
         session_id, self._session_id = self._session_id, None
         if session_id is None:
@@ -155,8 +163,14 @@ class BrowserEnvironment:
         except (EnvRequestError, EnvServiceUnavailable):
             pass
 
-    def _fault(self, reason: str) -> str:
-        """Mark the episode as an environment fault: no data. Returns the text the model sees."""
+    def _fault(self, reason: str, exc: Exception) -> str:
+        """Mark the episode as an environment fault: no data. Returns the text the model sees.
+
+        Without ``faults_are_no_data`` (evaluation), ``exc`` is raised instead: a report must not count an
+        episode the environment lost as a failure, nor silently leave it out.
+        """
+        if not self._faults_are_no_data:
+            raise exc
         if self._stats.fault is None:
             self._stats.fault = reason
             log.warning("environment fault in %s#%d, the episode is not scored: %s",
@@ -354,11 +368,11 @@ class BrowserEnvironment:
                 return f"Invalid action: {exc.message}"
             # 410 session_lost, 5xx, a session reaped mid-episode: the browser failed, not the model. The
             # session id is kept: the next reset revives it in place or, failing that, starts a new one.
-            return self._fault(f"{action} failed: {exc}")
+            return self._fault(f"{action} failed: {exc}", exc)
         except EnvServiceUnavailable as exc:
             stats.env_latency_s.append(time.perf_counter() - started)
-            if service_answers(self._client):
-                return self._fault(f"{action} failed: {exc}")
+            if self._faults_are_no_data and self._service_answers():
+                return self._fault(f"{action} failed: {exc}", exc)
             self._fatal_error = exc
             raise
         stats.env_latency_s.append(time.perf_counter() - started)

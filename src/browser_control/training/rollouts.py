@@ -69,7 +69,7 @@ class EnvironmentFactory:
 
     def __call__(self) -> BrowserEnvironment:
         env = BrowserEnvironment(base_url=self.base_url, max_episode_steps=self.max_episode_steps,
-                                 client=self.client)
+                                 client=self.client, faults_are_no_data=True)
         self.environments.append(env)
         return env
 
