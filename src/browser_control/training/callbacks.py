@@ -9,6 +9,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from browser_control.client import EnvClient, EnvRequestError, EnvServiceUnavailable
 from browser_control.training import checkpoints as ckpt
 from browser_control.training.rollouts import SaturationMonitor
 
@@ -164,18 +165,33 @@ class HeldOutEvaluation(TrainerCallback):
         self.env_url, self.max_steps, self.max_completion_tokens = env_url, max_steps, max_completion_tokens
         self.writer = writer  # a SummaryWriter on the main process, None elsewhere
         self.history: list[dict[str, float]] = []
+        self.skipped: list[int] = []  # steps whose evaluation an environment fault cut short
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     model: Any = None, processing_class: Any = None, **kwargs: Any) -> None:
         if state.global_step % self.every or model is None or processing_class is None:
             return
         from browser_control.evaluation.model_policy import from_model
-        from browser_control.evaluation.runner import evaluate_policy
+        from browser_control.evaluation.runner import EvaluationError, evaluate_policy
 
         policy = from_model(model, processing_class, label=f"step-{state.global_step}",
                             max_completion_tokens=self.max_completion_tokens)
-        report = evaluate_policy(policy, self.tasks, self.episodes, env_url=self.env_url,
-                                 max_steps=self.max_steps, progress=False)
+        try:
+            report = evaluate_policy(policy, self.tasks, self.episodes, env_url=self.env_url,
+                                     max_steps=self.max_steps, progress=False)
+        except (EnvRequestError, EnvServiceUnavailable) as exc:
+            # An environment fault costs this evaluation, not the run: training episodes hit by the same
+            # fault are no data too. A service that no longer answers at all still ends the run.
+            if isinstance(exc, EnvServiceUnavailable) and not _answers(self.env_url):
+                raise
+            self.skipped.append(state.global_step)
+            log.warning("held-out evaluation at step %d skipped: the environment failed (%s)",
+                        state.global_step, exc)
+            return
+        except EvaluationError as exc:
+            if not _answers(self.env_url):  # the service died: the run stops as it does in training (exit 3)
+                raise EnvServiceUnavailable(str(exc)) from exc
+            raise
         metrics = report.metrics("eval")
         self.history.append({"step": state.global_step, **metrics})
         log.info("held-out evaluation at step %d: %s", state.global_step,
@@ -184,3 +200,10 @@ class HeldOutEvaluation(TrainerCallback):
             for key, value in metrics.items():
                 self.writer.add_scalar(key, value, state.global_step)
             self.writer.flush()
+
+
+def _answers(url: str) -> bool:
+    from browser_control.agent.environment import service_answers
+
+    with EnvClient(url) as client:
+        return service_answers(client)
