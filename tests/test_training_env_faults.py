@@ -102,6 +102,17 @@ def test_crashed_pages_mid_step_are_no_data_and_the_run_goes_on(
             rewards.append((self._session_id, reward))
             return reward
 
+        from browser_control.agent.concurrency import ConcurrentRolloutsMixin
+
+        advantages: list[list[float]] = []
+        original_generate = ConcurrentRolloutsMixin._generate_and_score_completions
+
+        def recording_generate(self: Any, inputs: Any) -> Any:
+            output = original_generate(self, inputs)
+            advantages.append(output["advantages"].tolist())
+            return output
+
+        monkeypatch.setattr(ConcurrentRolloutsMixin, "_generate_and_score_completions", recording_generate)
         monkeypatch.setattr(EnvClient, "step", recording_step)
         monkeypatch.setattr(BrowserEnvironment, "reset", reset_then_crash_the_pages_of_step_2)
         monkeypatch.setattr(BrowserEnvironment, "get_reward", recording_reward)
@@ -118,6 +129,13 @@ def test_crashed_pages_mid_step_are_no_data_and_the_run_goes_on(
         if session_id in failed_sessions:
             assert reward is None, f"an environment fault was scored {reward}"
     assert any(reward is None for _, reward in step2)
+    # TRL 1.16 drops a completion whose rewards are all None from its group: zero advantage, and the
+    # other rollout of the group is not measured against a 0 (a lone scored rollout has no spread either)
+    assert len(advantages) == 3
+    for i in range(len(step2)):
+        group = step2[i - i % 2 : i - i % 2 + 2]
+        if any(r is None for _, r in group):
+            assert advantages[1][i] == 0.0, (advantages[1], step2)
     # after the crash, the next batch played normally: reset revived or replaced the sessions
     assert all(isinstance(reward, float) for _, reward in rewards[8:])
 
