@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from browser_control.agent.environment import bound_tools
-from browser_control.checkpoints_cli import adapter_dir, checkpoint_dir
+from browser_control.checkpoints_cli import adapter_dir, checkpoint_dir, model_files_problem
 from browser_control.evaluation.policy import Decision, Episode, Policy, ToolCall
 from browser_control.evaluation.runner import EvaluationError
 
@@ -37,6 +37,9 @@ def resolve_model(spec: str) -> str:
         if not (path / "config.json").exists() and adapter_dir(path) is None:
             raise EvaluationError(f"{spec!r} is not a model directory: it has no config.json (full model) or "
                                   "adapter_config.json (LoRA adapter)")
+        problem = model_files_problem(path)
+        if problem:
+            raise EvaluationError(f"model {spec!r} is corrupt: {problem}")
         return str(path)
     named = checkpoint_dir() / spec
     if "/" not in spec and named.is_dir():
@@ -361,6 +364,7 @@ def load_model_policy(spec: str, *, backend: str = "transformers", label: str | 
                       max_completion_tokens: int | None = None, gpu_memory_utilization: float = 0.85) -> ModelPolicy:
     """Load a model directory, checkpoint name or Hub id (a LoRA adapter is merged into its base)."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model(spec)
@@ -398,8 +402,13 @@ def load_model_policy(spec: str, *, backend: str = "transformers", label: str | 
             model = PeftModel.from_pretrained(model, str(lora[0])).merge_and_unload()
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-    except OSError as exc:
-        raise EvaluationError(f"could not load model {spec!r}: {exc}") from None
+    except EvaluationError:
+        raise
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        # OSError: missing files; the others: what transformers and safetensors raise for files that exist
+        # but are not what they should be. One line, the first of the library's message.
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EvaluationError(f"could not load model {spec!r} from {path}: {first_line}") from None
     model.to(device)
     policy = from_model(model, tokenizer, label, max_new_tokens=max_new_tokens, temperature=temperature,
                         top_p=top_p, max_context_tokens=max_context_tokens,

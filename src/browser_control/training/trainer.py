@@ -347,11 +347,27 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
     from trl import GRPOTrainer
 
     from browser_control.agent.concurrency import ConcurrentRolloutsMixin
-    from browser_control.training.callbacks import CollapseGuard, GracefulStop, HeldOutEvaluation
+    from browser_control.training.callbacks import (
+        CollapseGuard,
+        CompletionMarker,
+        GracefulStop,
+        HeldOutEvaluation,
+    )
     from browser_control.training.rollouts import EnvironmentFactory, EpisodeMetrics, SaturationMonitor
 
     class BrowserGRPOTrainer(ConcurrentRolloutsMixin, GRPOTrainer):
         """GRPOTrainer whose environment calls can run concurrently (agent/concurrency.py)."""
+
+        save_hit_full_disk = False
+
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            try:
+                super()._save_checkpoint(model, trial)
+            except Exception as exc:
+                # Judged here, where the failure is known to be a write and before the partial files are
+                # removed; torch.save's "unexpected pos" carries no errno, so the free space decides.
+                self.save_hit_full_disk = ckpt.is_disk_full(exc, Path(self.args.output_dir))
+                raise
 
     if config.use_vllm and not torch.cuda.is_available():
         raise TrainingSetupError("use_vllm: true needs a CUDA GPU; none is visible (set use_vllm: false on CPU)")
@@ -399,7 +415,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
                 processing_class=tokenizer,
                 environment_factory=factory,
                 peft_config=build_peft_config(config),
-                callbacks=[guard, tensorboard, stop, *held_out, *callbacks],
+                callbacks=[guard, tensorboard, CompletionMarker(), stop, *held_out, *callbacks],
             )
         trainer_ref.append(trainer)
         check_reward_wiring(trainer)
@@ -410,13 +426,20 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
             check_lora_targets(trainer.model, config.lora_target_modules)
         log.info("training %s: %s", plan.name, plan.describe().replace("\n", "; "))
         stop.install()
+        if rank == 0:
+            # Left by a run killed while saving: never resumed from, and the Trainer's rotation must not count
+            # them (it could delete a complete checkpoint to keep a broken one).
+            removed = ckpt.remove_incomplete_checkpoints(plan.run_dir)
+            if removed:
+                log.warning("removed incomplete intermediate checkpoints: %s", ", ".join(map(str, removed)))
         try:
             trainer.train(resume_from_checkpoint=str(plan.resume_checkpoint) if plan.resume_checkpoint else None)
         except BaseException as exc:
-            removed = ckpt.remove_partial_checkpoints(plan.run_dir)
+            disk_full = trainer.save_hit_full_disk or ckpt.is_disk_full(exc)
+            removed = ckpt.remove_incomplete_checkpoints(plan.run_dir)
             if removed:
                 log.error("removed incomplete intermediate checkpoints: %s", ", ".join(map(str, removed)))
-            if ckpt.is_disk_full(exc):
+            if disk_full:
                 raise ckpt.CheckpointError(
                     f"disk full while training {plan.name} (intermediate checkpoint under {plan.run_dir}): "
                     f"{exc}. Incomplete checkpoints were removed; free space and resume with "
