@@ -13,7 +13,7 @@ Environment:
   PYTHON_BIN   the Python (>= 3.11) that creates .venv (default: python3)
   TORCH_SPEC   the torch requirement installed first (default: torch==2.13.0)
 
-Then: source .venv/bin/activate (puts browser-control on PATH), or run .venv/bin/browser-control.
+Then: source .venv/bin/activate, which puts `browser-control`, `tensorboard` and `playwright` on PATH.
 EOF
 }
 
