@@ -361,11 +361,16 @@ def test_dry_run_prints_the_plan_and_trains_nothing(env_url: str, tmp_path: Path
     from browser_control.cli import main
 
     path = tmp_path / "run.yaml"
+    # --dry-run checks that the model can be found: a local directory keeps the test off the network.
+    model = tmp_path / "LFM2-350M"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
     path.write_text("tasks: [{name: click-test, weight: 1}, {name: enter-text, weight: 3}]\n"
-                    f"checkpoint_dir: {tmp_path / 'ck'}\nlogging_dir: {tmp_path / 'tb'}\n")
+                    f"checkpoint_dir: {tmp_path / 'ck'}\nlogging_dir: {tmp_path / 'tb'}\nmodel_name: {model}\n")
     assert main(["train", "--config", str(path), "--set", f"browsergym_url={env_url}", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "click-test (25%), enter-text (75%)" in out and "transformers generate" in out
+    assert f"model found      {model} (local directory" in out
     assert f"{env_url} (ok," in out and "dry run" in out
     assert re.search(r"checkpoint\s+.*/ck/lfm2-350m-mix-\d{8}-\d{6}", out)
     assert not (tmp_path / "ck").exists() and not (tmp_path / "tb").exists()
@@ -378,8 +383,10 @@ def test_cli_exit_codes_for_a_dead_service_and_missing_vllm(tmp_path: Path,
     from browser_control.cli import main
 
     path = tmp_path / "run.yaml"
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")  # found locally: the service is what fails
     path.write_text("tasks: [click-test]\nbrowsergym_url: http://127.0.0.1:9\nenv_wait_s: 0.5\n"
-                    f"checkpoint_dir: {tmp_path / 'ck'}\n")
+                    f"checkpoint_dir: {tmp_path / 'ck'}\nmodel_name: {tmp_path / 'model'}\n")
     assert main(["train", "--config", str(path), "--dry-run"]) == 3
     assert "environment service unavailable" in capsys.readouterr().err
     if importlib.util.find_spec("vllm") is None:

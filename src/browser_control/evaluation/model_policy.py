@@ -21,6 +21,7 @@ from browser_control.agent.environment import bound_tools
 from browser_control.checkpoints_cli import adapter_dir, checkpoint_dir, model_files_problem
 from browser_control.evaluation.policy import Decision, Episode, Policy, ToolCall
 from browser_control.evaluation.runner import EvaluationError
+from browser_control.model_source import looks_local, missing_path_message
 
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -44,13 +45,9 @@ def resolve_model(spec: str) -> str:
     named = checkpoint_dir() / spec
     if "/" not in spec and named.is_dir():
         return resolve_model(str(named))
-    if _HUB_ID_RE.match(spec) and not spec.startswith((".", "~")):
+    if _HUB_ID_RE.match(spec) and not looks_local(spec):
         return spec  # a hub id; from_pretrained finds it in the local cache or downloads it
-    raise EvaluationError(
-        f"model path {spec!r} does not exist (nor does a checkpoint of that name in {checkpoint_dir()}); "
-        "give a model directory, a checkpoint name (`browser-control checkpoints list`) or a Hub id such as "
-        "LiquidAI/LFM2-350M"
-    )
+    raise EvaluationError(missing_path_message(spec) + " A Hub model is given by its id, e.g. LiquidAI/LFM2-350M.")
 
 
 TRAINING_CONFIG_FILE = "training_config.yaml"  # written beside every checkpoint by `browser-control train`
