@@ -451,3 +451,21 @@ def test_built_lfm2_configs_carry_every_field_vllm_reads(tmp_path) -> None:
                    and name != "block_ffn_dim_multiplier"]
         assert missing == [], f"vLLM's LFM2 would fail at engine start: {missing}"
         assert config.conv_dim == config.block_dim == config.conv_dim_out == config.hidden_size
+
+
+def test_vllm_environment_picks_the_pytorch_sampler_without_flashinfer_and_keeps_user_values(monkeypatch) -> None:
+    import importlib.util
+    import os
+
+    from browser_control.models.vllm_setup import prepare_vllm_environment
+
+    monkeypatch.delenv("VLLM_USE_FLASHINFER_SAMPLER", raising=False)
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "fork")
+    absent = importlib.util.find_spec("flashinfer") is None
+    chosen = prepare_vllm_environment()
+    assert chosen == ({"VLLM_USE_FLASHINFER_SAMPLER": "0"} if absent else {})
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "fork"  # the user's choice stands
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD")
+    monkeypatch.setenv("VLLM_USE_FLASHINFER_SAMPLER", "1")
+    assert prepare_vllm_environment() == {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
+    assert os.environ["VLLM_USE_FLASHINFER_SAMPLER"] == "1"

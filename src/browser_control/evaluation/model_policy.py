@@ -11,7 +11,6 @@ score on the distribution the model was trained on.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -220,15 +219,15 @@ class VLLMGenerator:
     def __init__(self, model_path: str, eos_token_ids: Sequence[int], max_new_tokens: int,
                  temperature: float = 0.0, top_p: float = 1.0, gpu_memory_utilization: float = 0.85,
                  max_model_len: int | None = None):
+        from browser_control.models.vllm_setup import prepare_vllm_environment
+
         try:
             from vllm import LLM, SamplingParams
         except ImportError:
             raise EvaluationError("--backend vllm needs vLLM (pip install 'vllm>=0.22,<=0.31'); "
                                   "or use the default --backend transformers") from None
         self.eos_token_ids = list(eos_token_ids)
-        # vLLM runs its engine in a child process; forked after this process has touched CUDA (the device
-        # check above does), the child fails with "Cannot re-initialize CUDA in forked subprocess".
-        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        prepare_vllm_environment()
         self.llm = LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        seed=0)
         self.params = SamplingParams(temperature=temperature, top_p=top_p if temperature > 0 else 1.0,

@@ -202,6 +202,10 @@ def preflight(plan: RunPlan) -> None:
             "use_vllm: true but vLLM is not installed here. The CUDA training image ships it; elsewhere set "
             "use_vllm: false (generation with transformers) or pip install 'trl[vllm]'"
         )
+    if config.use_vllm:
+        from browser_control.models.vllm_setup import prepare_vllm_environment
+
+        prepare_vllm_environment()
     if config.use_peft and importlib.util.find_spec("peft") is None:
         raise TrainingSetupError("use_peft: true but peft is not installed: pip install peft")
     with EnvClient(config.browsergym_url, timeout_s=config.env_timeout_s, retries=config.env_retries) as client:
