@@ -43,6 +43,24 @@ class EpisodeStats:
     env_latency_s: list[float] = field(default_factory=list)
 
 
+@dataclass
+class StepAnswer:
+    """One tool call as the environment saw it, kept for episode recordings (``browser-control view``).
+
+    Not part of :class:`EpisodeStats`, which the per-batch episode log serialises whole.
+    """
+
+    action: str
+    observation: str  # the text the model had in front of it when it chose the action
+    result: str  # the text the tool returned to the model
+    error: str = ""  # the page's last_action_error, or the service's reason for refusing the action
+    reward: float | None = None
+    done: bool = False
+    truncated: bool = False
+    reached_service: bool = True  # False when the episode was already over and nothing was sent
+    screenshot_png_b64: str | None = None
+
+
 class BrowserEnvironment:
     """A MiniWoB++ episode served by the environment service.
 
@@ -64,6 +82,14 @@ class BrowserEnvironment:
         # TRL turns a tool's exception into text for the model; a dead service must still stop training, so
         # the error is kept here and raised again by get_reward(), which TRL does not guard.
         self._fatal_error: EnvServiceUnavailable | None = None
+        self._clear_trace()
+
+    def _clear_trace(self, goal: str = "", observation: str = "", screenshot: str | None = None) -> None:
+        self._goal = goal
+        self._first_observation = observation
+        self._first_screenshot = screenshot
+        self._last_text = observation
+        self._answers: list[StepAnswer] = []
 
     # -- TRL protocol ----------------------------------------------------------------------------
     def reset(self, task_name: str, seed: int, **_row: Any) -> str:
@@ -88,7 +114,9 @@ class BrowserEnvironment:
         self._stats = EpisodeStats(task_name=response.task_name, seed=response.seed)
         self._fatal_error = None  # the error belonged to the previous episode
         self._stats.env_latency_s.append(time.perf_counter() - started)
-        return format_observation(response.observation, 0, self._max_steps)
+        text = format_observation(response.observation, 0, self._max_steps)
+        self._clear_trace(response.observation.goal, text, response.observation.screenshot_png_b64)
+        return text
 
     def get_reward(self) -> float:
         """Task success: 1.0 if the MiniWoB task reported a positive reward, else 0.0.
@@ -260,9 +288,10 @@ class BrowserEnvironment:
             raise RuntimeError("reset() must be called before any tool")
         stats = self._stats
         if stats.done or stats.truncated:
-            return format_episode_end(stats.success, stats.steps) if stats.done else format_step_limit(
+            text = format_episode_end(stats.success, stats.steps) if stats.done else format_step_limit(
                 self._max_steps
             )
+            return self._answered(action, text, reached_service=False, done=stats.done, truncated=stats.truncated)
         started = time.perf_counter()
         try:
             response = self._client.step(self._session_id, action)
@@ -273,7 +302,8 @@ class BrowserEnvironment:
                 stats.steps += 1
                 if stats.steps >= self._max_steps:
                     stats.truncated = True
-                return f"Invalid action: {exc.message}"
+                return self._answered(action, f"Invalid action: {exc.message}", error=exc.message, reward=0.0,
+                                      truncated=stats.truncated)
             raise
         except EnvServiceUnavailable as exc:
             self._fatal_error = exc
@@ -286,10 +316,20 @@ class BrowserEnvironment:
         if response.observation.last_action_error:
             stats.invalid_actions += 1
         if stats.done:
-            return format_episode_end(stats.success, stats.steps)
-        text = format_observation(response.observation, stats.steps, self._max_steps)
-        if stats.truncated:
-            text += "\n" + format_step_limit(self._max_steps)
+            text = format_episode_end(stats.success, stats.steps)
+        else:
+            text = format_observation(response.observation, stats.steps, self._max_steps)
+            if stats.truncated:
+                text += "\n" + format_step_limit(self._max_steps)
+        return self._answered(action, text, error=response.observation.last_action_error, reward=response.reward,
+                              done=response.done, truncated=response.truncated,
+                              screenshot=response.observation.screenshot_png_b64)
+
+    def _answered(self, action: str, text: str, *, error: str = "", reward: float | None = None, done: bool = False,
+                  truncated: bool = False, reached_service: bool = True, screenshot: str | None = None) -> str:
+        self._answers.append(StepAnswer(action, self._last_text, text, error, reward, done, truncated,
+                                        reached_service, screenshot))
+        self._last_text = text
         return text
 
     def _close(self) -> None:

@@ -347,6 +347,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
     from trl import GRPOTrainer
 
     from browser_control.agent.concurrency import ConcurrentRolloutsMixin
+    from browser_control.recording import EpisodeRecorder
     from browser_control.training.callbacks import CollapseGuard, GracefulStop, HeldOutEvaluation
     from browser_control.training.rollouts import EnvironmentFactory, EpisodeMetrics, SaturationMonitor
 
@@ -367,6 +368,9 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
         factory, monitor,
         step_getter=lambda: trainer_ref[0].state.global_step + 1 if trainer_ref else 0,
         episode_log=plan.run_dir / (EPISODE_LOG_FILE if rank == 0 else f"episodes-rank{rank}.jsonl"),
+        recorder=EpisodeRecorder(plan.run_dir, max_bytes=int(config.record_max_mb * 1e6),
+                                 screenshots=config.record_screenshots) if config.record_every_steps else None,
+        record_every=config.record_every_steps, record_episodes=config.record_episodes, run_name=plan.name,
     )
     guard = CollapseGuard(config.entropy_warning_threshold, monitor)
     # The guard comes first so the collapse scalars it adds to a step's logs reach TensorBoard with it.
