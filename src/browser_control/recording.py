@@ -92,8 +92,15 @@ class EpisodeRecorder:
     sends, which are most of the bytes.
     """
 
-    def __init__(self, directory: str | Path, *, max_bytes: int | None = None, screenshots: bool = False,
-                 fresh: bool = False, log_name: str = EPISODES_FILE):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        max_bytes: int | None = None,
+        screenshots: bool = False,
+        fresh: bool = False,
+        log_name: str = EPISODES_FILE,
+    ):
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.screenshots = screenshots
@@ -105,8 +112,7 @@ class EpisodeRecorder:
         self.directory.mkdir(parents=True, exist_ok=True)
         if max_bytes is not None and (self.directory / TRACES_DIR).is_dir():
             # A resumed run continues the same recording: what is already there counts against the budget.
-            self.bytes_written = sum(p.stat().st_size for p in (self.directory / TRACES_DIR).rglob("*")
-                                     if p.is_file())
+            self.bytes_written = sum(p.stat().st_size for p in (self.directory / TRACES_DIR).rglob("*") if p.is_file())
         if fresh:
             self.log_path.write_bytes(b"")
 
@@ -114,17 +120,21 @@ class EpisodeRecorder:
     def full(self) -> bool:
         return self.max_bytes is not None and self.bytes_written >= self.max_bytes
 
-    def write_trace(self, trace: EpisodeTrace, name: str,
-                    screenshots: dict[int, str | None] | None = None) -> str | None:
+    def write_trace(
+        self, trace: EpisodeTrace, name: str, screenshots: dict[int, str | None] | None = None
+    ) -> str | None:
         """Write ``traces/<name>.json`` (and its PNGs); returns its path relative to the recording, or None
         when the disk budget is spent. ``screenshots`` maps a step index (0: the first page) to base64 PNG."""
         with self._lock:
             if self.full:
                 self.traces_skipped += 1
                 if self.traces_skipped == 1:
-                    log.warning("episode recordings in %s reached their limit of %.0f MB: no more traces are "
-                                "kept (raise record_max_mb to keep more)", self.directory,
-                                (self.max_bytes or 0) / 1e6)
+                    log.warning(
+                        "episode recordings in %s reached their limit of %.0f MB: no more traces are "
+                        "kept (raise record_max_mb to keep more)",
+                        self.directory,
+                        (self.max_bytes or 0) / 1e6,
+                    )
                 return None
         traces = self.directory / TRACES_DIR
         traces.mkdir(exist_ok=True)
@@ -166,8 +176,9 @@ class EpisodeRecorder:
             os.fsync(fh.fileno())
 
 
-def trace_from_answers(answers: Sequence[Any], turns: Sequence[tuple[str | None, Sequence[Any]]]
-                       ) -> tuple[list[TraceStep], dict[int, str | None]]:
+def trace_from_answers(
+    answers: Sequence[Any], turns: Sequence[tuple[str | None, Sequence[Any]]]
+) -> tuple[list[TraceStep], dict[int, str | None]]:
     """Pair the model's turns with the environment's answers.
 
     ``answers`` are the environment's :class:`~browser_control.agent.environment.StepAnswer` list, in order;
@@ -189,19 +200,43 @@ def trace_from_answers(answers: Sequence[Any], turns: Sequence[tuple[str | None,
                 action, problem = None, f"not a valid call: {exc}"
             if action is not None and pending and pending[0].action == action:
                 answer = pending.pop(0)
-                steps.append(TraceStep(
-                    index=index, observation=answer.observation, output=output, tool=call.name,
-                    arguments=call.arguments if isinstance(call.arguments, dict) else None, action=action,
-                    reached_service=answer.reached_service, error=answer.error, reward=answer.reward,
-                    done=answer.done, truncated=answer.truncated, result=answer.result))
+                steps.append(
+                    TraceStep(
+                        index=index,
+                        observation=answer.observation,
+                        output=output,
+                        tool=call.name,
+                        arguments=call.arguments if isinstance(call.arguments, dict) else None,
+                        action=action,
+                        reached_service=answer.reached_service,
+                        error=answer.error,
+                        reward=answer.reward,
+                        done=answer.done,
+                        truncated=answer.truncated,
+                        result=answer.result,
+                    )
+                )
                 shots[index] = answer.screenshot_png_b64
                 observation = answer.result
             else:
-                steps.append(TraceStep(
-                    index=index, observation=observation, output=output, tool=call.name,
-                    arguments=call.arguments if isinstance(call.arguments, dict) else None, action=action,
-                    error=problem or "the call did not reach the environment (rejected by the tool)"))
+                steps.append(
+                    TraceStep(
+                        index=index,
+                        observation=observation,
+                        output=output,
+                        tool=call.name,
+                        arguments=call.arguments if isinstance(call.arguments, dict) else None,
+                        action=action,
+                        error=problem or "the call did not reach the environment (rejected by the tool)",
+                    )
+                )
         if not calls and output is not None:
-            steps.append(TraceStep(index=len(steps) + 1, observation=observation, output=output,
-                                   error="no tool call: the episode ends here"))
+            steps.append(
+                TraceStep(
+                    index=len(steps) + 1,
+                    observation=observation,
+                    output=output,
+                    error="no tool call: the episode ends here",
+                )
+            )
     return steps, shots

@@ -23,8 +23,9 @@ MAX_SCREENSHOT_BYTES = 20 * 1024 * 1024
 
 
 class Response:
-    def __init__(self, body: bytes | str, status: int = 200, content_type: str = "text/html; charset=utf-8",
-                 cache: bool = False):
+    def __init__(
+        self, body: bytes | str, status: int = 200, content_type: str = "text/html; charset=utf-8", cache: bool = False
+    ):
         self.body = body.encode() if isinstance(body, str) else body
         self.status, self.content_type, self.cache = status, content_type, cache
 
@@ -39,8 +40,12 @@ class Viewer:
     def __init__(self, store: Store):
         self.store = store
         self.routes: dict[str, Callable[[dict[str, str]], Response]] = {
-            "/": self.home, "/run": self.run, "/episode": self.episode, "/compare": self.compare,
-            "/shot": self.shot, "/health": self.health,
+            "/": self.home,
+            "/run": self.run,
+            "/episode": self.episode,
+            "/compare": self.compare,
+            "/shot": self.shot,
+            "/health": self.health,
         }
 
     def handle(self, path: str, query: str) -> Response:
@@ -101,8 +106,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
         response = self.viewer.handle(parts.path, parts.query)
-        self.send_response(response.status, HTTPStatus(response.status).phrase
-                           if response.status in HTTPStatus._value2member_map_ else None)
+        self.send_response(
+            response.status,
+            HTTPStatus(response.status).phrase if response.status in HTTPStatus._value2member_map_ else None,
+        )
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
         # Nothing here is fetched from elsewhere; the policy makes sure of it in the browser too.

@@ -29,14 +29,26 @@ COMMAND = "view"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from browser_control.arg_types import positive_int
 
-    parser.add_argument("--logs", action="append", default=None, metavar="DIR",
-                        help="a directory of recordings (evaluation reports, logs); repeat for several")
+    parser.add_argument(
+        "--logs",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="a directory of recordings (evaluation reports, logs); repeat for several",
+    )
     parser.add_argument("--checkpoints", default=None, metavar="DIR", help="the checkpoint directory")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on; anything but loopback shows the recordings to the network")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; anything but loopback shows the recordings to the network",
+    )
     parser.add_argument("--port", type=positive_int, default=8050, help="port to listen on")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="warning",
-                        help="'info' logs every request")
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="warning",
+        help="'info' logs every request",
+    )
 
 
 def _fail(message: str) -> int:
@@ -67,17 +79,21 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         loopback = args.host == "localhost"
     if not loopback:
-        print(f"browser-control view: warning: listening on {args.host}: anyone who can reach this address can "
-              "read the recordings", file=sys.stderr)
+        print(
+            f"browser-control view: warning: listening on {args.host}: anyone who can reach this address can "
+            "read the recordings",
+            file=sys.stderr,
+        )
     store = Store(roots)
     try:
         server = make_server(store, args.host, args.port)
     except OSError as exc:
-        return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} (is another viewer running? "
-                     "choose another --port)")
+        return _fail(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} (is another viewer running? "
+            "choose another --port)"
+        )
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    print(f"browser-control view: http://{shown}:{server.server_address[1]}/ ({store.describe_roots()})",
-          flush=True)
+    print(f"browser-control view: http://{shown}:{server.server_address[1]}/ ({store.describe_roots()})", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

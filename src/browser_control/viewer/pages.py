@@ -60,15 +60,19 @@ def url(path: str, **params: Any) -> str:
 
 def layout(title: str, body: str, crumbs: Sequence[tuple[str, str]] = ()) -> str:
     trail = " / ".join(f'<a href="{esc(href)}">{esc(text)}</a>' for text, href in crumbs)
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)} · browser-control '
-            f'view</title><meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style>'
-            f'</head><body><header><a href="/">browser-control view</a><span class="crumbs">{trail}</span></header>'
-            f"<main>{body}</main></body></html>")
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)} · browser-control '
+        f'view</title><meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style>'
+        f'</head><body><header><a href="/">browser-control view</a><span class="crumbs">{trail}</span></header>'
+        f"<main>{body}</main></body></html>"
+    )
 
 
 def error_page(error: ViewerError) -> str:
-    body = (f'<h1>{esc(error.title)}</h1><div class="error-box" id="error">{esc(error.message)}</div>'
-            '<p><a href="/">Back to the list of runs</a></p>')
+    body = (
+        f'<h1>{esc(error.title)}</h1><div class="error-box" id="error">{esc(error.message)}</div>'
+        '<p><a href="/">Back to the list of runs</a></p>'
+    )
     return layout(error.title, body)
 
 
@@ -94,6 +98,7 @@ def outcome(success: bool) -> str:
 
 # -- the chart -----------------------------------------------------------------------------------------------
 
+
 def success_chart(rows: Sequence[EpisodeRow], runs: Sequence[str], tasks: Sequence[str]) -> str:
     """Horizontal bars per task and run with 95% Wilson intervals, as inline SVG."""
     if not rows:
@@ -112,24 +117,32 @@ def success_chart(rows: Sequence[EpisodeRow], runs: Sequence[str], tasks: Sequen
     group = bar * len(runs) + gap
     legend = 22 if len(runs) > 1 else 0
     height = legend + len(names) * group + 34
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{height}" '
-             f'role="img" aria-label="success rate per task" id="chart" font-size="11" font-family="sans-serif">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{height}" '
+        f'role="img" aria-label="success rate per task" id="chart" font-size="11" font-family="sans-serif">'
+    ]
     if legend:
         x = left
         for i, run in enumerate(runs):
-            parts.append(f'<rect x="{x}" y="4" width="10" height="10" fill="{COLORS[i % len(COLORS)]}"/>'
-                         f'<text x="{x + 14}" y="13">{esc(run)}</text>')
+            parts.append(
+                f'<rect x="{x}" y="4" width="10" height="10" fill="{COLORS[i % len(COLORS)]}"/>'
+                f'<text x="{x + 14}" y="13">{esc(run)}</text>'
+            )
             x += 24 + 7 * len(run)
     top = legend
     for tick in range(0, 101, 20):
         x = left + width * tick / 100
-        parts.append(f'<line x1="{x}" y1="{top}" x2="{x}" y2="{top + len(names) * group}" stroke="#e3e6eb"/>'
-                     f'<text x="{x}" y="{top + len(names) * group + 14}" text-anchor="middle">{tick}%</text>')
+        parts.append(
+            f'<line x1="{x}" y1="{top}" x2="{x}" y2="{top + len(names) * group}" stroke="#e3e6eb"/>'
+            f'<text x="{x}" y="{top + len(names) * group + 14}" text-anchor="middle">{tick}%</text>'
+        )
     for j, name in enumerate(names):
         y0 = top + j * group
         weight = ' font-weight="bold"' if name == "all tasks" else ""
-        parts.append(f'<text x="{left - 6}" y="{y0 + group / 2}" text-anchor="end" dominant-baseline="middle"'
-                     f'{weight}>{esc(name)}</text>')
+        parts.append(
+            f'<text x="{left - 6}" y="{y0 + group / 2}" text-anchor="end" dominant-baseline="middle"'
+            f"{weight}>{esc(name)}</text>"
+        )
         for i, run in enumerate(runs):
             if (name, run) not in counts:
                 continue
@@ -148,30 +161,37 @@ def success_chart(rows: Sequence[EpisodeRow], runs: Sequence[str], tasks: Sequen
                 f'stroke="#333"/><line x1="{left + width * high:.1f}" x2="{left + width * high:.1f}" y1="{y + 3}" '
                 f'y2="{y + bar - 3}" stroke="#333"/>'
                 f'<text x="{left + width * high + 5:.1f}" y="{y + bar / 2}" dominant-baseline="middle">'
-                f"{pct(rate)} ({wins}/{total})</text>")
+                f"{pct(rate)} ({wins}/{total})</text>"
+            )
     parts.append("</svg>")
     return "".join(parts)
 
 
 # -- the home page -------------------------------------------------------------------------------------------
 
+
 def home(store: Store) -> str:
     body = ["<h1>Runs and checkpoints</h1>"]
     for root in store.roots:
         problem = store.root_problem(root)
         if problem:
-            body.append(f'<div class="problem" id="root-problem-{root.index}">--{esc(root.label)}: {esc(problem)}'
-                        "</div>")
+            body.append(
+                f'<div class="problem" id="root-problem-{root.index}">--{esc(root.label)}: {esc(problem)}</div>'
+            )
     recordings = store.recordings()
     body.append("<h2>Recorded runs</h2>")
     if not recordings:
-        body.append('<p class="muted" id="no-runs">No recorded episodes yet. Evaluations record every episode '
-                    "(<code>browser-control evaluate ... --output DIR</code>); training records a sample of rollouts "
-                    "every <code>record_every_steps</code> steps under <code>CHECKPOINT_DIR/runs/NAME</code>. Looked "
-                    f"in {esc(store.describe_roots())}.</p>")
+        body.append(
+            '<p class="muted" id="no-runs">No recorded episodes yet. Evaluations record every episode '
+            "(<code>browser-control evaluate ... --output DIR</code>); training records a sample of rollouts "
+            "every <code>record_every_steps</code> steps under <code>CHECKPOINT_DIR/runs/NAME</code>. Looked "
+            f"in {esc(store.describe_roots())}.</p>"
+        )
     else:
-        body.append('<table id="runs"><tr><th>recording</th><th>kind</th><th>runs</th><th>tasks</th>'
-                    "<th>episodes</th><th>success</th><th>step by step</th><th>updated</th><th>problems</th></tr>")
+        body.append(
+            '<table id="runs"><tr><th>recording</th><th>kind</th><th>runs</th><th>tasks</th>'
+            "<th>episodes</th><th>success</th><th>step by step</th><th>updated</th><th>problems</th></tr>"
+        )
         for r in sorted(recordings, key=lambda r: -r.modified):
             wins = sum(row.success for row in r.rows)
             traced = sum(row.trace is not None for row in r.rows)
@@ -181,7 +201,8 @@ def home(store: Store) -> str:
                 f'<tr><td><a href="{esc(url("/run", r=r.key))}">{esc(r.name)}</a><div class="muted">'
                 f"--{esc(r.root.label)}</div></td><td>{esc(r.kind)}</td><td>{esc(', '.join(r.runs[:4]))}"
                 f"{' …' if len(r.runs) > 4 else ''}</td><td>{len(r.tasks)}</td><td>{len(r.rows)}</td><td>{rate}</td>"
-                f"<td>{traced}</td><td>{when(r.modified)}</td><td>{problems}</td></tr>")
+                f"<td>{traced}</td><td>{when(r.modified)}</td><td>{problems}</td></tr>"
+            )
         body.append("</table>")
     checkpoints = store.checkpoints()
     if any(root.label == "checkpoints" for root in store.roots):
@@ -189,8 +210,10 @@ def home(store: Store) -> str:
         if not checkpoints:
             body.append('<p class="muted">No finished checkpoint in the checkpoints directory.</p>')
         else:
-            body.append('<table id="checkpoints"><tr><th>checkpoint</th><th>date</th><th>size</th><th>steps</th>'
-                        "<th>training success (recent)</th><th>evaluation</th><th>training episodes</th></tr>")
+            body.append(
+                '<table id="checkpoints"><tr><th>checkpoint</th><th>date</th><th>size</th><th>steps</th>'
+                "<th>training success (recent)</th><th>evaluation</th><th>training episodes</th></tr>"
+            )
             for c in checkpoints:
                 m = c.metrics or {}
                 recent = (m.get("recent") or {}).get("success/overall") if isinstance(m.get("recent"), dict) else None
@@ -199,7 +222,8 @@ def home(store: Store) -> str:
                     f"<td>{when(c.modified)}</td><td>{size(c.size_bytes)}</td><td>{esc(m.get('global_step', ''))}</td>"
                     f"<td>{pct(recent) if isinstance(recent, int | float) else '–'}</td>"
                     f"<td>{_link('/run', 'report', r=c.evaluation_key) if c.evaluation_key else '–'}</td>"
-                    f"<td>{_link('/run', 'episodes', r=c.training_key) if c.training_key else '–'}</td></tr>")
+                    f"<td>{_link('/run', 'episodes', r=c.training_key) if c.training_key else '–'}</td></tr>"
+                )
             body.append("</table>")
     if recordings:
         body.append(compare_form(recordings))
@@ -222,12 +246,16 @@ def compare_form(recordings: Sequence[Recording], a: str = "", b: str = "") -> s
     def select(name: str, chosen: str, default: int) -> str:
         items = "".join(
             f'<option value="{esc(v)}"{" selected" if v == chosen or (not chosen and i == default) else ""}>'
-            f"{esc(label)}</option>" for i, (v, label) in enumerate(options))
+            f"{esc(label)}</option>"
+            for i, (v, label) in enumerate(options)
+        )
         return f'<select name="{name}">{items}</select>'
 
-    return ('<h2>Compare two runs on the same task and seed</h2><form class="filters" action="/compare" '
-            f'id="compare-form"><label>left{select("a", a, 0)}</label><label>right{select("b", b, 1)}</label>'
-            '<button type="submit">compare</button></form>')
+    return (
+        '<h2>Compare two runs on the same task and seed</h2><form class="filters" action="/compare" '
+        f'id="compare-form"><label>left{select("a", a, 0)}</label><label>right{select("b", b, 1)}</label>'
+        '<button type="submit">compare</button></form>'
+    )
 
 
 # -- one recording -------------------------------------------------------------------------------------------
@@ -268,27 +296,34 @@ def run_page(store: Store, recording: Recording, params: dict[str, str]) -> str:
         raise ViewerError(400, "Bad page", f"page must be a whole number, got {params.get('page')!r}") from None
     pages = max(1, -(-len(rows) // PAGE_SIZE))
     page = min(page, pages)
-    shown = rows[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
-    body = [f"<h1>{esc(recording.name)} <span class='badge'>{esc(recording.kind)}</span></h1>",
-            f'<p class="muted">{esc(recording.path)}</p>']
+    shown = rows[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+    body = [
+        f"<h1>{esc(recording.name)} <span class='badge'>{esc(recording.kind)}</span></h1>",
+        f'<p class="muted">{esc(recording.path)}</p>',
+    ]
     for problem in recording.problems:
         body.append(f'<div class="problem">{esc(problem)}</div>')
     if recording.report:
         settings = ((recording.report.get("runs") or [{}])[0] or {}).get("settings") or {}
         if isinstance(settings, dict) and settings.get("seeds"):
-            body.append(f'<p class="muted">evaluation seeds {esc(settings.get("seeds"))}, at most '
-                        f'{esc(settings.get("max_steps"))} actions per episode</p>')
+            body.append(
+                f'<p class="muted">evaluation seeds {esc(settings.get("seeds"))}, at most '
+                f"{esc(settings.get('max_steps'))} actions per episode</p>"
+            )
     body.append("<h2>Success per task (95% Wilson intervals)</h2>")
     body.append(success_chart(recording.rows, recording.runs, recording.tasks))
     body.append("<h2>Episodes</h2>")
 
     def choice(name: str, values: Sequence[str], label: str) -> str:
-        items = "".join(f'<option value="{esc(v)}"{" selected" if params.get(name) == v else ""}>{esc(v or "all")}'
-                        "</option>" for v in ["", *values])
+        items = "".join(
+            f'<option value="{esc(v)}"{" selected" if params.get(name) == v else ""}>{esc(v or "all")}</option>'
+            for v in ["", *values]
+        )
         return f'<label>{label}<select name="{name}">{items}</select></label>'
 
-    body.append(f'<form class="filters" id="filters" action="/run"><input type="hidden" name="r" '
-                f'value="{esc(recording.key)}">')
+    body.append(
+        f'<form class="filters" id="filters" action="/run"><input type="hidden" name="r" value="{esc(recording.key)}">'
+    )
     if len(recording.runs) > 1:
         body.append(choice("run", recording.runs, "run"))
     body.append(choice("task", sorted(recording.tasks), "task"))
@@ -296,23 +331,30 @@ def run_page(store: Store, recording: Recording, params: dict[str, str]) -> str:
     body.append(choice("errors", ["with", "without"], "invalid actions"))
     body.append(f'<label>seed<input name="seed" size="11" value="{esc(params.get("seed", ""))}"></label>')
     if recording.kind == "training":
-        body.append(f'<label>training step<input name="step" size="6" value="{esc(params.get("step", ""))}">'
-                    "</label>")
+        body.append(f'<label>training step<input name="step" size="6" value="{esc(params.get("step", ""))}"></label>')
         body.append(choice("traced", ["yes"], "step by step only"))
     body.append('<button type="submit">filter</button></form>')
     kept = {k: params.get(k) for k in (*FILTERS, "traced")}
-    nav = (f'<div class="pager" id="pager"><span id="count">{len(rows)} of {len(recording.rows)} episodes'
-           f"</span><span>page {page} of {pages}</span>")
+    nav = (
+        f'<div class="pager" id="pager"><span id="count">{len(rows)} of {len(recording.rows)} episodes'
+        f"</span><span>page {page} of {pages}</span>"
+    )
     if page > 1:
         nav += _link("/run", "« previous", r=recording.key, page=page - 1, **kept)
     if page < pages:
         nav += _link("/run", "next »", r=recording.key, page=page + 1, **kept)
     nav += "</div>"
     body.append(nav)
-    head = "<tr><th>#</th>" + ("<th>run</th>" if len(recording.runs) > 1 else "") + (
-        "<th>step</th>" if recording.kind == "training" else "") + (
-        "<th>task</th><th>seed</th><th>outcome</th><th>ended by</th><th>actions</th><th>invalid</th>"
-        "<th>actions taken</th></tr>")
+    nav = nav.replace(' id="pager"', "").replace(' id="count"', "")  # the copy under the table
+    head = (
+        "<tr><th>#</th>"
+        + ("<th>run</th>" if len(recording.runs) > 1 else "")
+        + ("<th>step</th>" if recording.kind == "training" else "")
+        + (
+            "<th>task</th><th>seed</th><th>outcome</th><th>ended by</th><th>actions</th><th>invalid</th>"
+            "<th>actions taken</th></tr>"
+        )
+    )
     body.append(f'<table id="episodes">{head}')
     for row in shown:
         cells = f"<td>{_link('/episode', str(row.n), r=recording.key, n=row.n)}</td>"
@@ -322,10 +364,12 @@ def run_page(store: Store, recording: Recording, params: dict[str, str]) -> str:
             cells += f"<td>{esc(row.training_step if row.training_step is not None else '')}</td>"
         actions = ", ".join(row.actions[:4]) + (" …" if len(row.actions) > 4 else "")
         trace_mark = "" if row.trace else ' <span class="muted" title="no step-by-step trace">(summary)</span>'
-        cells += (f"<td>{esc(row.task)}</td><td>{row.seed}</td><td>{outcome(row.success)}{trace_mark}</td>"
-                  f"<td>{esc(row.ended_by)}</td><td>{row.steps}</td>"
-                  f"<td>{f'<span class=err>{row.invalid_actions}</span>' if row.invalid_actions else 0}</td>"
-                  f"<td><code>{esc(actions)}</code></td>")
+        cells += (
+            f"<td>{esc(row.task)}</td><td>{row.seed}</td><td>{outcome(row.success)}{trace_mark}</td>"
+            f"<td>{esc(row.ended_by)}</td><td>{row.steps}</td>"
+            f"<td>{f'<span class=err>{row.invalid_actions}</span>' if row.invalid_actions else 0}</td>"
+            f"<td><code>{esc(actions)}</code></td>"
+        )
         body.append(f'<tr class="episode">{cells}</tr>')
     body.append("</table>")
     if not shown:
@@ -362,30 +406,42 @@ def step_card(recording: Recording, row: EpisodeRow, step: TraceStep) -> str:
     if step.error:
         answer.append(f'<div class="err">error: {esc(step.error)}</div>')
     if step.reward is not None:
-        answer.append(f"<div>reward <b>{step.reward:g}</b>, done {'yes' if step.done else 'no'}"
-                      f"{', truncated' if step.truncated else ''}</div>")
+        answer.append(
+            f"<div>reward <b>{step.reward:g}</b>, done {'yes' if step.done else 'no'}"
+            f"{', truncated' if step.truncated else ''}</div>"
+        )
     if step.action and not step.reached_service:
         answer.append('<div class="muted">not sent to the service</div>')
     shot = shot_url(recording, row, step.screenshot)
-    image = (f'<img class="shot" src="{esc(shot)}" alt="page after step {step.index}">' if shot
-             else '<p class="muted">no screenshot (record with --screenshots)</p>')
-    action = (f'<span class="action">{esc(step.action)}</span>' if step.action else
-              f'<span class="action">{esc(step.tool or "no call")}'
-              f'{esc(step.arguments) if step.arguments is not None else ""}</span>')
-    output = (f"<div><b>model output</b><pre>{esc(step.output)}</pre></div>" if step.output is not None else "")
-    return (f'<div class="step" id="step-{step.index}"><h3>Step {step.index} {action}</h3>'
-            f'<div class="grid"><div>{"".join(answer)}{output}<b>page text the model saw</b>'
-            f'<pre class="page">{highlighted_page(step.observation, step)}</pre>'
-            f"<details><summary>text returned to the model</summary><pre>{esc(step.result)}</pre></details></div>"
-            f"<div><b>page after the action</b><br>{image}</div></div></div>")
+    image = (
+        f'<img class="shot" src="{esc(shot)}" alt="page after step {step.index}">'
+        if shot
+        else '<p class="muted">no screenshot (record with --screenshots)</p>'
+    )
+    action = (
+        f'<span class="action">{esc(step.action)}</span>'
+        if step.action
+        else f'<span class="action">{esc(step.tool or "no call")}'
+        f"{esc(step.arguments) if step.arguments is not None else ''}</span>"
+    )
+    output = f"<div><b>model output</b><pre>{esc(step.output)}</pre></div>" if step.output is not None else ""
+    return (
+        f'<div class="step" id="step-{step.index}"><h3>Step {step.index} {action}</h3>'
+        f'<div class="grid"><div>{"".join(answer)}{output}<b>page text the model saw</b>'
+        f'<pre class="page">{highlighted_page(step.observation, step)}</pre>'
+        f"<details><summary>text returned to the model</summary><pre>{esc(step.result)}</pre></details></div>"
+        f"<div><b>page after the action</b><br>{image}</div></div></div>"
+    )
 
 
 def episode_header(recording: Recording, row: EpisodeRow, trace: EpisodeTrace | None) -> str:
     step = f", training step {row.training_step}" if row.training_step is not None else ""
     goal = f"<p><b>Goal:</b> {esc(trace.goal)}</p>" if trace and trace.goal else ""
-    return (f"<h1>{esc(row.task)} · seed {row.seed}</h1><p>{outcome(row.success)} · ended by "
-            f"{esc(row.ended_by)} · {row.steps} actions · {row.invalid_actions} invalid · run "
-            f"<b>{esc(row.run)}</b>{esc(step)}</p>{goal}")
+    return (
+        f"<h1>{esc(row.task)} · seed {row.seed}</h1><p>{outcome(row.success)} · ended by "
+        f"{esc(row.ended_by)} · {row.steps} actions · {row.invalid_actions} invalid · run "
+        f"<b>{esc(row.run)}</b>{esc(step)}</p>{goal}"
+    )
 
 
 def episode_page(store: Store, recording: Recording, row: EpisodeRow) -> str:
@@ -404,8 +460,7 @@ def episode_page(store: Store, recording: Recording, row: EpisodeRow) -> str:
         body.append(f'<div class="problem" id="no-trace">{esc(problem.title)}: {esc(note)}</div>')
         if row.actions:
             body.append("<h2>Actions</h2><pre>" + esc("\n".join(row.actions)) + "</pre>")
-    others = [(r, o) for r, o in store.instances(row.task, row.seed)
-              if (r.key, o.run) != (recording.key, row.run)]
+    others = [(r, o) for r, o in store.instances(row.task, row.seed) if (r.key, o.run) != (recording.key, row.run)]
     if others:
         links = []
         seen = set()
@@ -413,25 +468,36 @@ def episode_page(store: Store, recording: Recording, row: EpisodeRow) -> str:
             if (r.key, o.run) in seen:
                 continue
             seen.add((r.key, o.run))
-            links.append(f"<li>{_link('/compare', f'{r.name} · {o.run}', a=f'{recording.key}|{row.run}', b=f'{r.key}|{o.run}', task=row.task, seed=row.seed)}"  # noqa: E501
-                         f" – {outcome(o.success)}</li>")
+            links.append(
+                f"<li>{_link('/compare', f'{r.name} · {o.run}', a=f'{recording.key}|{row.run}', b=f'{r.key}|{o.run}', task=row.task, seed=row.seed)}"  # noqa: E501
+                f" – {outcome(o.success)}</li>"
+            )
         body.append(f'<h2>The same task and seed elsewhere</h2><ul id="elsewhere">{"".join(links[:30])}</ul>')
     if trace is not None:
         first = shot_url(recording, row, trace.first_screenshot)
-        body.append('<div class="step" id="step-0"><h3>Start</h3><div class="grid"><div><b>first page text</b>'
-                    f'<pre class="page">{esc(trace.first_observation)}</pre></div><div><b>first page</b><br>'
-                    + (f'<img class="shot" src="{esc(first)}" alt="first page">' if first
-                       else '<p class="muted">no screenshot</p>') + "</div></div></div>")
+        body.append(
+            '<div class="step" id="step-0"><h3>Start</h3><div class="grid"><div><b>first page text</b>'
+            f'<pre class="page">{esc(trace.first_observation)}</pre></div><div><b>first page</b><br>'
+            + (
+                f'<img class="shot" src="{esc(first)}" alt="first page">'
+                if first
+                else '<p class="muted">no screenshot</p>'
+            )
+            + "</div></div></div>"
+        )
         if not trace.steps:
             body.append('<p class="muted">The model made no tool call.</p>')
         for step in trace.steps:
             body.append(step_card(recording, row, step))
-    crumbs = [(recording.name, url("/run", r=recording.key)), (f"episode {row.n}", url("/episode", r=recording.key,
-                                                                                          n=row.n))]
+    crumbs = [
+        (recording.name, url("/run", r=recording.key)),
+        (f"episode {row.n}", url("/episode", r=recording.key, n=row.n)),
+    ]
     return layout(f"{row.task} {row.seed}", "".join(body), crumbs)
 
 
 # -- side by side --------------------------------------------------------------------------------------------
+
 
 def _split(value: str) -> tuple[str, str]:
     key, sep, run = (value or "").partition("|")
@@ -447,8 +513,11 @@ def compare_page(store: Store, params: dict[str, str]) -> str:
     rows_b = [r for r in rec_b.rows if r.run == run_b]
     for rec, run, rows in ((rec_a, run_a, rows_a), (rec_b, run_b, rows_b)):
         if not rows:
-            raise ViewerError(404, "No such run", f"{rec.name} has no run named {run!r}; it has "
-                              f"{', '.join(rec.runs) or 'no episodes'}")
+            raise ViewerError(
+                404,
+                "No such run",
+                f"{rec.name} has no run named {run!r}; it has {', '.join(rec.runs) or 'no episodes'}",
+            )
     title = f"{rec_a.name} · {run_a}  vs  {rec_b.name} · {run_b}"
     crumbs = [("compare", url("/compare", a=params["a"], b=params["b"]))]
     if not params.get("task"):
@@ -465,15 +534,21 @@ def compare_page(store: Store, params: dict[str, str]) -> str:
         pairs.sort(key=lambda p: (p[0].success == p[1].success, p[0].task, p[0].seed))
         body = [f"<h1>{esc(title)}</h1>", compare_form(store.recordings(), params["a"], params["b"])]
         if not pairs:
-            body.append('<div class="problem" id="no-pairs">These two runs share no task and seed: evaluations '
-                        "of different checkpoints share them when run with the same --seed-offset.</div>")
+            body.append(
+                '<div class="problem" id="no-pairs">These two runs share no task and seed: evaluations '
+                "of different checkpoints share them when run with the same --seed-offset.</div>"
+            )
         else:
-            body.append(f'<p>{len(pairs)} task instances played by both; those with different outcomes first.</p>'
-                        '<table id="pairs"><tr><th>task</th><th>seed</th><th>left</th><th>right</th><th></th></tr>')
+            body.append(
+                f"<p>{len(pairs)} task instances played by both; those with different outcomes first.</p>"
+                '<table id="pairs"><tr><th>task</th><th>seed</th><th>left</th><th>right</th><th></th></tr>'
+            )
             for a, b in pairs[:500]:
                 side = _link("/compare", "side by side", a=params["a"], b=params["b"], task=a.task, seed=a.seed)
-                body.append(f"<tr><td>{esc(a.task)}</td><td>{a.seed}</td><td>{outcome(a.success)}</td>"
-                            f"<td>{outcome(b.success)}</td><td>{side}</td></tr>")
+                body.append(
+                    f"<tr><td>{esc(a.task)}</td><td>{a.seed}</td><td>{outcome(a.success)}</td>"
+                    f"<td>{outcome(b.success)}</td><td>{side}</td></tr>"
+                )
             body.append("</table>")
         return layout("compare", "".join(body), crumbs)
     task = params["task"]
@@ -498,8 +573,10 @@ def compare_page(store: Store, params: dict[str, str]) -> str:
             traces.append(exc)
     longest = max((len(t.steps) for t in traces if isinstance(t, EpisodeTrace)), default=0)
     for rec, row, trace in ((rec_a, row_a, traces[0]), (rec_b, row_b, traces[1])):
-        col = [f"<h2>{_link('/episode', f'{rec.name} · {row.run}', r=rec.key, n=row.n)}</h2>"
-               f"<p>{outcome(row.success)} · {row.steps} actions · ended by {esc(row.ended_by)}</p>"]
+        col = [
+            f"<h2>{_link('/episode', f'{rec.name} · {row.run}', r=rec.key, n=row.n)}</h2>"
+            f"<p>{outcome(row.success)} · {row.steps} actions · ended by {esc(row.ended_by)}</p>"
+        ]
         if isinstance(trace, ViewerError):
             col.append(f'<div class="problem">{esc(trace.title)}: {esc(trace.message)}</div>')
             col.append("<pre>" + esc("\n".join(row.actions)) + "</pre>")
@@ -511,6 +588,9 @@ def compare_page(store: Store, params: dict[str, str]) -> str:
                     col.append('<div class="step muted">(episode already over)</div>')
         columns.append(f'<div class="column">{"".join(col)}</div>')
     goal = next((t.goal for t in traces if isinstance(t, EpisodeTrace) and t.goal), "")
-    body = (f"<h1>{esc(task)} · seed {seed}</h1>" + (f"<p><b>Goal:</b> {esc(goal)}</p>" if goal else "")
-            + f'<div class="side" id="side-by-side">{"".join(columns)}</div>')
+    body = (
+        f"<h1>{esc(task)} · seed {seed}</h1>"
+        + (f"<p><b>Goal:</b> {esc(goal)}</p>" if goal else "")
+        + f'<div class="side" id="side-by-side">{"".join(columns)}</div>'
+    )
     return layout(f"{task} {seed}", body, crumbs)

@@ -120,8 +120,9 @@ def _ended_by_of_training(e: dict[str, Any]) -> str:
 
 class Store:
     def __init__(self, roots: list[tuple[str, str | Path]]):
-        self.roots = [Root(i, label, str(given), Path(given).expanduser().resolve())
-                      for i, (label, given) in enumerate(roots)]
+        self.roots = [
+            Root(i, label, str(given), Path(given).expanduser().resolve()) for i, (label, given) in enumerate(roots)
+        ]
         self._lock = threading.Lock()
         self._recordings: dict[str, tuple[tuple[Any, ...], Recording]] = {}
         self._discovered: tuple[float, list[tuple[Root, str]]] | None = None
@@ -133,8 +134,11 @@ class Store:
         except (TypeError, ValueError):
             raise ViewerError(400, "Bad address", f"{index!r} is not a directory number") from None
         if not 0 <= i < len(self.roots):
-            raise ViewerError(404, "No such directory", f"there is no directory number {i}; the viewer was given "
-                              f"{self.describe_roots()}")
+            raise ViewerError(
+                404,
+                "No such directory",
+                f"there is no directory number {i}; the viewer was given {self.describe_roots()}",
+            )
         return self.roots[i]
 
     def describe_roots(self) -> str:
@@ -143,12 +147,19 @@ class Store:
     def inside(self, root: Root, rel: str) -> Path:
         """``root/rel`` resolved; refused (403) unless it stays inside ``root``."""
         if "\x00" in rel or Path(rel).is_absolute() or rel.startswith("~"):
-            raise ViewerError(403, "Path refused", f"{rel!r} is not a path relative to {root.given}: the viewer "
-                              f"only serves files under {self.describe_roots()}")
+            raise ViewerError(
+                403,
+                "Path refused",
+                f"{rel!r} is not a path relative to {root.given}: the viewer "
+                f"only serves files under {self.describe_roots()}",
+            )
         target = (root.path / rel).resolve()
         if target != root.path and not target.is_relative_to(root.path):
-            raise ViewerError(403, "Path refused", f"{rel!r} leads outside {root.given}: the viewer only serves "
-                              f"files under {self.describe_roots()}")
+            raise ViewerError(
+                403,
+                "Path refused",
+                f"{rel!r} leads outside {root.given}: the viewer only serves files under {self.describe_roots()}",
+            )
         return target
 
     def parse_key(self, key: str) -> tuple[Root, str, Path]:
@@ -184,8 +195,12 @@ class Store:
             if depth >= MAX_DEPTH:
                 continue
             for entry in reversed(entries):
-                if (entry.name.startswith(".") or entry.name in _SKIP_DIRS or entry.name.startswith("checkpoint-")
-                        or not entry.is_dir(follow_symlinks=False)):
+                if (
+                    entry.name.startswith(".")
+                    or entry.name in _SKIP_DIRS
+                    or entry.name.startswith("checkpoint-")
+                    or not entry.is_dir(follow_symlinks=False)
+                ):
                     continue
                 stack.append((Path(entry.path), depth + 1))
 
@@ -219,8 +234,9 @@ class Store:
         root, rel, path = self.parse_key(key)
         key = f"{root.index}:{rel}"
         if not path.is_dir():
-            raise ViewerError(404, "No such recording", f"{rel} under {root.given} is not a directory (moved or "
-                              "deleted?)")
+            raise ViewerError(
+                404, "No such recording", f"{rel} under {root.given} is not a directory (moved or deleted?)"
+            )
         files = self._log_files(path)
         if not files:
             raise ViewerError(404, "No episodes here", f"{rel} under {root.given} has no {EPISODES_FILE}")
@@ -260,8 +276,10 @@ class Store:
                     item = json.loads(raw)
                 except (ValueError, UnicodeDecodeError) as exc:
                     if last:
-                        problems.append(f"{file.name}: the last line ({number}) is cut short: the run is still "
-                                        "writing it, or stopped while writing it. The episodes before it are shown.")
+                        problems.append(
+                            f"{file.name}: the last line ({number}) is cut short: the run is still "
+                            "writing it, or stopped while writing it. The episodes before it are shown."
+                        )
                     else:
                         problems.append(f"{file.name} line {number}: not valid JSON ({exc}); skipped")
                     continue
@@ -274,15 +292,17 @@ class Store:
                     for e in item["episodes"]:
                         row = self._training_row(e, run_name, step, len(rows), number)
                         if row is None:
-                            problems.append(f"{file.name} line {number}: an episode without task_name/seed/"
-                                            "success; skipped")
+                            problems.append(
+                                f"{file.name} line {number}: an episode without task_name/seed/success; skipped"
+                            )
                         else:
                             rows.append(row)
                     continue
                 row = self._evaluation_row(item, len(rows), number)
                 if row is None:
-                    problems.append(f"{file.name} line {number}: not an episode record (it needs task, seed and "
-                                    "success); skipped")
+                    problems.append(
+                        f"{file.name} line {number}: not an episode record (it needs task, seed and success); skipped"
+                    )
                     continue
                 kinds.add("evaluation")
                 rows.append(row)
@@ -299,8 +319,13 @@ class Store:
             except (OSError, ValueError) as exc:
                 problems.append(f"{REPORT_FILE} cannot be read ({exc}); the numbers below come from the episodes")
                 report = None
-        kind = "training" if kinds == {"training"} else "evaluation" if kinds == {"evaluation"} else (
-            "mixed" if kinds else "empty")
+        kind = (
+            "training"
+            if kinds == {"training"}
+            else "evaluation"
+            if kinds == {"evaluation"}
+            else ("mixed" if kinds else "empty")
+        )
         modified = max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
         return Recording(key, root, rel, path, kind, rows, problems, report, modified)
 
@@ -311,10 +336,18 @@ class Store:
             return None
         actions = item.get("actions")
         return EpisodeRow(
-            n=n, run=str(item.get("run") or "run"), task=item["task"], seed=seed, success=item["success"],
-            steps=_as_int(item.get("steps")) or 0, invalid_actions=_as_int(item.get("invalid_actions")) or 0,
-            ended_by=str(item.get("ended_by") or ""), trace=item.get("trace") if isinstance(item.get("trace"), str)
-            else None, actions=[str(a) for a in actions] if isinstance(actions, list) else [], line=line)
+            n=n,
+            run=str(item.get("run") or "run"),
+            task=item["task"],
+            seed=seed,
+            success=item["success"],
+            steps=_as_int(item.get("steps")) or 0,
+            invalid_actions=_as_int(item.get("invalid_actions")) or 0,
+            ended_by=str(item.get("ended_by") or ""),
+            trace=item.get("trace") if isinstance(item.get("trace"), str) else None,
+            actions=[str(a) for a in actions] if isinstance(actions, list) else [],
+            line=line,
+        )
 
     @staticmethod
     def _training_row(e: Any, run: str, step: int | None, n: int, line: int) -> EpisodeRow | None:
@@ -324,9 +357,18 @@ class Store:
         if not isinstance(e.get("task_name"), str) or seed is None or not isinstance(e.get("success"), bool):
             return None
         return EpisodeRow(
-            n=n, run=run, task=e["task_name"], seed=seed, success=e["success"], steps=_as_int(e.get("steps")) or 0,
-            invalid_actions=_as_int(e.get("invalid_actions")) or 0, ended_by=_ended_by_of_training(e),
-            training_step=step, trace=e.get("trace") if isinstance(e.get("trace"), str) else None, line=line)
+            n=n,
+            run=run,
+            task=e["task_name"],
+            seed=seed,
+            success=e["success"],
+            steps=_as_int(e.get("steps")) or 0,
+            invalid_actions=_as_int(e.get("invalid_actions")) or 0,
+            ended_by=_ended_by_of_training(e),
+            training_step=step,
+            trace=e.get("trace") if isinstance(e.get("trace"), str) else None,
+            line=line,
+        )
 
     def row(self, recording: Recording, n: str | int) -> EpisodeRow:
         try:
@@ -334,8 +376,9 @@ class Store:
         except (TypeError, ValueError):
             raise ViewerError(400, "Bad address", f"episode number {n!r} is not a number") from None
         if not 0 <= i < len(recording.rows):
-            raise ViewerError(404, "No such episode", f"{recording.name} has {len(recording.rows)} episodes; there "
-                              f"is no episode {i}")
+            raise ViewerError(
+                404, "No such episode", f"{recording.name} has {len(recording.rows)} episodes; there is no episode {i}"
+            )
         return recording.rows[i]
 
     def trace(self, recording: Recording, row: EpisodeRow) -> EpisodeTrace:
@@ -346,8 +389,11 @@ class Store:
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ViewerError(404, "Trace missing", f"the trace {row.trace} of this episode is not there (deleted, or "
-                              "not copied with the recording)") from None
+            raise ViewerError(
+                404,
+                "Trace missing",
+                f"the trace {row.trace} of this episode is not there (deleted, or not copied with the recording)",
+            ) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ViewerError(500, "Trace unreadable", f"{row.trace}: {exc}") from None
         try:
@@ -355,9 +401,13 @@ class Store:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ()))
-            raise ViewerError(422, "Trace corrupt", f"{row.trace} is not a valid episode trace "
-                              f"({where + ': ' if where else ''}{first.get('msg')}); it may have been cut short "
-                              "or edited") from None
+            raise ViewerError(
+                422,
+                "Trace corrupt",
+                f"{row.trace} is not a valid episode trace "
+                f"({where + ': ' if where else ''}{first.get('msg')}); it may have been cut short "
+                "or edited",
+            ) from None
 
     def trace_file(self, recording: Recording, trace_rel: str, file_rel: str) -> Path:
         """A screenshot named by a trace: inside the recording's root and a PNG, or refused."""
@@ -380,8 +430,11 @@ class Store:
                 if entry.name.startswith(".") or entry.name == "runs" or not entry.is_dir():
                     continue
                 path = Path(entry.path)
-                if not ((path / "config.json").is_file() or (path / "metrics.json").is_file()
-                        or (path / "adapter_config.json").is_file()):
+                if not (
+                    (path / "config.json").is_file()
+                    or (path / "metrics.json").is_file()
+                    or (path / "adapter_config.json").is_file()
+                ):
                     continue
                 size, modified = 0, entry.stat().st_mtime
                 for child in path.iterdir():
@@ -398,8 +451,14 @@ class Store:
                         metrics = json.loads((path / "metrics.json").read_text())
                     except (OSError, ValueError) as exc:
                         problem = f"metrics.json cannot be read: {exc}"
-                evaluation = next((f"{root.index}:{entry.name}/{sub}" for sub in ("eval", "evaluation")
-                                   if self._log_files(path / sub)), None)
+                evaluation = next(
+                    (
+                        f"{root.index}:{entry.name}/{sub}"
+                        for sub in ("eval", "evaluation")
+                        if self._log_files(path / sub)
+                    ),
+                    None,
+                )
                 run_dir = root.path / "runs" / entry.name
                 training = f"{root.index}:runs/{entry.name}" if self._log_files(run_dir) else None
                 out.append(Checkpoint(entry.name, entry.name, modified, size, metrics, problem, evaluation, training))

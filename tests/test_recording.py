@@ -1,0 +1,123 @@
+"""Episode recordings written during training (EpisodeMetrics) against the real service, read back by the viewer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from browser_control.recording import EpisodeRecorder, EpisodeTrace, trace_from_answers
+from browser_control.training.rollouts import EnvironmentFactory, EpisodeMetrics, SaturationMonitor
+from browser_control.viewer.store import Store
+
+pytestmark = [pytest.mark.browser]
+
+
+def _assistant(*calls: tuple[str, dict], content: str = "") -> dict:
+    return {
+        "role": "assistant",
+        "content": content,
+        "tool_calls": [{"type": "function", "function": {"name": n, "arguments": a}} for n, a in calls],
+    }
+
+
+def _play(factory: EnvironmentFactory) -> tuple[list, list]:
+    """Four rollouts as TRL leaves them: environments after their tool calls, and the completions' messages."""
+    envs = [factory() for _ in range(4)]
+    rows = [("click-test", 11), ("click-test", 11), ("enter-text", 12), ("enter-text", 12)]
+    for env, (task, seed) in zip(envs, rows, strict=True):
+        env.reset(task_name=task, seed=seed)
+    completions = []
+    # solved at once
+    completions.append([_assistant(("click", {"bid": "13"})), {"role": "tool", "content": envs[0].click(bid="13")}])
+    # a refused action, then a tool call with a missing argument that never reaches the environment
+    result = envs[1].click(bid="no such")
+    completions.append(
+        [
+            _assistant(("click", {"bid": "no such"})),
+            {"role": "tool", "content": result},
+            _assistant(("fill", {"bid": "14"})),
+            {"role": "tool", "content": "missing value"},
+        ]
+    )
+    completions.append([{"role": "assistant", "content": "I am not sure."}])
+    completions.append([{"role": "assistant", "content": "nothing"}])
+    return envs, completions
+
+
+def test_training_records_a_sample_of_rollouts_next_to_its_episode_log(env_url: str, tmp_path: Path) -> None:
+    factory = EnvironmentFactory(env_url, max_episode_steps=3)
+    envs, completions = _play(factory)
+    run_dir = tmp_path / "checkpoints" / "runs" / "tiny-click-test-20260101-000000"
+    step = [1]
+    metrics = EpisodeMetrics(
+        factory,
+        SaturationMonitor(5),
+        step_getter=lambda: step[0],
+        episode_log=run_dir / "episodes.jsonl",
+        recorder=EpisodeRecorder(run_dir),
+        record_every=2,
+        record_episodes=2,
+        run_name=run_dir.name,
+    )
+    for step[0] in (1, 1, 2, 3):  # two generation batches in step 1; step 2 is not a recording step
+        metrics(prompts=[[]] * 4, completions=completions, environments=envs, log_metric=lambda k, v: None)
+    factory.close()
+
+    records = [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
+    traced = [[i for i, e in enumerate(r["episodes"]) if "trace" in e] for r in records]
+    # step 1 (first batch only) and step 3: rollouts 0 and 2, one per GRPO group
+    assert traced == [[0, 2], [], [], [0, 2]]
+    first = EpisodeTrace.model_validate_json((run_dir / records[0]["episodes"][0]["trace"]).read_text())
+    assert (first.source, first.task, first.seed, first.training_step, first.success) == (
+        "training",
+        "click-test",
+        11,
+        1,
+        True,
+    )
+    assert first.goal and first.first_observation.startswith("Goal:")
+    (click,) = first.steps
+    assert (click.action, click.reward, click.done, click.error) == ("click('13')", 1.0, True, "")
+    assert click.output == "[click(bid='13')]" and "Step 0 of 3" in click.observation
+    no_call = EpisodeTrace.model_validate_json((run_dir / records[0]["episodes"][2]["trace"]).read_text())
+    assert [s.error for s in no_call.steps] == ["no tool call: the episode ends here"]
+    assert no_call.steps[0].output == "I am not sure."
+
+    # the viewer lists every rollout of the log, with its training step; the sampled ones open step by step
+    store = Store([("checkpoints", tmp_path / "checkpoints")])
+    (recording,) = store.recordings()
+    assert recording.kind == "training" and recording.rel == f"runs/{run_dir.name}"
+    assert len(recording.rows) == 16 and {r.training_step for r in recording.rows} == {1, 2, 3}
+    assert store.trace(recording, recording.rows[0]).steps[0].action == "click('13')"
+
+
+def test_refused_and_broken_calls_are_paired_with_what_the_environment_answered(env_url: str) -> None:
+    from browser_control.evaluation.policy import ToolCall
+
+    factory = EnvironmentFactory(env_url, max_episode_steps=3)
+    envs, _ = _play(factory)
+    factory.close()
+    steps, shots = trace_from_answers(
+        envs[1]._answers,
+        [
+            ("<|tool_call_start|>[click(bid='no such')]", [ToolCall("click", {"bid": "no such"})]),
+            ("[fill(bid='14')]", [ToolCall("fill", {"bid": "14"})]),
+        ],
+    )
+    refused, broken = steps
+    assert refused.action == "click('no such')" and refused.reached_service and refused.reward == 0.0
+    assert "bid" in refused.error and refused.result.startswith("Invalid action:")
+    assert broken.action is None and not broken.reached_service and "not a valid call" in broken.error
+    assert broken.observation == refused.result  # what the model had in front of it
+    assert shots == {1: None}  # the service runs without --screenshots
+
+
+def test_the_disk_budget_stops_recording_but_not_the_log(tmp_path: Path) -> None:
+    recorder = EpisodeRecorder(tmp_path, max_bytes=1)
+    trace = EpisodeTrace(source="training", run="r", task="click-test", seed=1, success=False)
+    assert recorder.write_trace(trace, "a") == "traces/a.json"
+    assert recorder.write_trace(trace, "b") is None and recorder.traces_skipped == 1
+    # a resumed run counts what is already on disk
+    assert EpisodeRecorder(tmp_path, max_bytes=10_000).bytes_written == (tmp_path / "traces" / "a.json").stat().st_size
