@@ -15,6 +15,7 @@ NAME ?=
 SUITE ?=
 EPISODES ?=
 TENSORBOARD_PORT ?= 6006
+VIEW_PORT ?= 8050
 # NO_BUILD=1: train with the images as they are (offline after a first build).
 NO_BUILD ?=
 # FORCE=1: checkpoint-download replaces ./checkpoints/NAME.
@@ -67,6 +68,11 @@ tensorboard: docker-check ## Start TensorBoard on the training logs and print it
 	TENSORBOARD_PORT='$(TENSORBOARD_PORT)' $(COMPOSE) --profile tensorboard up --detach --build --wait tensorboard
 	@echo "TensorBoard: http://127.0.0.1:$(TENSORBOARD_PORT)/"
 
+.PHONY: view
+view: docker-check ## Start the episode viewer on the logs and checkpoints volumes and print its URL
+	VIEW_PORT='$(VIEW_PORT)' $(COMPOSE) --profile view up --detach --build --wait view
+	@echo "Episode viewer: http://127.0.0.1:$(VIEW_PORT)/"
+
 .PHONY: checkpoints
 checkpoints: ## List the checkpoints in the volume: name, size, date
 	bash scripts/download_checkpoint.sh --list
@@ -81,7 +87,7 @@ evaluate: ## Evaluate NAME=<checkpoint> [SUITE=.. EPISODES=..]; the report goes 
 
 .PHONY: docker-down
 docker-down: docker-check ## Stop the stack (volumes, so checkpoints, are kept)
-	$(COMPOSE) --profile tensorboard down
+	$(COMPOSE) --profile tensorboard --profile view down
 
 .PHONY: verify-gpu
 verify-gpu: ## Check driver, CUDA, compute capability, GPU in containers and free disk

@@ -29,7 +29,7 @@ ALL_SCRIPTS = sorted(p.name for p in SCRIPTS.glob("*.sh"))
 # The targets a user is told about (issue: "what the user actually runs").
 REQUIRED_TARGETS = [
     "help", "dev-setup", "test", "lint", "docker-build", "fine-tune-local", "fine-tune-local-full",
-    "fine-tune-local-lora", "tensorboard", "checkpoints", "checkpoint-download", "evaluate", "docker-down",
+    "fine-tune-local-lora", "tensorboard", "view", "checkpoints", "checkpoint-download", "evaluate", "docker-down",
     "verify-gpu",
 ]
 
@@ -223,6 +223,15 @@ def test_docker_targets_use_the_compose_file_variable() -> None:
     assert "scripts/docker_check.sh" in out
     assert "TENSORBOARD_PORT='7007'" in _dry_run("tensorboard", "TENSORBOARD_PORT=7007")
     assert "http://127.0.0.1:7007/" in _dry_run("tensorboard", "TENSORBOARD_PORT=7007")
+
+
+def test_view_target_starts_the_viewer_profile_on_the_chosen_port() -> None:
+    out = _dry_run("view", "VIEW_PORT=8123")
+    assert "VIEW_PORT='8123' docker compose -f docker/compose.yaml --profile view up" in out
+    assert "--wait view" in out and "http://127.0.0.1:8123/" in out
+    assert "scripts/docker_check.sh" in out
+    # the stack's shutdown takes the viewer down too
+    assert "--profile view down" in _dry_run("docker-down")
 
 
 def test_checkpoint_and_evaluate_targets_pass_their_variables() -> None:
