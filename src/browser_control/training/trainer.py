@@ -388,6 +388,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
             config.eval_steps, config.eval_tasks or [t.name for t in config.tasks], config.eval_episodes,
             config.browsergym_url, config.max_episode_steps, config.max_completion_length,
             writer=tensorboard.tb_writer if rank == 0 else None,
+            record_dir=plan.run_dir / "eval" if rank == 0 and config.record_every_steps else None,
         ))
 
     rollouts = None

@@ -311,7 +311,9 @@ def run_page(store: Store, recording: Recording, params: dict[str, str]) -> str:
                 f"{esc(settings.get('max_steps'))} actions per episode</p>"
             )
     body.append("<h2>Success per task (95% Wilson intervals)</h2>")
-    body.append(success_chart(recording.rows, recording.runs, recording.tasks))
+    if "chart" not in recording.cache:
+        recording.cache["chart"] = success_chart(recording.rows, recording.runs, recording.tasks)
+    body.append(recording.cache["chart"])
     body.append("<h2>Episodes</h2>")
 
     def choice(name: str, values: Sequence[str], label: str) -> str:

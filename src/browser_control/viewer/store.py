@@ -76,18 +76,18 @@ class Recording:
     problems: list[str]
     report: dict[str, Any] | None
     modified: float
+    runs: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    # Pages derived from all rows (the chart), kept while the recording's files are unchanged.
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.runs = list(dict.fromkeys(r.run for r in self.rows))
+        self.tasks = list(dict.fromkeys(r.task for r in self.rows))
 
     @property
     def name(self) -> str:
         return self.rel if self.rel != "." else self.root.path.name
-
-    @property
-    def runs(self) -> list[str]:
-        return list(dict.fromkeys(r.run for r in self.rows))
-
-    @property
-    def tasks(self) -> list[str]:
-        return list(dict.fromkeys(r.task for r in self.rows))
 
 
 @dataclass
