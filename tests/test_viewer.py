@@ -212,6 +212,9 @@ def test_compare_form_pairs_the_runs_task_instances(logs: Path, start_viewer, pa
     page.click("#compare-form button")
     pairs = page.locator("#pairs tr")
     assert pairs.count() == 1 + 4  # header + 2 tasks x 2 seeds
+    legend = page.locator(".legend").inner_text()
+    assert "left: eval-a · scripted" in legend and "right: eval-b · scripted" in legend
+    assert page.locator("svg#chart title", has_text="all tasks: 4/4").count() == 2
     page.locator("#pairs a").first.click()
     assert page.locator("#side-by-side .column").count() == 2
 
@@ -405,3 +408,52 @@ def test_an_evaluation_killed_mid_run_leaves_every_finished_episode_readable(
     assert page.locator("#episodes tr.episode").count() == len(finished)
     page.locator("#episodes tr.episode a").first.click()
     assert page.locator("#step-1 .action").count() == 1
+
+
+def test_a_training_run_lists_every_rollout_and_opens_the_recorded_ones(
+    screenshot_service: ServiceProcess, start_viewer, page, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from browser_control.training.rollouts import EnvironmentFactory, EpisodeMetrics, SaturationMonitor
+
+    run_dir = tmp_path / "checkpoints" / "runs" / "tiny-click-test-20260101-000000"
+    factory = EnvironmentFactory(screenshot_service.url, max_episode_steps=2)
+    envs = [factory() for _ in range(4)]
+    metrics = EpisodeMetrics(
+        factory,
+        SaturationMonitor(5),
+        step_getter=lambda: step,
+        episode_log=run_dir / "episodes.jsonl",
+        recorder=EpisodeRecorder(run_dir, screenshots=True),
+        record_every=2,
+        record_episodes=1,
+        run_name=run_dir.name,
+    )
+    call = {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"function": {"name": "click", "arguments": {"bid": "13"}}}],
+    }
+    for step in (1, 2):
+        for env in envs:
+            env.reset(task_name="click-test", seed=step)
+            env.click(bid="13")
+        metrics(prompts=[[]] * 4, completions=[[call]] * 4, environments=envs, log_metric=lambda k, v: None)
+    factory.close()
+
+    viewer = start_viewer("--checkpoints", str(tmp_path / "checkpoints"))
+    page.goto(viewer.url + "/")
+    page.locator("#runs a", has_text="runs/tiny-click-test").click()
+    assert page.locator("#count").inner_text() == "8 of 8 episodes"
+    page.fill("#filters input[name=step]", "2")
+    page.click("#filters button")
+    assert page.locator("#count").inner_text() == "4 of 8 episodes"
+    assert page.locator("#episodes tr.episode", has_text="(summary)").count() == 4  # step 2 is not recorded
+    page.locator("#episodes tr.episode a").first.click()
+    assert "record_every_steps" in page.locator("#no-trace").inner_text()
+
+    page.goto(viewer.url + "/run?r=0:runs/tiny-click-test-20260101-000000&traced=yes")
+    assert page.locator("#count").inner_text() == "1 of 8 episodes"
+    page.locator("#episodes tr.episode a").first.click()
+    assert page.locator("#step-1 .action").inner_text() == "click('13')"
+    assert "reward 1, done yes" in page.locator("#step-1").inner_text()
+    assert _image_loaded(page, "#step-1 img.shot") and _image_loaded(page, "#step-0 img.shot")

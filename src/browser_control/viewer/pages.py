@@ -9,6 +9,7 @@ import datetime as dt
 import html
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,7 +31,7 @@ th,td{border-bottom:1px solid #e3e6eb;padding:5px 8px;text-align:left;vertical-a
 th{background:#eef0f4;font-weight:600}tr:hover td{background:#fafbfc}
 a{color:#1f5fbf}code,pre{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 pre{background:#fff;border:1px solid #e3e6eb;padding:8px;white-space:pre-wrap;word-break:break-word;margin:4px 0;
-max-height:420px;overflow:auto}
+max-height:420px;overflow:auto;tab-size:2}
 .ok{color:#1a7f37;font-weight:600}.fail{color:#c62828;font-weight:600}.muted{color:#6b7280}
 .problem{background:#fff4e5;border:1px solid #f0b35a;padding:8px 12px;margin:8px 0;border-radius:4px}
 .error-box{background:#fdecea;border:1px solid #e57373;padding:12px 16px;border-radius:4px}
@@ -45,6 +46,8 @@ mark{background:#fff3b0;outline:1px solid #e0c200}
 .err{color:#c62828}.shot{max-width:100%;border:1px solid #cfd4dc;image-rendering:auto}
 .pager{margin:8px 0;display:flex;gap:12px;align-items:center}
 .side{display:grid;grid-template-columns:1fr 1fr;gap:16px}
+.legend{display:flex;flex-wrap:wrap;gap:14px;font-size:12px;margin:4px 0}
+.legend i{display:inline-block;width:10px;height:10px;margin-right:5px}
 .badge{display:inline-block;padding:0 6px;border-radius:3px;background:#eef0f4;font-size:12px}
 """
 
@@ -115,21 +118,24 @@ def success_chart(rows: Sequence[EpisodeRow], runs: Sequence[str], tasks: Sequen
         counts[("all tasks", run)] = [wins, total]
     left, width, bar, gap = 190, 420, 14, 10
     group = bar * len(runs) + gap
-    legend = 22 if len(runs) > 1 else 0
-    height = legend + len(names) * group + 34
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{height}" '
-        f'role="img" aria-label="success rate per task" id="chart" font-size="11" font-family="sans-serif">'
-    ]
-    if legend:
-        x = left
-        for i, run in enumerate(runs):
-            parts.append(
-                f'<rect x="{x}" y="4" width="10" height="10" fill="{COLORS[i % len(COLORS)]}"/>'
-                f'<text x="{x + 14}" y="13">{esc(run)}</text>'
+    height = len(names) * group + 34
+    # The legend is HTML above the chart: run names can be long paths, which SVG text does not wrap.
+    legend = ""
+    if len(runs) > 1:
+        legend = (
+            '<div class="legend">'
+            + "".join(
+                f'<span><i style="background:{COLORS[i % len(COLORS)]}"></i>{esc(run)}</span>'
+                for i, run in enumerate(runs)
             )
-            x += 24 + 7 * len(run)
-    top = legend
+            + "</div>"
+        )
+    parts = [
+        legend,
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{height}" '
+        f'role="img" aria-label="success rate per task" id="chart" font-size="11" font-family="sans-serif">',
+    ]
+    top = 0
     for tick in range(0, 101, 20):
         x = left + width * tick / 100
         parts.append(
@@ -535,6 +541,10 @@ def compare_page(store: Store, params: dict[str, str]) -> str:
                 pairs.append((r, other))
         pairs.sort(key=lambda p: (p[0].success == p[1].success, p[0].task, p[0].seed))
         body = [f"<h1>{esc(title)}</h1>", compare_form(store.recordings(), params["a"], params["b"])]
+        label_a, label_b = f"left: {rec_a.name} · {run_a}", f"right: {rec_b.name} · {run_b}"
+        both = [replace(r, run=label_a) for r in rows_a] + [replace(r, run=label_b) for r in rows_b]
+        tasks = list(dict.fromkeys(r.task for r in both))
+        body.append("<h2>Success per task (95% Wilson intervals)</h2>" + success_chart(both, [label_a, label_b], tasks))
         if not pairs:
             body.append(
                 '<div class="problem" id="no-pairs">These two runs share no task and seed: evaluations '
