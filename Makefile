@@ -14,6 +14,8 @@ NAME ?=
 # Optional for evaluate: the evaluator's defaults apply when empty.
 SUITE ?=
 EPISODES ?=
+# SCREENSHOTS=1: evaluate keeps a screenshot per step for the episode viewer.
+SCREENSHOTS ?=
 TENSORBOARD_PORT ?= 6006
 VIEW_PORT ?= 8050
 # NO_BUILD=1: train with the images as they are (offline after a first build).
@@ -82,8 +84,9 @@ checkpoint-download: ## Copy NAME=<checkpoint> into ./checkpoints/NAME and verif
 	bash scripts/download_checkpoint.sh '$(NAME)' $(if $(FORCE),--force)
 
 .PHONY: evaluate
-evaluate: ## Evaluate NAME=<checkpoint> [SUITE=.. EPISODES=..]; the report goes beside the checkpoint
-	bash scripts/evaluate.sh '$(NAME)' $(if $(SUITE),--suite '$(SUITE)') $(if $(EPISODES),--episodes '$(EPISODES)')
+evaluate: ## Evaluate NAME=<checkpoint> [SUITE=.. EPISODES=.. SCREENSHOTS=1]; the report goes beside the checkpoint
+	bash scripts/evaluate.sh '$(NAME)' $(if $(SUITE),--suite '$(SUITE)') $(if $(EPISODES),--episodes '$(EPISODES)') \
+	  $(if $(SCREENSHOTS),--screenshots)
 
 .PHONY: docker-down
 docker-down: docker-check ## Stop the stack (volumes, so checkpoints, are kept)

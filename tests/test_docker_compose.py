@@ -343,6 +343,7 @@ def test_compose_environment_values_are_accepted_by_serve_env(
     args = build_parser().parse_args(["serve-env"])
     assert args.host == "0.0.0.0"
     assert args.port == 8000
+    assert args.screenshots is False  # BROWSERGYM_SCREENSHOTS unset: off, it costs time on every step
     assert args.max_sessions == int(env["MAX_SESSIONS"])
     assert args.workers == int(env["BROWSER_WORKERS"])
     assert args.chromium_executable is None  # Playwright's own browser in the image

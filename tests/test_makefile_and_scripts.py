@@ -39,7 +39,8 @@ import json, os, subprocess, sys
 
 args = sys.argv[1:]
 with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
-    log.write(json.dumps({{"argv": args, "CONFIG": os.environ.get("CONFIG")}}) + "\n")
+    log.write(json.dumps({{"argv": args, "CONFIG": os.environ.get("CONFIG"),
+                          "BROWSERGYM_SCREENSHOTS": os.environ.get("BROWSERGYM_SCREENSHOTS")}}) + "\n")
 mode = os.environ.get("FAKE_DOCKER_MODE", "ok")
 
 if args[:1] == ["info"]:
@@ -530,6 +531,17 @@ def test_evaluate_runs_against_the_service_and_writes_beside_the_checkpoint(dock
         "run", "--rm", "training", "browser-control", "evaluate", "--model", "/model_checkpoints/ckpt-a",
         "--suite", "smoke", "--episodes", "4", "--output", "/model_checkpoints/ckpt-a/eval",
     ]
+
+
+def test_evaluate_with_screenshots_starts_the_service_with_them_and_asks_for_them(docker: FakeDocker) -> None:
+    docker.add_checkpoint("ckpt-a", CKPT_FILES)
+    result = docker.run("scripts/evaluate.sh", "ckpt-a", "--screenshots")
+    assert result.returncode == 0, result.stderr
+    up = [c for c in docker.calls() if c["argv"][-1:] == ["browsergym"] and "up" in c["argv"]]
+    assert up and up[0]["BROWSERGYM_SCREENSHOTS"] == "1"
+    assert docker.compose_calls()[-1][-3:] == ["--screenshots", "--output", "/model_checkpoints/ckpt-a/eval"]
+    assert "--screenshots" in _dry_run("evaluate", "NAME=ckpt-a", "SCREENSHOTS=1")
+    assert "--screenshots" not in _dry_run("evaluate", "NAME=ckpt-a")
 
 
 def test_evaluate_passes_the_evaluators_exit_code(docker: FakeDocker) -> None:
