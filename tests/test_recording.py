@@ -121,3 +121,29 @@ def test_the_disk_budget_stops_recording_but_not_the_log(tmp_path: Path) -> None
     assert recorder.write_trace(trace, "b") is None and recorder.traces_skipped == 1
     # a resumed run counts what is already on disk
     assert EpisodeRecorder(tmp_path, max_bytes=10_000).bytes_written == (tmp_path / "traces" / "a.json").stat().st_size
+
+
+def test_checkpoints_are_listed_with_their_metrics_evaluation_and_training_episodes(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    good, bad = root / "tiny-click-test-20260101-000000", root / "tiny-mix-20260102-000000"
+    for path in (good, bad):
+        path.mkdir(parents=True)
+        (path / "config.json").write_text("{}")
+    (good / "metrics.json").write_text(json.dumps({"global_step": 7, "recent": {"success/overall": 0.5}}))
+    (bad / "metrics.json").write_text("{cut")
+    EpisodeRecorder(good / "eval").append({"run": "x", "task": "click-test", "seed": 1, "success": True})
+    EpisodeRecorder(root / "runs" / good.name).append({"step": 1, "episodes": []})
+    (root / ".tmp-unfinished").mkdir()
+    (root / ".tmp-unfinished" / "config.json").write_text("{}")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "config.json").write_text("{}")
+    (root / "link").symlink_to(outside)
+
+    listed = {c.name: c for c in Store([("checkpoints", root)]).checkpoints()}
+    assert sorted(listed) == [good.name, bad.name]  # no unfinished checkpoint, no link leading outside
+    assert listed[good.name].metrics["global_step"] == 7 and listed[good.name].problem is None
+    assert listed[good.name].evaluation_key == f"0:{good.name}/eval"
+    assert listed[good.name].training_key == f"0:runs/{good.name}"
+    assert "metrics.json cannot be read" in (listed[bad.name].problem or "")
+    assert listed[bad.name].evaluation_key is None and listed[bad.name].training_key is None

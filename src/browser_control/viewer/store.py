@@ -427,7 +427,7 @@ class Store:
             except OSError:
                 continue
             for entry in entries:
-                if entry.name.startswith(".") or entry.name == "runs" or not entry.is_dir():
+                if entry.name.startswith(".") or entry.name == "runs" or not entry.is_dir(follow_symlinks=False):
                     continue
                 path = Path(entry.path)
                 if not (
