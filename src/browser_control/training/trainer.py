@@ -113,6 +113,11 @@ class RunPlan:
             f"(keep {c.save_total_limit or 'all'})",
             f"resume from      {self.resume_checkpoint or 'nothing (new run)'}",
             f"tensorboard      {self.tensorboard_dir}",
+            "recordings       " + (
+                f"{c.record_episodes} rollouts at step 1 and every {c.record_every_steps} steps, step by step in "
+                f"{self.run_dir}/traces (up to {c.record_max_mb:g} MB"
+                + (", with screenshots" if c.record_screenshots else "") + "; browser-control view shows them)"
+                if c.record_every_steps else "off (record_every_steps unset)"),
             f"HF cache         HF_HOME={os.environ.get('HF_HOME', '(default ~/.cache/huggingface)')}"
             f"{' HF_HUB_OFFLINE=1' if os.environ.get('HF_HUB_OFFLINE') == '1' else ''}",
         ]
