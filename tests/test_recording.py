@@ -147,3 +147,18 @@ def test_checkpoints_are_listed_with_their_metrics_evaluation_and_training_episo
     assert listed[good.name].training_key == f"0:runs/{good.name}"
     assert "metrics.json cannot be read" in (listed[bad.name].problem or "")
     assert listed[bad.name].evaluation_key is None and listed[bad.name].training_key is None
+
+
+def test_a_recording_that_cannot_be_written_stops_but_the_evaluation_goes_on(env_url: str, tmp_path: Path) -> None:
+    import errno
+
+    from browser_control.evaluation import ScriptedPolicy, evaluate_policy
+
+    class FullDisk(EpisodeRecorder):
+        def write_trace(self, *args: object, **kwargs: object) -> str | None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    recorder = FullDisk(tmp_path)
+    report = evaluate_policy(ScriptedPolicy(), ["click-test"], 2, env_url=env_url, progress=False, recorder=recorder)
+    assert report.overall.successes == 2 and all(e.trace is None for e in report.episodes)
+    assert recorder.failed is not None and "No space left" in recorder.failed

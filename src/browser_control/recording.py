@@ -108,6 +108,7 @@ class EpisodeRecorder:
         self.bytes_written = 0
         self.traces_written = 0
         self.traces_skipped = 0
+        self.failed: str | None = None  # set by a writer that gave up (e.g. disk full)
         self._lock = threading.Lock()
         self.directory.mkdir(parents=True, exist_ok=True)
         if max_bytes is not None and (self.directory / TRACES_DIR).is_dir():

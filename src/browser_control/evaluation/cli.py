@@ -215,7 +215,11 @@ def run(args: argparse.Namespace) -> int:
 
     from browser_control.evaluation.report import write_reports
 
-    paths = write_reports(reports, output, episodes_recorded=True)
+    if recorder.failed:
+        print(f"browser-control evaluate: warning: the episode recording stopped ({recorder.failed}); "
+              "episodes.jsonl is rewritten from memory, without step-by-step traces for later episodes",
+              file=sys.stderr)
+    paths = write_reports(reports, output, episodes_recorded=recorder.failed is None)
     print()
     for report in reports:
         o = report.overall

@@ -10,6 +10,7 @@ the policy, is the slow part on a CPU box.
 from __future__ import annotations
 
 import difflib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -25,6 +26,8 @@ from browser_control.evaluation.policy import Decision, Episode, Policy
 from browser_control.evaluation.report import EpisodeRecord, EvaluationReport, build_report
 from browser_control.recording import EpisodeRecorder, EpisodeTrace, trace_from_answers, trace_id
 from browser_control.seeds import eval_seed
+
+log = logging.getLogger(__name__)
 
 
 class EvaluationError(RuntimeError):
@@ -126,15 +129,26 @@ def _describe_action(call: Any) -> str:
 
 
 def _record(recorder: EpisodeRecorder, label: str, episode: Episode, record: EpisodeRecord) -> None:
-    """Write the episode's trace, then its summary line (the line points at the trace, so it comes last)."""
+    """Write the episode's trace, then its summary line (the line points at the trace, so it comes last).
+
+    A recording that cannot be written (disk full) is given up with a warning: the evaluation goes on and
+    its report still holds every episode.
+    """
+    if recorder.failed:
+        return
     env = episode.env
     steps, shots = trace_from_answers(env._answers, episode.turns)
     trace = EpisodeTrace(source="evaluation", run=label, task=record.task, seed=record.seed, goal=env._goal,
                          success=record.success, ended_by=record.ended_by,
                          first_observation=env._first_observation, steps=steps)
-    record.trace = recorder.write_trace(trace, trace_id(label, record.task, record.seed),
-                                        {0: env._first_screenshot, **shots})
-    recorder.append(record.summary_line(label))
+    try:
+        record.trace = recorder.write_trace(trace, trace_id(label, record.task, record.seed),
+                                            {0: env._first_screenshot, **shots})
+        recorder.append(record.summary_line(label))
+    except OSError as exc:
+        recorder.failed = f"{type(exc).__name__}: {exc}"
+        record.trace = None
+        log.warning("episodes are no longer recorded in %s: %s", recorder.directory, recorder.failed)
 
 
 def evaluate_policy(
