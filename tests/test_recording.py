@@ -162,3 +162,61 @@ def test_a_recording_that_cannot_be_written_stops_but_the_evaluation_goes_on(env
     report = evaluate_policy(ScriptedPolicy(), ["click-test"], 2, env_url=env_url, progress=False, recorder=recorder)
     assert report.overall.successes == 2 and all(e.trace is None for e in report.episodes)
     assert recorder.failed is not None and "No space left" in recorder.failed
+
+
+def test_a_faulted_rollout_is_recorded_as_no_data_not_as_a_failure(env_url: str, tmp_path: Path) -> None:
+    from browser_control.client import EnvClient
+    from browser_control.viewer.pages import success_chart
+
+    factory = EnvironmentFactory(env_url, max_episode_steps=3, retries=1, backoff_s=0.05)
+    lost, solved = factory(), factory()
+    lost.reset(task_name="click-test", seed=31)
+    solved.reset(task_name="click-test", seed=31)
+    with EnvClient(env_url) as other:  # the session disappears under the episode
+        other.close_session(lost._session_id)
+    first, again = lost.click(bid="13"), lost.click(bid="13")
+    solved.click(bid="13")
+    run_dir = tmp_path / "checkpoints" / "runs" / "tiny-click-test-20260101-000000"
+    metrics = EpisodeMetrics(
+        factory,
+        SaturationMonitor(5),
+        step_getter=lambda: 1,
+        episode_log=run_dir / "episodes.jsonl",
+        recorder=EpisodeRecorder(run_dir),
+        record_every=1,
+        record_episodes=2,
+        run_name=run_dir.name,
+    )
+    completions = [
+        [
+            _assistant(("click", {"bid": "13"})),
+            {"role": "tool", "content": first},
+            _assistant(("click", {"bid": "13"})),
+            {"role": "tool", "content": again},
+        ],
+        [_assistant(("click", {"bid": "13"}))],
+    ]
+    metrics(
+        prompts=[[]] * 2,
+        completions=completions,
+        environments=[lost, solved],
+        log_metric=lambda k, v: None,
+        task_name=["click-test"] * 2,
+        seed=[31, 31],
+    )
+    factory.close()
+
+    (record,) = [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
+    faulted = record["episodes"][0]
+    assert faulted["fault"] and "trace" in faulted and record["episodes"][1]["fault"] is None
+    trace = EpisodeTrace.model_validate_json((run_dir / faulted["trace"]).read_text())
+    assert trace.ended_by == "env_fault" and not trace.success
+    failed, skipped = trace.steps
+    assert failed.reached_service and failed.error and "not scored" in failed.result
+    assert not skipped.reached_service and "already lost" in skipped.result
+
+    store = Store([("checkpoints", tmp_path / "checkpoints")])
+    (recording,) = store.recordings()
+    assert [r.ended_by for r in recording.rows] == ["env_fault", "success"]
+    # the chart scores the episode that ran: 1 of 1, not 1 of 2
+    assert "1/1 = 100%" in success_chart(recording.rows, recording.runs, recording.tasks)

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 from browser_control.evaluation.stats import wilson_interval
 from browser_control.recording import EpisodeTrace, TraceStep
-from browser_control.viewer.store import EpisodeRow, Recording, Store, ViewerError
+from browser_control.viewer.store import NO_DATA, EpisodeRow, Recording, Store, ViewerError
 
 PAGE_SIZE = 50
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
@@ -108,6 +108,8 @@ def success_chart(rows: Sequence[EpisodeRow], runs: Sequence[str], tasks: Sequen
         return ""
     counts: dict[tuple[str, str], list[int]] = {}
     for row in rows:
+        if row.ended_by == NO_DATA:  # an environment fault neither solves nor fails the task
+            continue
         c = counts.setdefault((row.task, row.run), [0, 0])
         c[0] += row.success
         c[1] += 1
@@ -150,7 +152,7 @@ def success_chart(rows: Sequence[EpisodeRow], runs: Sequence[str], tasks: Sequen
             f"{weight}>{esc(name)}</text>"
         )
         for i, run in enumerate(runs):
-            if (name, run) not in counts:
+            if not counts.get((name, run), [0, 0])[1]:
                 continue
             wins, total = counts[(name, run)]
             rate = wins / total
@@ -199,9 +201,10 @@ def home(store: Store) -> str:
             "<th>episodes</th><th>success</th><th>step by step</th><th>updated</th><th>problems</th></tr>"
         )
         for r in sorted(recordings, key=lambda r: -r.modified):
-            wins = sum(row.success for row in r.rows)
+            scored = [row for row in r.rows if row.ended_by != NO_DATA]
+            wins = sum(row.success for row in scored)
             traced = sum(row.trace is not None for row in r.rows)
-            rate = f"{pct(wins / len(r.rows))} ({wins}/{len(r.rows)})" if r.rows else "–"
+            rate = f"{pct(wins / len(scored))} ({wins}/{len(scored)})" if scored else "–"
             problems = f'<span class="err">{len(r.problems)}</span>' if r.problems else ""
             body.append(
                 f'<tr><td><a href="{esc(url("/run", r=r.key))}">{esc(r.name)}</a><div class="muted">'

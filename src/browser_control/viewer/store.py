@@ -112,7 +112,13 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
+# ended_by of a training episode the environment lost (episodes.jsonl "fault"): no data, not a failure.
+NO_DATA = "env_fault"
+
+
 def _ended_by_of_training(e: dict[str, Any]) -> str:
+    if e.get("fault"):  # the environment, not the model, ended it: no data
+        return NO_DATA
     if e.get("done"):
         return "success" if e.get("success") else "failed"
     return "step_limit" if e.get("truncated") else "no_tool_call"
