@@ -14,7 +14,10 @@ NAME ?=
 # Optional for evaluate: the evaluator's defaults apply when empty.
 SUITE ?=
 EPISODES ?=
+# SCREENSHOTS=1: evaluate keeps a screenshot per step for the episode viewer.
+SCREENSHOTS ?=
 TENSORBOARD_PORT ?= 6006
+VIEW_PORT ?= 8050
 # NO_BUILD=1: train with the images as they are (offline after a first build).
 NO_BUILD ?=
 # FORCE=1: checkpoint-download replaces ./checkpoints/NAME.
@@ -67,6 +70,11 @@ tensorboard: docker-check ## Start TensorBoard on the training logs and print it
 	TENSORBOARD_PORT='$(TENSORBOARD_PORT)' $(COMPOSE) --profile tensorboard up --detach --build --wait tensorboard
 	@echo "TensorBoard: http://127.0.0.1:$(TENSORBOARD_PORT)/"
 
+.PHONY: view
+view: docker-check ## Start the episode viewer on the logs and checkpoints volumes and print its URL
+	VIEW_PORT='$(VIEW_PORT)' $(COMPOSE) --profile view up --detach --build --wait view
+	@echo "Episode viewer: http://127.0.0.1:$(VIEW_PORT)/"
+
 .PHONY: checkpoints
 checkpoints: ## List the checkpoints in the volume: name, size, date
 	bash scripts/download_checkpoint.sh --list
@@ -76,12 +84,13 @@ checkpoint-download: ## Copy NAME=<checkpoint> into ./checkpoints/NAME and verif
 	bash scripts/download_checkpoint.sh '$(NAME)' $(if $(FORCE),--force)
 
 .PHONY: evaluate
-evaluate: ## Evaluate NAME=<checkpoint> [SUITE=.. EPISODES=..]; the report goes beside the checkpoint
-	bash scripts/evaluate.sh '$(NAME)' $(if $(SUITE),--suite '$(SUITE)') $(if $(EPISODES),--episodes '$(EPISODES)')
+evaluate: ## Evaluate NAME=<checkpoint> [SUITE=.. EPISODES=.. SCREENSHOTS=1]; the report goes beside the checkpoint
+	bash scripts/evaluate.sh '$(NAME)' $(if $(SUITE),--suite '$(SUITE)') $(if $(EPISODES),--episodes '$(EPISODES)') \
+	  $(if $(SCREENSHOTS),--screenshots)
 
 .PHONY: docker-down
 docker-down: docker-check ## Stop the stack (volumes, so checkpoints, are kept)
-	$(COMPOSE) --profile tensorboard down
+	$(COMPOSE) --profile tensorboard --profile view down
 
 .PHONY: verify-gpu
 verify-gpu: ## Check driver, CUDA, compute capability, GPU in containers and free disk

@@ -7,7 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/docker_check.sh"
 
 usage() {
   cat <<'EOF'
-Usage: scripts/evaluate.sh NAME [--suite SUITE] [--episodes N]
+Usage: scripts/evaluate.sh NAME [--suite SUITE] [--episodes N] [--screenshots]
 
 Runs `browser-control evaluate --model /model_checkpoints/NAME` in the training container against the
 environment service of docker/compose.yaml (started and health-checked first) and writes the report to
@@ -16,6 +16,8 @@ environment service of docker/compose.yaml (started and health-checked first) an
 NAME            a checkpoint in the volume ('make checkpoints' lists them); an unknown one is refused
 --suite SUITE   the task suite (default: the evaluator's)
 --episodes N    episodes per task (default: the evaluator's)
+--screenshots   keep a screenshot of every step in the recording ('make view' shows them); (re)starts the
+                environment service with screenshots on (BROWSERGYM_SCREENSHOTS=1)
 -h, --help      this text
 EOF
 }
@@ -35,6 +37,11 @@ while (($#)); do
       (($# >= 2)) && [[ $2 =~ ^[1-9][0-9]*$ ]] || die "--episodes needs a positive whole number"
       extra+=(--episodes "$2")
       shift 2
+      ;;
+    --screenshots)
+      extra+=(--screenshots)
+      export BROWSERGYM_SCREENSHOTS=1
+      shift
       ;;
     -*) die "unknown option '$1' (see --help)" ;;
     *)
@@ -56,7 +63,7 @@ compose run --rm training browser-control evaluate --model "/model_checkpoints/$
   --output "/model_checkpoints/$name/eval" || status=$?
 if ((status == 0)); then
   echo "report: /model_checkpoints/$name/eval/ in the checkpoints volume" \
-    "('make checkpoint-download NAME=$name' copies it out with the checkpoint)." >&2
+    "('make checkpoint-download NAME=$name' copies it out with the checkpoint; 'make view' shows its episodes)." >&2
 else
   echo "evaluation failed with exit code $status (its log is above)." >&2
 fi

@@ -39,7 +39,9 @@ DOCKERFILES = {name: REPO / "docker" / name / "Dockerfile" for name in ("browser
 VENV_BIN = Path(sys.executable).parent
 
 # The sub-commands the containers and scripts may run: a name outside this set is a typo.
-KNOWN_COMMANDS = {"serve-env", "train", "evaluate", "checkpoints"}
+KNOWN_COMMANDS = {"serve-env", "train", "evaluate", "checkpoints", "view"}
+# Services that run another service's image with another command.
+SHARED_IMAGE = {"view": "browsergym"}
 # Where the code expects each volume inside the training container (docs/docker.md).
 TRAINING_MOUNTS = {"hf-cache": "/hf_cache", "checkpoints": "/model_checkpoints", "logs": "/logs"}
 MOUNT_ENV = {"/hf_cache": "HF_HOME", "/model_checkpoints": "CHECKPOINT_DIR", "/logs": "LOGGING_DIR"}
@@ -177,7 +179,9 @@ def test_builds_point_at_existing_dockerfiles(compose: dict[str, Any]) -> None:
         context = (COMPOSE_PATH.parent / build["context"]).resolve()
         dockerfile = context / build.get("dockerfile", "Dockerfile")
         assert dockerfile.is_file(), f"{name}: {dockerfile} does not exist"
-        assert dockerfile.resolve() == DOCKERFILES[name].resolve()
+        assert dockerfile.resolve() == DOCKERFILES[SHARED_IMAGE.get(name, name)].resolve()
+    for name, owner in SHARED_IMAGE.items():
+        assert compose["services"][name]["image"] == compose["services"][owner]["image"]
 
 
 def test_healthcheck_paths_are_routes_of_the_service(compose: dict[str, Any]) -> None:
@@ -212,6 +216,7 @@ def test_published_ports_are_on_loopback_only(compose: dict[str, Any]) -> None:
     }
     assert published["browsergym"] == ["127.0.0.1:8000:8000"]
     assert published["tensorboard"] == ["127.0.0.1:6006:6006"]
+    assert published["view"] == ["127.0.0.1:8050:8050"]
     assert published.get("training", []) == []
 
 
@@ -232,6 +237,28 @@ def test_tensorboard_is_optional_and_reads_the_logs_volume(compose: dict[str, An
     cmd = image_cmd("tensorboard")
     assert cmd[cmd.index("--logdir") + 1] == "/logs"
     assert "--bind_all" in cmd
+
+
+def test_viewer_is_optional_reads_both_volumes_read_only_and_probes_its_own_route(compose: dict[str, Any]) -> None:
+    from browser_control.cli import build_parser
+    from browser_control.viewer.app import Viewer
+    from browser_control.viewer.store import Store
+
+    svc = compose["services"]["view"]
+    assert svc["profiles"] == ["view"]
+    assert sorted(svc["volumes"]) == ["checkpoints:/model_checkpoints:ro", "logs:/logs:ro"]
+    cmd = svc["command"]
+    assert cmd[:2] == ["browser-control", "view"]
+    args = build_parser().parse_args(cmd[1:])
+    # The directories the viewer reads are where the training container writes.
+    assert args.logs == [TRAINING_MOUNTS["logs"]] and args.checkpoints == TRAINING_MOUNTS["checkpoints"]
+    assert args.host == "0.0.0.0"  # inside the container; published on loopback only
+    published = interpolate(svc["ports"][0])
+    assert published.endswith(f":{args.port}")
+    probe = " ".join(svc["healthcheck"]["test"])
+    assert f"127.0.0.1:{args.port}/" in probe
+    paths = re.findall(r":\d+(/[A-Za-z0-9_/-]*)'", probe)
+    assert paths and set(paths) <= set(Viewer(Store([])).routes), probe
 
 
 def test_named_volumes_are_declared_and_mounted_where_the_code_expects(compose: dict[str, Any]) -> None:
@@ -316,6 +343,7 @@ def test_compose_environment_values_are_accepted_by_serve_env(
     args = build_parser().parse_args(["serve-env"])
     assert args.host == "0.0.0.0"
     assert args.port == 8000
+    assert args.screenshots is False  # BROWSERGYM_SCREENSHOTS unset: off, it costs time on every step
     assert args.max_sessions == int(env["MAX_SESSIONS"])
     assert args.workers == int(env["BROWSER_WORKERS"])
     assert args.chromium_executable is None  # Playwright's own browser in the image

@@ -29,7 +29,7 @@ ALL_SCRIPTS = sorted(p.name for p in SCRIPTS.glob("*.sh"))
 # The targets a user is told about (issue: "what the user actually runs").
 REQUIRED_TARGETS = [
     "help", "dev-setup", "test", "lint", "docker-build", "fine-tune-local", "fine-tune-local-full",
-    "fine-tune-local-lora", "tensorboard", "checkpoints", "checkpoint-download", "evaluate", "docker-down",
+    "fine-tune-local-lora", "tensorboard", "view", "checkpoints", "checkpoint-download", "evaluate", "docker-down",
     "verify-gpu",
 ]
 
@@ -39,7 +39,8 @@ import json, os, subprocess, sys
 
 args = sys.argv[1:]
 with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
-    log.write(json.dumps({{"argv": args, "CONFIG": os.environ.get("CONFIG")}}) + "\n")
+    log.write(json.dumps({{"argv": args, "CONFIG": os.environ.get("CONFIG"),
+                          "BROWSERGYM_SCREENSHOTS": os.environ.get("BROWSERGYM_SCREENSHOTS")}}) + "\n")
 mode = os.environ.get("FAKE_DOCKER_MODE", "ok")
 
 if args[:1] == ["info"]:
@@ -223,6 +224,15 @@ def test_docker_targets_use_the_compose_file_variable() -> None:
     assert "scripts/docker_check.sh" in out
     assert "TENSORBOARD_PORT='7007'" in _dry_run("tensorboard", "TENSORBOARD_PORT=7007")
     assert "http://127.0.0.1:7007/" in _dry_run("tensorboard", "TENSORBOARD_PORT=7007")
+
+
+def test_view_target_starts_the_viewer_profile_on_the_chosen_port() -> None:
+    out = _dry_run("view", "VIEW_PORT=8123")
+    assert "VIEW_PORT='8123' docker compose -f docker/compose.yaml --profile view up" in out
+    assert "--wait view" in out and "http://127.0.0.1:8123/" in out
+    assert "scripts/docker_check.sh" in out
+    # the stack's shutdown takes the viewer down too
+    assert "--profile view down" in _dry_run("docker-down")
 
 
 def test_checkpoint_and_evaluate_targets_pass_their_variables() -> None:
@@ -521,6 +531,17 @@ def test_evaluate_runs_against_the_service_and_writes_beside_the_checkpoint(dock
         "run", "--rm", "training", "browser-control", "evaluate", "--model", "/model_checkpoints/ckpt-a",
         "--suite", "smoke", "--episodes", "4", "--output", "/model_checkpoints/ckpt-a/eval",
     ]
+
+
+def test_evaluate_with_screenshots_starts_the_service_with_them_and_asks_for_them(docker: FakeDocker) -> None:
+    docker.add_checkpoint("ckpt-a", CKPT_FILES)
+    result = docker.run("scripts/evaluate.sh", "ckpt-a", "--screenshots")
+    assert result.returncode == 0, result.stderr
+    up = [c for c in docker.calls() if c["argv"][-1:] == ["browsergym"] and "up" in c["argv"]]
+    assert up and up[0]["BROWSERGYM_SCREENSHOTS"] == "1"
+    assert docker.compose_calls()[-1][-3:] == ["--screenshots", "--output", "/model_checkpoints/ckpt-a/eval"]
+    assert "--screenshots" in _dry_run("evaluate", "NAME=ckpt-a", "SCREENSHOTS=1")
+    assert "--screenshots" not in _dry_run("evaluate", "NAME=ckpt-a")
 
 
 def test_evaluate_passes_the_evaluators_exit_code(docker: FakeDocker) -> None:

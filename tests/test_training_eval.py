@@ -32,7 +32,7 @@ def test_held_out_evaluation_logs_success_to_tensorboard(clicking_model: Path, e
     tokenizer = AutoTokenizer.from_pretrained(clicking_model)
     writer = SummaryWriter(log_dir=str(tmp_path / "tb"))
     callback = HeldOutEvaluation(every=2, tasks=["click-test"], episodes=3, env_url=env_url, max_steps=2,
-                                 max_completion_tokens=512, writer=writer)
+                                 max_completion_tokens=512, writer=writer, record_dir=tmp_path / "eval")
     args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
     for step in (1, 2):
         callback.on_step_end(args, TrainerState(global_step=step), TrainerControl(), model=model,
@@ -46,6 +46,20 @@ def test_held_out_evaluation_logs_success_to_tensorboard(clicking_model: Path, e
     scalars = {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
     assert [(e.step, e.value) for e in scalars["eval/success_rate"]] == [(2, 1.0)]
     assert "eval/success_rate/click-test" in scalars
+
+    # every episode of that evaluation is recorded step by step, with the model's generated text
+    import json
+
+    from browser_control.recording import EpisodeTrace
+
+    recorded = tmp_path / "eval" / "step-000002"
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["step-000002"]
+    lines = [json.loads(line) for line in (recorded / "episodes.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all(line["run"] == "step-2" and line["success"] for line in lines)
+    trace = EpisodeTrace.model_validate_json((recorded / lines[0]["trace"]).read_text())
+    (step,) = trace.steps
+    assert step.action == "click('13')" and step.reward == 1.0 and step.done
+    assert "<|tool_call_start|>[click(bid='13')]<|tool_call_end|>" in (step.output or "")
 
 
 def test_an_environment_fault_skips_one_held_out_evaluation_not_the_run(

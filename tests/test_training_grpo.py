@@ -159,6 +159,16 @@ def test_cli_trains_two_steps_logs_metrics_and_writes_a_loadable_checkpoint(
         seen_seeds += [g[0]["seed"] for g in groups]
     assert len(set(seen_seeds)) == len(seen_seeds) == 4 and all(s < 1_000_000_000 for s in seen_seeds)
 
+    # step 1's rollouts were recorded step by step (record_every_steps 10: step 2 is not), and the log points
+    # at each trace, so browser-control view lists every rollout and opens these
+    from browser_control.recording import EpisodeTrace
+
+    traced = [[e["trace"] for e in r["episodes"] if "trace" in e] for r in records]
+    assert [len(t) for t in traced] == [4, 0]
+    traces = [EpisodeTrace.model_validate_json((run_dir / t).read_text()) for t in traced[0]]
+    assert all(t.source == "training" and t.training_step == 1 and t.task == "click-test" for t in traces)
+    assert any(s.action == "click('13')" and s.output and "click" in s.output for t in traces for s in t.steps)
+
 
 def test_a_killed_service_stops_training_clearly_and_the_run_resumes(
     hf_home: Path, chromium: str | None, tmp_path: Path

@@ -373,6 +373,7 @@ def test_dry_run_prints_the_plan_and_trains_nothing(env_url: str, tmp_path: Path
     assert f"model found      {model} (local directory" in out
     assert f"{env_url} (ok," in out and "dry run" in out
     assert re.search(r"checkpoint\s+.*/ck/lfm2-350m-mix-\d{8}-\d{6}", out)
+    assert re.search(r"recordings\s+4 rollouts at step 1 and every 10 steps, step by step in .*/ck/runs/", out)
     assert not (tmp_path / "ck").exists() and not (tmp_path / "tb").exists()
 
 

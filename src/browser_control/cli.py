@@ -19,6 +19,7 @@ COMMAND_MODULES = {
     "train": "browser_control.training.cli",
     "demos": "browser_control.sft.demos_cli",
     "sft": "browser_control.sft.cli",
+    "view": "browser_control.viewer.cli",
 }
 
 

@@ -146,6 +146,15 @@ class TrainConfig(_Strict):
     eval_episodes: int = Field(10, ge=1, le=1000, description="episodes per task of each such evaluation")
     eval_tasks: list[str] | None = Field(
         None, description="tasks of that evaluation; unset = the training tasks")
+    # -- episode recordings (browser-control view) -----------------------------------------------------
+    record_every_steps: int | None = Field(
+        10, ge=1, description="record a sample of rollouts step by step at step 1 and every this many optimizer "
+        "steps, into the run's traces/ (unset = never)")
+    record_episodes: int = Field(4, ge=1, le=1024, description="rollouts recorded at each such step")
+    record_max_mb: float = Field(200.0, gt=0, description="disk budget of the recordings; past it none are kept")
+    record_screenshots: bool = Field(
+        False, description="keep a screenshot per step in the recordings (the service must run with "
+        "--screenshots)")
     # -- collapse guards -------------------------------------------------------------------------------
     entropy_warning_threshold: float = Field(
         0.05, ge=0, description="warn when the mean token entropy falls below this (policy collapse)")

@@ -74,6 +74,24 @@ class EpisodeStats:
     env_latency_s: list[float] = field(default_factory=list)
 
 
+@dataclass
+class StepAnswer:
+    """One tool call as the environment saw it, kept for episode recordings (``browser-control view``).
+
+    Not part of :class:`EpisodeStats`, which the per-batch episode log serialises whole.
+    """
+
+    action: str
+    observation: str  # the text the model had in front of it when it chose the action
+    result: str  # the text the tool returned to the model
+    error: str = ""  # the page's last_action_error, or the service's reason for refusing the action
+    reward: float | None = None
+    done: bool = False
+    truncated: bool = False
+    reached_service: bool = True  # False when the episode was already over and nothing was sent
+    screenshot_png_b64: str | None = None
+
+
 class BrowserEnvironment:
     """A MiniWoB++ episode served by the environment service.
 
@@ -105,6 +123,14 @@ class BrowserEnvironment:
         # TRL turns a tool's exception into text for the model; a dead service must still stop training, so
         # the error is kept here and raised again by get_reward(), which TRL does not guard.
         self._fatal_error: EnvServiceUnavailable | None = None
+        self._clear_trace()
+
+    def _clear_trace(self, goal: str = "", observation: str = "", screenshot: str | None = None) -> None:
+        self._goal = goal
+        self._first_observation = observation
+        self._first_screenshot = screenshot
+        self._last_text = observation
+        self._answers: list[StepAnswer] = []
 
     # -- TRL protocol ----------------------------------------------------------------------------
     def reset(self, task_name: str, seed: int, **_row: Any) -> str:
@@ -126,15 +152,23 @@ class BrowserEnvironment:
             if not (self._faults_are_no_data and self._service_answers()):
                 self._fatal_error = exc
                 raise
-            return self._fault(f"the service could not start the episode: {exc}", exc)
+            return self._faulted_reset(exc)
         except EnvRequestError as exc:
             if exc.error in _CALLER_ERRORS:
                 raise
-            return self._fault(f"the service could not start the episode: {exc}", exc)
+            return self._faulted_reset(exc)
         self._session_id = response.session_id
         self._stats.task_name, self._stats.seed = response.task_name, response.seed
         self._stats.env_latency_s.append(time.perf_counter() - started)
-        return format_observation(response.observation, 0, self._max_steps)
+        text = format_observation(response.observation, 0, self._max_steps)
+        self._clear_trace(response.observation.goal, text, response.observation.screenshot_png_b64)
+        return text
+
+    def _faulted_reset(self, exc: Exception) -> str:
+        text = self._fault(f"the service could not start the episode: {exc}", exc)
+        # The recording of a faulted episode shows what the model was given, not the previous episode.
+        self._clear_trace("", text)
+        return text
 
     def _start_episode(self, task_name: str, seed: int) -> Any:
         """Reset our session in place, or, when that session cannot be reset, a fresh one."""
@@ -348,13 +382,14 @@ class BrowserEnvironment:
             raise EnvServiceUnavailable(str(self._fatal_error)) from self._fatal_error
         stats = self._stats
         if stats.fault is not None:
-            return format_fault("the episode was already lost")
+            return self._answered(action, format_fault("the episode was already lost"), reached_service=False)
         if self._session_id is None:
             raise RuntimeError("reset() must be called before any tool")
         if stats.done or stats.truncated:
-            return format_episode_end(stats.success, stats.steps) if stats.done else format_step_limit(
+            text = format_episode_end(stats.success, stats.steps) if stats.done else format_step_limit(
                 self._max_steps
             )
+            return self._answered(action, text, reached_service=False, done=stats.done, truncated=stats.truncated)
         started = time.perf_counter()
         try:
             response = self._client.step(self._session_id, action)
@@ -365,14 +400,15 @@ class BrowserEnvironment:
                 stats.steps += 1
                 if stats.steps >= self._max_steps:
                     stats.truncated = True
-                return f"Invalid action: {exc.message}"
+                return self._answered(action, f"Invalid action: {exc.message}", error=exc.message, reward=0.0,
+                                      truncated=stats.truncated)
             # 410 session_lost, 5xx, a session reaped mid-episode: the browser failed, not the model. The
             # session id is kept: the next reset revives it in place or, failing that, starts a new one.
-            return self._fault(f"{action} failed: {exc}", exc)
+            return self._answered(action, self._fault(f"{action} failed: {exc}", exc), error=str(exc))
         except EnvServiceUnavailable as exc:
             stats.env_latency_s.append(time.perf_counter() - started)
             if self._faults_are_no_data and self._service_answers():
-                return self._fault(f"{action} failed: {exc}", exc)
+                return self._answered(action, self._fault(f"{action} failed: {exc}", exc), error=str(exc))
             self._fatal_error = exc
             raise
         stats.env_latency_s.append(time.perf_counter() - started)
@@ -383,10 +419,20 @@ class BrowserEnvironment:
         if response.observation.last_action_error:
             stats.invalid_actions += 1
         if stats.done:
-            return format_episode_end(stats.success, stats.steps)
-        text = format_observation(response.observation, stats.steps, self._max_steps)
-        if stats.truncated:
-            text += "\n" + format_step_limit(self._max_steps)
+            text = format_episode_end(stats.success, stats.steps)
+        else:
+            text = format_observation(response.observation, stats.steps, self._max_steps)
+            if stats.truncated:
+                text += "\n" + format_step_limit(self._max_steps)
+        return self._answered(action, text, error=response.observation.last_action_error, reward=response.reward,
+                              done=response.done, truncated=response.truncated,
+                              screenshot=response.observation.screenshot_png_b64)
+
+    def _answered(self, action: str, text: str, *, error: str = "", reward: float | None = None, done: bool = False,
+                  truncated: bool = False, reached_service: bool = True, screenshot: str | None = None) -> str:
+        self._answers.append(StepAnswer(action, self._last_text, text, error, reward, done, truncated,
+                                        reached_service, screenshot))
+        self._last_text = text
         return text
 
     def _close(self) -> None:

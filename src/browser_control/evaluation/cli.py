@@ -5,7 +5,9 @@ service, with the prompt, tools and tool-call parser of training, greedy by defa
 per task, the success rate with a 95% Wilson interval, the mean number of actions of successful
 episodes and the rate of invalid actions; with several models, the change against the first one with
 the 95% interval of the difference. Output: DIR/report.json, report.md, success_rates.png (bars with
-error bars) and episodes.jsonl (one line per episode, with the actions taken).
+error bars) and episodes.jsonl (one line per episode, with the actions taken, written as each episode
+finishes) with traces/ (each episode step by step: what the model saw, its output, the action and the
+service's answer; `browser-control view --logs DIR` shows them).
 
 Without --tasks or --suite, a checkpoint is evaluated on the tasks it was trained on (from its
 training_config.yaml), anything else on the miniwob-easy suite. A checkpoint's training_config.yaml
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 
     from browser_control.evaluation.report import EvaluationReport
     from browser_control.model_source import ModelSource
+    from browser_control.recording import EpisodeRecorder
 
 COMMAND = "evaluate"
 
@@ -106,6 +109,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="report directory (default: evaluations/<date-time>)")
     out.add_argument("--transcripts", action="store_true",
                      help="store each episode's full conversation in episodes.jsonl (large)")
+    out.add_argument("--screenshots", action="store_true",
+                     help="keep a screenshot of the page after every action in the recording (the service must "
+                     "run with --screenshots, SCREENSHOTS=1)")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -211,31 +217,44 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
     output = args.output or Path("evaluations") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    from browser_control.recording import EpisodeRecorder
+
     try:
-        reports = _evaluate_all(args, tasks, url)
+        recorder = EpisodeRecorder(output, screenshots=args.screenshots, fresh=True)
+    except OSError as exc:
+        return _fail(f"cannot write to --output {output}: {exc}")
+    try:
+        reports = _evaluate_all(args, tasks, url, recorder)
     except EvaluationError as exc:
         return _fail(str(exc))
     except (EnvServiceUnavailable, EnvRequestError) as exc:
-        return _fail(f"the environment service failed during the evaluation: {exc}", status=1)
+        return _fail(f"the environment service failed during the evaluation: {exc}. The episodes that finished "
+                     f"are in {recorder.log_path}", status=1)
 
     from browser_control.evaluation.report import write_reports
 
-    paths = write_reports(reports, output)
+    if recorder.failed:
+        print(f"browser-control evaluate: warning: the episode recording stopped ({recorder.failed}); "
+              "episodes.jsonl is rewritten from memory, without step-by-step traces for later episodes",
+              file=sys.stderr)
+    paths = write_reports(reports, output, episodes_recorded=recorder.failed is None)
     print()
     for report in reports:
         o = report.overall
         print(f"{report.label}: {100 * o.success_rate:.1f}% success ({o.successes}/{o.episodes}), "
               f"95% CI {100 * o.ci_low:.1f}-{100 * o.ci_high:.1f}%, {report.duration_s:.0f} s")
-    print(f"report: {paths['markdown']}\nchart:  {paths['chart']}\ndata:   {paths['json']}")
+    print(f"report: {paths['markdown']}\nchart:  {paths['chart']}\ndata:   {paths['json']}\n"
+          f"view:   browser-control view --logs {output}")
     return 0
 
 
-def _evaluate_all(args: argparse.Namespace, tasks: list[str], url: str) -> list[EvaluationReport]:
+def _evaluate_all(args: argparse.Namespace, tasks: list[str], url: str,
+                  recorder: EpisodeRecorder | None = None) -> list[EvaluationReport]:
     from browser_control.evaluation.runner import evaluate_policy
 
     common = {"tasks": tasks, "episodes": args.episodes, "seed_offset": args.seed_offset, "env_url": url,
               "max_steps": args.max_steps, "concurrency": args.concurrency, "progress": not args.quiet,
-              "keep_transcripts": args.transcripts}
+              "keep_transcripts": args.transcripts, "recorder": recorder, "require_screenshots": args.screenshots}
     if args.policy == "scripted":
         from browser_control.evaluation.scripted import ScriptedPolicy
 

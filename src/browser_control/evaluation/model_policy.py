@@ -156,6 +156,9 @@ class ChatCodec:
                 break
         return out
 
+    def decode(self, completion: list[int]) -> str:
+        return self.tokenizer.decode(completion, skip_special_tokens=False)
+
     def parse(self, completion: list[int], prefix: list[int], tools: list[Any]) -> dict[str, Any]:
         from trl.chat_template_utils import parse_response
 
@@ -300,7 +303,8 @@ class ModelPolicy(Policy):
                 episode.state["completion"] = completion
                 message = (self.codec.parse(completion, episode.state["ids"], episode.state["tools"])
                            if completion else {"role": "assistant", "content": ""})
-                decisions[i] = Decision(tool_calls_of(message), assistant_message=message)
+                decisions[i] = Decision(tool_calls_of(message), assistant_message=message,
+                                        raw_output=self.codec.decode(completion))
         return [d for d in decisions if d is not None]
 
     def observe(self, episode: Episode, decision: Decision, tool_messages: list[dict[str, Any]]) -> None:

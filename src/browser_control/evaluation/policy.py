@@ -51,6 +51,8 @@ class Decision:
     assistant_message: dict[str, Any] | None = None  # what goes into the transcript; built from calls if None
     # Why there is no call when the policy did not simply stop: "context_limit", or a scripted policy's reason.
     stop_reason: str | None = None
+    # The model's generated text as decoded, special tokens included, for recordings; None for scripted policies.
+    raw_output: str | None = None
 
     def message(self) -> dict[str, Any]:
         if self.assistant_message is not None:
@@ -73,6 +75,8 @@ class Episode:
     observation: str
     calls: list[ToolCall] = field(default_factory=list)
     tool_failures: int = 0
+    # (raw output, calls) of every turn, for the episode's recording.
+    turns: list[tuple[str | None, list[ToolCall]]] = field(default_factory=list)
     # Private to the policy (token ids for a model); the harness never reads it.
     state: dict[str, Any] = field(default_factory=dict)
 

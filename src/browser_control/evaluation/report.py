@@ -32,6 +32,12 @@ class EpisodeRecord:
     ended_by: str
     actions: list[str] = field(default_factory=list)
     messages: list[dict[str, Any]] | None = None
+    # The episode's step-by-step recording, relative to the report directory (browser-control view).
+    trace: str | None = None
+
+    def summary_line(self, run: str) -> dict[str, Any]:
+        """The episode's line of episodes.jsonl."""
+        return {"run": run, **{k: v for k, v in asdict(self).items() if v is not None}}
 
 
 @dataclass
@@ -267,8 +273,13 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def write_reports(reports: Sequence[EvaluationReport], output_dir: str | Path) -> dict[str, Path]:
-    """Write report.json, report.md, success_rates.png and episodes.jsonl; returns their paths."""
+def write_reports(reports: Sequence[EvaluationReport], output_dir: str | Path, *,
+                  episodes_recorded: bool = False) -> dict[str, Path]:
+    """Write report.json, report.md, success_rates.png and episodes.jsonl; returns their paths.
+
+    ``episodes_recorded``: an :class:`~browser_control.recording.EpisodeRecorder` already wrote
+    episodes.jsonl during the run, so it is left as it is.
+    """
     if not reports:
         raise ValueError("no evaluation to report")
     out = Path(output_dir)
@@ -279,9 +290,9 @@ def write_reports(reports: Sequence[EvaluationReport], output_dir: str | Path) -
     paths["json"].write_text(json.dumps(document, indent=2, default=_json_default) + "\n")
     paths["markdown"].write_text(markdown(reports))
     plot(reports, paths["chart"])
-    with paths["episodes"].open("w") as fh:
-        for r in reports:
-            for e in r.episodes:
-                row = {"run": r.label, **{k: v for k, v in asdict(e).items() if v is not None}}
-                fh.write(json.dumps(row, default=_json_default) + "\n")
+    if not episodes_recorded:
+        with paths["episodes"].open("w") as fh:
+            for r in reports:
+                for e in r.episodes:
+                    fh.write(json.dumps(e.summary_line(r.label), default=_json_default) + "\n")
     return paths

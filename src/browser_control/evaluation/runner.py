@@ -10,6 +10,7 @@ the policy, is the slow part on a CPU box.
 from __future__ import annotations
 
 import difflib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -23,7 +24,10 @@ from browser_control.agent.prompts import task_prompt
 from browser_control.client import EnvClient, EnvRequestError, EnvServiceUnavailable
 from browser_control.evaluation.policy import Decision, Episode, Policy
 from browser_control.evaluation.report import EpisodeRecord, EvaluationReport, build_report
+from browser_control.recording import EpisodeRecorder, EpisodeTrace, trace_from_answers, trace_id
 from browser_control.seeds import eval_seed
+
+log = logging.getLogger(__name__)
 
 
 class EvaluationError(RuntimeError):
@@ -83,6 +87,7 @@ def _start(env: BrowserEnvironment, task: str, index: int, seed_offset: int) -> 
 def _run_calls(episode: Episode, decision: Decision, tools: frozenset[str]) -> list[dict[str, Any]]:
     """Run the decision's calls in order, the way TRL's tool loop does; returns the tool messages."""
     episode.messages.append(decision.message())
+    episode.turns.append((decision.raw_output, list(decision.calls)))
     results = []
     for call in decision.calls:
         episode.calls.append(call)
@@ -128,6 +133,29 @@ def _describe_action(call: Any) -> str:
         return f"{call.name}(...) [not a valid call: {exc}]"
 
 
+def _record(recorder: EpisodeRecorder, label: str, episode: Episode, record: EpisodeRecord) -> None:
+    """Write the episode's trace, then its summary line (the line points at the trace, so it comes last).
+
+    A recording that cannot be written (disk full) is given up with a warning: the evaluation goes on and
+    its report still holds every episode.
+    """
+    if recorder.failed:
+        return
+    env = episode.env
+    steps, shots = trace_from_answers(env._answers, episode.turns)
+    trace = EpisodeTrace(source="evaluation", run=label, task=record.task, seed=record.seed, goal=env._goal,
+                         success=record.success, ended_by=record.ended_by,
+                         first_observation=env._first_observation, steps=steps)
+    try:
+        record.trace = recorder.write_trace(trace, trace_id(label, record.task, record.seed),
+                                            {0: env._first_screenshot, **shots})
+        recorder.append(record.summary_line(label))
+    except OSError as exc:
+        recorder.failed = f"{type(exc).__name__}: {exc}"
+        record.trace = None
+        log.warning("episodes are no longer recorded in %s: %s", recorder.directory, recorder.failed)
+
+
 def evaluate_policy(
     policy: Policy,
     tasks: Sequence[str],
@@ -140,11 +168,17 @@ def evaluate_policy(
     progress: bool = True,
     keep_transcripts: bool = False,
     env_factory: Callable[[], BrowserEnvironment] | None = None,
+    recorder: EpisodeRecorder | None = None,
+    require_screenshots: bool = False,
 ) -> EvaluationReport:
     """Play ``episodes`` episodes of every task with ``policy`` and return per-task success statistics.
 
     Episode ``i`` of every task uses ``seeds.eval_seed(i, seed_offset)``, so two policies evaluated with the
     same arguments face the same task instances (a paired comparison), none of them seen in training.
+
+    With a ``recorder``, every episode is written as it finishes (trace, then summary line), so a run that
+    stops half-way leaves its finished episodes readable. ``require_screenshots`` fails at the first episode
+    when the service sends no screenshots (it must run with ``--screenshots``).
 
     Raises :class:`EvaluationError` for unknown tasks or an unreachable service (before any episode),
     and lets ``EnvServiceUnavailable`` through if the service dies during the run.
@@ -184,6 +218,10 @@ def evaluate_policy(
                 if starting:
                     fresh = list(pool.map(lambda s: _start(*s, seed_offset), starting))
                     for episode in fresh:
+                        if require_screenshots and episode.env._first_screenshot is None:
+                            raise EvaluationError(
+                                f"screenshots were asked for but the environment service at {url} sends none: "
+                                "start it with --screenshots (SCREENSHOTS=1), or drop --screenshots")
                         policy.start(episode)
                         turns[id(episode)] = 0
                     active += fresh
@@ -203,12 +241,15 @@ def evaluate_policy(
                         continue
                     turns.pop(id(episode))
                     stats = episode.env._episode
-                    records.append(EpisodeRecord(
+                    record = EpisodeRecord(
                         task=episode.task_name, seed=episode.seed, success=stats.success, steps=stats.steps,
                         tool_calls=len(episode.calls), invalid_actions=stats.invalid_actions + episode.tool_failures,
                         ended_by=ended_by, actions=[_describe_action(c) for c in episode.calls],
                         messages=episode.messages if keep_transcripts else None,
-                    ))
+                    )
+                    if recorder is not None:
+                        _record(recorder, policy.label, episode, record)
+                    records.append(record)
                     free.append(episode.env)
                     bar.update(1)
                     wins = sum(r.success for r in records)

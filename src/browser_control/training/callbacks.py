@@ -160,10 +160,13 @@ class HeldOutEvaluation(TrainerCallback):
     """
 
     def __init__(self, every: int, tasks: list[str], episodes: int, env_url: str, max_steps: int,
-                 max_completion_tokens: int, writer: Any | None):
+                 max_completion_tokens: int, writer: Any | None, record_dir: Any | None = None):
         self.every, self.tasks, self.episodes = every, tasks, episodes
         self.env_url, self.max_steps, self.max_completion_tokens = env_url, max_steps, max_completion_tokens
         self.writer = writer  # a SummaryWriter on the main process, None elsewhere
+        # Every evaluation's episodes go to record_dir/step-N/ (browser-control view compares two steps on the
+        # same held-out task instances); None records nothing.
+        self.record_dir = record_dir
         self.history: list[dict[str, float]] = []
         self.skipped: list[int] = []  # steps whose evaluation an environment fault cut short
 
@@ -176,9 +179,19 @@ class HeldOutEvaluation(TrainerCallback):
 
         policy = from_model(model, processing_class, label=f"step-{state.global_step}",
                             max_completion_tokens=self.max_completion_tokens)
+        recorder = None
+        if self.record_dir is not None:
+            from pathlib import Path
+
+            from browser_control.recording import EpisodeRecorder
+
+            try:
+                recorder = EpisodeRecorder(Path(self.record_dir) / f"step-{state.global_step:06d}", fresh=True)
+            except OSError as exc:  # a recording is not worth stopping training for
+                log.warning("held-out evaluation at step %d is not recorded: %s", state.global_step, exc)
         try:
             report = evaluate_policy(policy, self.tasks, self.episodes, env_url=self.env_url,
-                                     max_steps=self.max_steps, progress=False)
+                                     max_steps=self.max_steps, progress=False, recorder=recorder)
         except (EnvRequestError, EnvServiceUnavailable) as exc:
             # An environment fault costs this evaluation, not the run: training episodes hit by the same
             # fault are no data too. A service that no longer answers at all still ends the run.

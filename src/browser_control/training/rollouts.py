@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -16,6 +17,8 @@ from typing import Any
 
 from browser_control.agent.environment import BrowserEnvironment, service_answers
 from browser_control.client import EnvClient, EnvServiceUnavailable
+from browser_control.evaluation.policy import ToolCall
+from browser_control.recording import EpisodeRecorder, EpisodeTrace, trace_from_answers, trace_id
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +135,22 @@ class EpisodeMetrics:
     __name__ = METRICS_REWARD_NAME  # TRL names reward functions by __name__
 
     def __init__(self, factory: EnvironmentFactory, monitor: SaturationMonitor,
-                 step_getter: Callable[[], int] = lambda: 0, episode_log: Path | None = None):
+                 step_getter: Callable[[], int] = lambda: 0, episode_log: Path | None = None,
+                 recorder: EpisodeRecorder | None = None, record_every: int | None = None,
+                 record_episodes: int = 4, run_name: str = "training"):
         self.factory = factory
         self.monitor = monitor
         self.step_getter = step_getter
         self.episode_log = episode_log
         self.batches = 0
+        # Recordings for browser-control view: a few rollouts of the first generation batch of step 1 and of
+        # every record_every-th step after it, their traces next to the episode log that points at them.
+        self.recorder = recorder if record_every else None
+        self.record_every = record_every or 0
+        self.record_episodes = record_episodes
+        self.run_name = run_name
+        self._recorded_step: int | None = None
+        self._warned_no_screenshots = False
         self.faulted_episodes = 0
         self._all_fault_streak = 0
 
@@ -169,8 +182,9 @@ class EpisodeMetrics:
         self.batches += 1
         step = self.step_getter()
         log_episode_metrics(episodes, log_metric)
+        traces = self._record(step, environments, completions)
         if self.episode_log is not None:
-            self._append_episode_log(step, episodes)
+            self._append_episode_log(step, episodes, traces)
         faulted = sum(e.fault is not None for e in episodes)
         self.faulted_episodes += faulted
         self._all_fault_streak = self._all_fault_streak + 1 if episodes and faulted == len(episodes) else 0
@@ -195,16 +209,88 @@ class EpisodeMetrics:
         # its metric averages skip, so this function changes neither the reward nor reward_std.
         return [None] * len(completions)
 
-    def _append_episode_log(self, step: int, episodes: Sequence[Any]) -> None:
-        """One JSON line per generation batch, in rollout order: which instance each rollout played and how."""
-        record = {
-            "step": step,
-            "episodes": [
-                {k: v for k, v in asdict(e).items() if k != "env_latency_s"} for e in episodes
-            ],
-        }
+    def _record(self, step: int, environments: Sequence[BrowserEnvironment],
+                completions: Sequence[Any]) -> dict[int, str]:
+        """Write the traces of a sample of this batch's rollouts; returns {rollout index: trace path}."""
+        recorder = self.recorder
+        if recorder is None or self._recorded_step == step or (step - 1) % self.record_every:
+            return {}
+        self._recorded_step = step
+        n = len(environments)
+        # Spread over the batch: consecutive rollouts are one GRPO group, i.e. the same task instance.
+        stride = max(1, n // self.record_episodes)
+        traces: dict[int, str] = {}
+        for i in list(range(0, n, stride))[: self.record_episodes]:
+            env = environments[i]
+            if recorder.screenshots and env._first_screenshot is None and not self._warned_no_screenshots:
+                self._warned_no_screenshots = True
+                log.warning("record_screenshots: true but the environment service sends no screenshots; start it "
+                            "with --screenshots (SCREENSHOTS=1)")
+            completion = completions[i] if i < len(completions) else []
+            steps, shots = trace_from_answers(env._answers, _turns(completion))
+            stats = env._episode
+            trace = EpisodeTrace(source="training", run=self.run_name, task=stats.task_name, seed=stats.seed,
+                                 goal=env._goal, success=stats.success, ended_by=_ended_by(stats),
+                                 training_step=step, first_observation=env._first_observation, steps=steps)
+            name = trace_id(self.episode_log.stem if self.episode_log else "episodes", f"step{step:06d}", i,
+                            stats.task_name, stats.seed)
+            try:
+                path = recorder.write_trace(trace, name, {0: env._first_screenshot, **shots})
+            except OSError as exc:  # a full disk must not stop training for the sake of a recording
+                log.warning("could not record an episode in %s: %s", recorder.directory, exc)
+                break
+            if path is None:
+                break
+            traces[i] = path
+        return traces
+
+    def _append_episode_log(self, step: int, episodes: Sequence[Any], traces: dict[int, str] | None = None) -> None:
+        """One JSON line per generation batch, in rollout order: which instance each rollout played and how.
+
+        Flushed and fsync'd: a crash later in the run leaves every earlier batch readable.
+        """
+        rows = []
+        for i, e in enumerate(episodes):
+            row = {k: v for k, v in asdict(e).items() if k != "env_latency_s"}
+            if traces and i in traces:
+                row["trace"] = traces[i]
+            rows.append(row)
+        record = {"step": step, "episodes": rows}
         with self.episode_log.open("a", encoding="utf-8") as f:  # type: ignore[union-attr]
             f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _ended_by(stats: Any) -> str:
+    if stats.fault is not None:  # the environment, not the model, ended it: no data
+        return "env_fault"
+    if stats.done:
+        return "success" if stats.success else "failed"
+    return "step_limit" if stats.truncated else "no_tool_call"
+
+
+def _turns(completion: Any) -> list[tuple[str | None, list[ToolCall]]]:
+    """(output, calls) of each assistant message of a TRL completion (a list of chat messages)."""
+    turns: list[tuple[str | None, list[ToolCall]]] = []
+    if not isinstance(completion, list):
+        return turns
+    for message in completion:
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        calls = []
+        for call in message.get("tool_calls") or []:
+            function = call.get("function", call) if isinstance(call, dict) else {}
+            name = function.get("name") if isinstance(function, dict) else None
+            arguments = function.get("arguments") if isinstance(function, dict) else None
+            calls.append(ToolCall(str(name) if name else "unknown", arguments if arguments is not None else {}))
+        # TRL keeps the parsed message, not the generated text: show its text and the calls as parsed.
+        content = message.get("content")
+        text = content if isinstance(content, str) else json.dumps(content) if content else ""
+        rendered = ", ".join(f"{c.name}({', '.join(f'{k}={v!r}' for k, v in c.arguments.items())})"
+                             if isinstance(c.arguments, dict) else f"{c.name}({c.arguments!r})" for c in calls)
+        turns.append(((text + ("\n" if text and rendered else "") + (f"[{rendered}]" if rendered else "")), calls))
+    return turns
 
 
 def log_episode_metrics(episodes: Sequence[Any], log_metric: Callable[[str, float], None]) -> None:

@@ -116,6 +116,11 @@ class RunPlan:
             f"(keep {c.save_total_limit or 'all'})",
             f"resume from      {self.resume_checkpoint or 'nothing (new run)'}",
             f"tensorboard      {self.tensorboard_dir}",
+            "recordings       " + (
+                f"{c.record_episodes} rollouts at step 1 and every {c.record_every_steps} steps, step by step in "
+                f"{self.run_dir}/traces (up to {c.record_max_mb:g} MB"
+                + (", with screenshots" if c.record_screenshots else "") + "; browser-control view shows them)"
+                if c.record_every_steps else "off (record_every_steps unset)"),
             f"HF cache         HF_HOME={os.environ.get('HF_HOME', '(default ~/.cache/huggingface)')}"
             f"{' HF_HUB_OFFLINE=1' if os.environ.get('HF_HUB_OFFLINE') == '1' else ''}",
         ]
@@ -405,6 +410,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
     from trl import GRPOTrainer
 
     from browser_control.agent.concurrency import ConcurrentRolloutsMixin
+    from browser_control.recording import EpisodeRecorder
     from browser_control.training.callbacks import (
         CollapseGuard,
         CompletionMarker,
@@ -441,6 +447,9 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
         factory, monitor,
         step_getter=lambda: trainer_ref[0].state.global_step + 1 if trainer_ref else 0,
         episode_log=plan.run_dir / (EPISODE_LOG_FILE if rank == 0 else f"episodes-rank{rank}.jsonl"),
+        recorder=EpisodeRecorder(plan.run_dir, max_bytes=int(config.record_max_mb * 1e6),
+                                 screenshots=config.record_screenshots) if config.record_every_steps else None,
+        record_every=config.record_every_steps, record_episodes=config.record_episodes, run_name=plan.name,
     )
     guard = CollapseGuard(config.entropy_warning_threshold, monitor)
     # The guard comes first so the collapse scalars it adds to a step's logs reach TensorBoard with it.
@@ -458,6 +467,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
             config.eval_steps, config.eval_tasks or [t.name for t in config.tasks], config.eval_episodes,
             config.browsergym_url, config.max_episode_steps, config.max_completion_length,
             writer=tensorboard.tb_writer if rank == 0 else None,
+            record_dir=plan.run_dir / "eval" if rank == 0 and config.record_every_steps else None,
         ))
 
     rollouts = None
