@@ -18,7 +18,7 @@ from typing import Any
 
 from browser_control.agent.environment import bound_tools
 from browser_control.checkpoints_cli import adapter_dir, checkpoint_dir, model_files_problem
-from browser_control.evaluation.policy import Decision, Episode, Policy, ToolCall
+from browser_control.evaluation.policy import Decision, Episode, Policy, tool_calls_of
 from browser_control.evaluation.runner import EvaluationError
 from browser_control.model_source import looks_local, missing_path_message
 
@@ -163,16 +163,6 @@ class ChatCodec:
         from trl.chat_template_utils import parse_response
 
         return parse_response(self.tokenizer, completion, prefix=prefix, tools=tools)
-
-
-def tool_calls_of(message: dict[str, Any]) -> list[ToolCall]:
-    calls = []
-    for call in message.get("tool_calls") or []:
-        function = call.get("function", call) if isinstance(call, dict) else {}
-        name = function.get("name") if isinstance(function, dict) else None
-        arguments = function.get("arguments") if isinstance(function, dict) else None
-        calls.append(ToolCall(str(name) if name else "unknown", arguments if arguments is not None else {}))
-    return calls
 
 
 class TransformersGenerator:

@@ -101,3 +101,14 @@ class Policy(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free what the policy holds (a model, a GPU engine)."""
+
+
+def tool_calls_of(message: dict[str, Any]) -> list[ToolCall]:
+    """The tool calls of a chat message as TRL's response parser writes them (``function`` wrapped or not)."""
+    calls = []
+    for call in message.get("tool_calls") or []:
+        function = call.get("function", call) if isinstance(call, dict) else {}
+        name = function.get("name") if isinstance(function, dict) else None
+        arguments = function.get("arguments") if isinstance(function, dict) else None
+        calls.append(ToolCall(str(name) if name else "unknown", arguments if arguments is not None else {}))
+    return calls

@@ -17,7 +17,7 @@ from typing import Any
 
 from browser_control.agent.environment import BrowserEnvironment, service_answers
 from browser_control.client import EnvClient, EnvServiceUnavailable
-from browser_control.evaluation.policy import ToolCall
+from browser_control.evaluation.policy import ToolCall, tool_calls_of
 from browser_control.recording import EpisodeRecorder, EpisodeTrace, trace_from_answers, trace_id
 
 log = logging.getLogger(__name__)
@@ -278,12 +278,7 @@ def _turns(completion: Any) -> list[tuple[str | None, list[ToolCall]]]:
     for message in completion:
         if not isinstance(message, dict) or message.get("role") != "assistant":
             continue
-        calls = []
-        for call in message.get("tool_calls") or []:
-            function = call.get("function", call) if isinstance(call, dict) else {}
-            name = function.get("name") if isinstance(function, dict) else None
-            arguments = function.get("arguments") if isinstance(function, dict) else None
-            calls.append(ToolCall(str(name) if name else "unknown", arguments if arguments is not None else {}))
+        calls = tool_calls_of(message)
         # TRL keeps the parsed message, not the generated text: show its text and the calls as parsed.
         content = message.get("content")
         text = content if isinstance(content, str) else json.dumps(content) if content else ""
