@@ -20,6 +20,7 @@ import contextlib
 import functools
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,7 +43,7 @@ from browsergym.core.observation import (
 from browsergym.miniwob.base import AbstractMiniwobTask
 from browsergym.utils.obs import IGNORED_AXTREE_PROPERTIES, flatten_axtree_to_str
 
-from browser_control.env_service import playwright_stack
+from browser_control.env_service import page_scripts, playwright_stack
 from browser_control.env_service.actions import ACTIONS, ParsedAction
 
 log = logging.getLogger("browser_control.env_service")
@@ -85,6 +86,35 @@ def _mark_clickable_generics(axtree: dict[str, Any], clickable: set[str]) -> Non
             )
 
 
+_BID_DATA = re.compile(r"^browsergym_id_([a-zA-Z0-9]+)\s?(.*)")
+
+
+def _attach_bids(axtree: dict[str, Any]) -> None:
+    """Move the bids carried in ARIA descriptions into ``browsergym_id`` and restore the descriptions,
+    with the same rules as BrowserGym's extraction (roledescription first, description as fallback)."""
+    for node in axtree["nodes"]:
+        bid = None
+        for i, prop in enumerate(node.get("properties", ())):
+            if prop["name"] == "roledescription":
+                match = _BID_DATA.fullmatch(prop["value"]["value"])
+                if match:
+                    bid, rest = match.groups()
+                    prop["value"]["value"] = rest
+                    if rest == "":
+                        del node["properties"][i]
+                break
+        description = node.get("description")
+        if description is not None:
+            match = _BID_DATA.fullmatch(description["value"])
+            if match:
+                bid = bid or match.group(1)
+                description["value"] = match.group(2)
+                if match.group(2) == "":
+                    del node["description"]
+        if bid is not None:
+            node["browsergym_id"] = bid
+
+
 @functools.cache
 def browsergym_action_set() -> HighLevelActionSet:
     """BrowserGym's action set restricted to our whitelist: a second, independent gate."""
@@ -106,7 +136,10 @@ class BrowserOptions:
     chromium_executable: str | None = None
     max_obs_chars: int = 8_000
     screenshots: bool = False
-    settle_timeout_ms: int = 3_000
+    # The longest the service waits after an action (or a reset) for the page to become quiet before it
+    # observes it. BrowserGym always waits 0.5 s plus 0.1 s per Playwright call; jQuery UI widgets (the
+    # autocomplete and menus of MiniWoB) show up 300 ms after the event plus their animation.
+    settle_timeout_ms: int = 1_000
 
 
 class BrowserWorker:
@@ -244,6 +277,9 @@ class BrowserSession:
     _page: playwright.sync_api.Page | None = None
     _task: AbstractMiniwobTask | None = None
     _goal: str = ""
+    _cdp: playwright.sync_api.CDPSession | None = None
+    _cdp_page: playwright.sync_api.Page | None = None
+    _marked: dict[str, Any] | None = None
 
     def reset(
         self, task_cls: type[AbstractMiniwobTask], task_name: str, seed: int, base_url: str,
@@ -260,6 +296,7 @@ class BrowserSession:
             self._context = self.worker.browser().new_context(
                 viewport=task.viewport, locale=task.locale, timezone_id=task.timezone_id
             )
+            self._context.add_init_script(page_scripts.ACTIVITY_TRACKER)
             self._page = self._context.new_page()
         self._context.set_default_timeout(task.timeout)
         goal, _info = task.setup(page=self._page)
@@ -270,7 +307,7 @@ class BrowserSession:
         self.task_name, self.seed, self.max_episode_steps = task_name, seed, max_episode_steps
         self.steps, self.done, self.truncated, self.last_reward = 0, False, False, 0.0
         self.chat_messages = [{"role": "user", "message": self._goal}]
-        self._wait_settled()
+        self._settle_and_mark()
         return self._observation(last_action_error="")
 
     def step(self, action: ParsedAction) -> StepResult:
@@ -300,7 +337,7 @@ class BrowserSession:
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
         self.steps += 1
         with self._browser_loss_is_session_loss():
-            self._wait_settled()
+            self._settle_and_mark()
             reward, done, _msg, _info = self._task.validate(self._page, self.chat_messages)
             observation = self._observation(last_action_error=error)
         self.last_reward = float(reward)
@@ -320,14 +357,55 @@ class BrowserSession:
     def _report_infeasible(self, reason: str) -> None:
         self.chat_messages.append({"role": "infeasible", "message": str(reason)})
 
-    def _wait_settled(self) -> None:
+    def _settle_and_mark(self, wait: bool = True) -> None:
+        """Wait (bounded) until the page is quiet, then give its elements bids. See docs/http-api.md."""
         assert self._page is not None
-        try:
-            self._page.wait_for_load_state("domcontentloaded", timeout=self.worker.options.settle_timeout_ms)
-        except playwright.sync_api.Error:
-            pass  # a page that never settles is still observed; the task decides the reward
+        page = self._page
+        self._marked = None
+        if len(page.frames) > 1:
+            return  # iframes: BrowserGym's frame-by-frame marking runs in _observation
+        cap = self.worker.options.settle_timeout_ms if wait else 0
+        for attempt in range(3):
+            try:
+                self._marked = page.evaluate(
+                    page_scripts.SETTLE_AND_MARK, [BROWSERGYM_ID_ATTRIBUTE, cap]
+                )
+                return
+            except playwright.sync_api.Error as exc:
+                # A navigation replaced the document while the script ran: observe the new one.
+                if attempt == 2 or not any(s in str(exc) for s in _TRANSIENT_EXTRACT_ERRORS):
+                    raise
+                page.wait_for_timeout(50)
 
-    def _observation(self, last_action_error: str) -> dict[str, Any]:
+    def _cdp_session(self) -> playwright.sync_api.CDPSession:
+        """One DevTools session per page, kept: opening and detaching one per call costs round trips."""
+        assert self._page is not None and self._context is not None
+        if self._cdp is None or self._cdp_page is not self._page:
+            self._cdp = self._context.new_cdp_session(self._page)
+            self._cdp_page = self._page
+        return self._cdp
+
+    def _marked_axtree(self) -> tuple[dict[str, Any], set[str]]:
+        """The accessibility tree with bids, and the bids of clickable elements (single-frame pages)."""
+        assert self._page is not None
+        for _attempt in range(3):
+            if self._marked is None:
+                self._settle_and_mark(wait=False)
+            marked = self._marked
+            axtree = {"nodes": self._cdp_session().send("Accessibility.getFullAXTree", {})["nodes"]}
+            _attach_bids(axtree)
+            mutations_before_unmark = self._page.evaluate(page_scripts.UNMARK)
+            self._marked = None
+            if marked is None or mutations_before_unmark == marked["mutations"]:
+                break
+            # The page changed the DOM after the bids were given (a timer fired in between), so an
+            # element could be in the tree without a bid: mark again and take the tree again.
+            log.debug("re-marking a page that changed after marking", extra={"session_id": self.session_id})
+        clickable = set(marked["clickable"]) if marked else set()
+        return axtree, clickable
+
+    def _frames_axtree(self) -> tuple[dict[str, Any], set[str]]:
+        """BrowserGym's own marking and extraction, for pages with iframes (none of MiniWoB's tasks)."""
         assert self._page is not None
         page = self._page
         for attempt in range(3):
@@ -345,6 +423,15 @@ class BrowserSession:
                 _post_extract(page)
                 page.wait_for_timeout(100)
         _post_extract(page)
+        return axtree, clickable
+
+    def _observation(self, last_action_error: str) -> dict[str, Any]:
+        assert self._page is not None
+        page = self._page
+        if len(page.frames) > 1:
+            axtree, clickable = self._frames_axtree()
+        else:
+            axtree, clickable = self._marked_axtree()
         _mark_clickable_generics(axtree, clickable)
         text = flatten_axtree_to_str(
             axtree, ignored_roles=AXTREE_IGNORED_ROLES, ignored_properties=AXTREE_IGNORED_PROPERTIES
@@ -404,3 +491,5 @@ class BrowserSession:
                 pass  # the browser is already gone; nothing to free
         self._context = None
         self._page = None
+        self._cdp = None
+        self._cdp_page = None
