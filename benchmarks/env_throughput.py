@@ -7,6 +7,9 @@ validation, accessibility tree), then reset the same session in place, as the tr
 
     python benchmarks/env_throughput.py --sessions 1 4 8 16 --seconds 20 --workers 4
 
+With several --settle-timeout-ms values (e.g. `--settle-timeout-ms 1000 0`) one service per value is
+measured in the same run, which gives the cost of the settling wait alone (0 observes without waiting).
+
 Memory is the proportional set size (PSS, shared pages split fairly) of the service's whole process
 tree: Python, Playwright drivers and every Chromium process.
 """
@@ -60,8 +63,9 @@ class Worker(threading.Thread):
 
     def _reset(self) -> list[str]:
         started = time.perf_counter()
-        r = self.client.post("/reset", json={"task_name": "click-checkboxes", "seed": self.seed,
-                                             "session_id": self.session_id})
+        r = self.client.post(
+            "/reset", json={"task_name": "click-checkboxes", "seed": self.seed, "session_id": self.session_id}
+        )
         self.reset_s.append(time.perf_counter() - started)
         r.raise_for_status()
         body = r.json()
@@ -78,8 +82,9 @@ class Worker(threading.Thread):
                     bids = self._reset()
                     continue
                 started = time.perf_counter()
-                r = self.client.post("/step", json={"session_id": self.session_id,
-                                                    "action": f"click('{bids[i % len(bids)]}')"})
+                r = self.client.post(
+                    "/step", json={"session_id": self.session_id, "action": f"click('{bids[i % len(bids)]}')"}
+                )
                 self.step_s.append(time.perf_counter() - started)
                 r.raise_for_status()
                 i += 1
@@ -127,18 +132,51 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=None, help="serve-env --workers (default: its own)")
     parser.add_argument("--url", help="benchmark a running service instead of starting one")
     parser.add_argument("--chromium-executable", default=os.environ.get("CHROMIUM_EXECUTABLE"))
+    parser.add_argument(
+        "--settle-timeout-ms",
+        type=int,
+        nargs="+",
+        help="serve-env --settle-timeout-ms; several values measure one service each",
+    )
     args = parser.parse_args()
 
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
+        f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
+    print(f"command: {' '.join(sys.argv)}")
+    settle_values = args.settle_timeout_ms or [None]
+    for settle in settle_values:
+        if args.url is not None and settle is not None:
+            raise SystemExit("--settle-timeout-ms needs a service started by this script (no --url)")
+        measure(args, settle)
+    return 0
+
+
+def measure(args: argparse.Namespace, settle: int | None) -> None:
     proc = None
     url = args.url
     if url is None:
         port = 8765
-        cmd = [sys.executable, "-m", "browser_control", "serve-env", "--port", str(port), "--max-sessions",
-               str(max(args.sessions) + 2), "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "browser_control",
+            "serve-env",
+            "--port",
+            str(port),
+            "--max-sessions",
+            str(max(args.sessions) + 2),
+            "--log-level",
+            "warning",
+        ]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
         if args.chromium_executable:
             cmd += ["--chromium-executable", args.chromium_executable]
+        if settle is not None:
+            cmd += ["--settle-timeout-ms", str(settle)]
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
         proc = subprocess.Popen(cmd, env=env)
         url = f"http://127.0.0.1:{port}"
@@ -153,32 +191,37 @@ def main() -> int:
             proc.kill()
             raise SystemExit("service did not become healthy")
     try:
-        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-              f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}")
-        print(f"command: {' '.join(sys.argv)}")
         idle_mb = tree_pss_mb(proc.pid) if proc else float("nan")
-        print(f"service idle memory (PSS, whole process tree): {idle_mb:.0f} MB\n")
-        print("| sessions | steps/s | resets/s | step p50 ms | step p95 ms | reset p50 ms | reset p95 ms |"
-              " MB/session (total) | MB/session (added) |")
+        label = "service default" if settle is None else f"--settle-timeout-ms {settle}"
+        print(f"\n{label}; service idle memory (PSS, whole process tree): {idle_mb:.0f} MB\n")
+        print(
+            "| sessions | steps/s | resets/s | step p50 ms | step p95 ms | reset p50 ms | reset p95 ms |"
+            " MB/session (total) | MB/session (added) |"
+        )
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for n in args.sessions:
             r = run_level(url, n, args.seconds, args.episode_steps)
             # Hold n sessions open to measure their memory.
             clients = [httpx.Client(base_url=url, timeout=60) for _ in range(n)]
-            ids = [c.post("/reset", json={"task_name": "click-checkboxes", "seed": k}).json()["session_id"]
-                   for k, c in enumerate(clients)]
+            ids = [
+                c.post("/reset", json={"task_name": "click-checkboxes", "seed": k}).json()["session_id"]
+                for k, c in enumerate(clients)
+            ]
             total_mb = tree_pss_mb(proc.pid) if proc else float("nan")
             for c, sid in zip(clients, ids, strict=True):
                 c.post("/close", json={"session_id": sid})
                 c.close()
-            print(f"| {n} | {r['steps_per_s']:.1f} | {r['resets_per_s']:.1f} | {r['step_p50_ms']:.0f} | "
-                  f"{r['step_p95_ms']:.0f} | {r['reset_p50_ms']:.0f} | {r['reset_p95_ms']:.0f} | "
-                  f"{total_mb / n:.0f} | {(total_mb - idle_mb) / n:.0f} |", flush=True)
+            print(
+                f"| {n} | {r['steps_per_s']:.1f} | {r['resets_per_s']:.1f} | {r['step_p50_ms']:.0f} | "
+                f"{r['step_p95_ms']:.0f} | {r['reset_p50_ms']:.0f} | {r['reset_p95_ms']:.0f} | "
+                f"{total_mb / n:.0f} | {(total_mb - idle_mb) / n:.0f} |",
+                flush=True,
+            )
+        print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     finally:
         if proc:
             proc.terminate()
             proc.wait(30)
-    return 0
 
 
 if __name__ == "__main__":

@@ -233,3 +233,36 @@ def _play_both(http: httpx.Client, env, task: str, seed: int, script: ScriptFn) 
     finally:
         http.post("/close", json={"session_id": reset["session_id"]})
     return True
+
+
+@pytest.mark.timeout(120)
+def test_an_element_added_after_marking_is_marked_again(chromium: str | None, monkeypatch) -> None:
+    """A page timer that fires between marking and reading the tree must not leave an element without a bid."""
+    from browser_control.env_service.browser import BrowserOptions, BrowserSession, BrowserWorker
+    from browser_control.env_service.tasks import miniwob_base_url, task_classes
+
+    original = BrowserSession._settle_and_mark
+    injected = []
+
+    def mark_then_add_an_element(self: BrowserSession, wait: bool = True) -> None:
+        original(self, wait)
+        if not injected and self.steps == 0 and self._marked is not None:
+            injected.append(True)
+            self._page.evaluate(
+                "() => { const b = document.createElement('button'); b.textContent = 'Late';"
+                " document.body.appendChild(b); }"
+            )
+
+    monkeypatch.setattr(BrowserSession, "_settle_and_mark", mark_then_add_an_element)
+    worker = BrowserWorker(0, BrowserOptions(chromium_executable=chromium))
+    try:
+        session = BrowserSession("late-element", worker)
+        observation = worker.submit(
+            lambda: session.reset(task_classes()["click-test"], "click-test", 0, miniwob_base_url(), None)
+        ).result(timeout=60)
+        worker.submit(session.close).result(timeout=30)
+    finally:
+        worker.stop()
+    assert injected
+    assert re.search(r"\[\w+\] button 'Late'", observation["axtree_txt"]), observation["axtree_txt"]
+    assert _unmarked_lines(observation["axtree_txt"]) == [], observation["axtree_txt"]

@@ -49,6 +49,7 @@ class ServiceSettings:
     max_obs_chars: int = 8_000
     screenshots: bool = False
     reap_interval_s: float = 10.0
+    settle_timeout_ms: int = 1_000
 
 
 def _error(status: int, error: str, message: str, hint: str | None = None) -> JSONResponse:
@@ -67,6 +68,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 chromium_executable=settings.chromium_executable,
                 max_obs_chars=settings.max_obs_chars,
                 screenshots=settings.screenshots,
+                settle_timeout_ms=settings.settle_timeout_ms,
             ),
         )
         app.state.manager = manager

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from browser_control.arg_types import positive_float, positive_int
+from browser_control.arg_types import non_negative_int, positive_float, positive_int
 
 
 def _env(name: str, default: str | None) -> str | None:
@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "[CHROMIUM_EXECUTABLE]")
     parser.add_argument("--max-obs-chars", type=positive_int, default=_env("MAX_OBS_CHARS", "8000"),
                         help="cap on the accessibility-tree text of one observation [MAX_OBS_CHARS]")
+    parser.add_argument("--settle-timeout-ms", type=non_negative_int, default=_env("SETTLE_TIMEOUT_MS", "1000"),
+                        help="longest wait after an action or reset for the page's pending timers, animations "
+                        "and requests before it is observed; 0 observes at once (docs/http-api.md) "
+                        "[SETTLE_TIMEOUT_MS]")
     parser.add_argument("--screenshots", action=argparse.BooleanOptionalAction,
                         default=_truthy(_env("SCREENSHOTS", "0")),
                         help="add a base64 PNG screenshot to observations [SCREENSHOTS]")
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         chromium_executable=args.chromium_executable,
         max_obs_chars=args.max_obs_chars,
         screenshots=args.screenshots,
+        settle_timeout_ms=args.settle_timeout_ms,
         # Reap often enough that a session never outlives its TTL by much, without busy-looping.
         reap_interval_s=min(10.0, max(0.5, args.session_ttl_s / 2)),
     )
