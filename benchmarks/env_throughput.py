@@ -10,6 +10,11 @@ validation, accessibility tree), then reset the same session in place, as the tr
 With several --settle-timeout-ms values (e.g. `--settle-timeout-ms 1000 0`) one service per value is
 measured in the same run, which gives the cost of the settling wait alone (0 observes without waiting).
 
+CPU per step is the CPU time (user + system) that the service's whole process tree, and separately this
+client, used during the level divided by the steps taken (resets included, as a training run does them).
+On a machine shared with other work, steps/s depends on the load; CPU per step much less so, and
+"steps/s on 2 free cores" = 2000 / (service + client CPU ms per step) is what two idle cores would allow.
+
 Memory is the proportional set size (PSS, shared pages split fairly) of the service's whole process
 tree: Python, Playwright drivers and every Chromium process.
 """
@@ -20,6 +25,8 @@ import argparse
 import os
 import platform
 import re
+import resource
+import socket
 import subprocess
 import sys
 import threading
@@ -42,6 +49,25 @@ def tree_pss_mb(pid: int) -> float:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total / 2**20
+
+
+def tree_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each process of the service's tree."""
+    root = psutil.Process(pid)
+    used = {}
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            used[proc.pid] = times.user + times.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return used
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -94,15 +120,22 @@ class Worker(threading.Thread):
             self.error = f"{type(exc).__name__}: {exc}"
 
 
-def run_level(url: str, sessions: int, seconds: float, episode_steps: int) -> dict[str, float]:
+def run_level(url: str, sessions: int, seconds: float, episode_steps: int, pid: int | None) -> dict[str, float]:
     deadline = time.perf_counter() + seconds
     workers = [Worker(url, deadline, seed=1000 * k, episode_steps=episode_steps) for k in range(sessions)]
+    cpu_before = tree_cpu_s(pid) if pid else {}
+    client_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     for w in workers:
         w.start()
     for w in workers:
         w.join()
     elapsed = time.perf_counter() - started
+    client_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_after = tree_cpu_s(pid) if pid else {}
+    # Processes that started during the level (new renderers) count in full; ones that exited are lost.
+    service_cpu_s = sum(t - cpu_before.get(p, 0.0) for p, t in cpu_after.items()) if pid else float("nan")
+    client_cpu_s = (client_after.ru_utime + client_after.ru_stime) - (client_before.ru_utime + client_before.ru_stime)
     errors = [w.error for w in workers if w.error]
     if errors:
         raise SystemExit(f"{len(errors)} client(s) failed, first: {errors[0]}")
@@ -116,6 +149,8 @@ def run_level(url: str, sessions: int, seconds: float, episode_steps: int) -> di
         "step_p95_ms": 1000 * percentile(steps, 0.95),
         "reset_p50_ms": 1000 * percentile(resets, 0.5),
         "reset_p95_ms": 1000 * percentile(resets, 0.95),
+        "service_cpu_ms_per_step": 1000 * service_cpu_s / max(1, len(steps)),
+        "client_cpu_ms_per_step": 1000 * client_cpu_s / max(1, len(steps)),
     }
     for w in workers:
         if w.session_id:
@@ -158,7 +193,7 @@ def measure(args: argparse.Namespace, settle: int | None) -> None:
     proc = None
     url = args.url
     if url is None:
-        port = 8765
+        port = free_port()  # other services (and other benchmark runs) may hold any fixed port
         cmd = [
             sys.executable,
             "-m",
@@ -181,6 +216,8 @@ def measure(args: argparse.Namespace, settle: int | None) -> None:
         proc = subprocess.Popen(cmd, env=env)
         url = f"http://127.0.0.1:{port}"
         for _ in range(300):
+            if proc.poll() is not None:
+                raise SystemExit(f"serve-env exited with {proc.returncode}")
             try:
                 if httpx.get(url + "/health", timeout=5).status_code == 200:
                     break
@@ -196,11 +233,12 @@ def measure(args: argparse.Namespace, settle: int | None) -> None:
         print(f"\n{label}; service idle memory (PSS, whole process tree): {idle_mb:.0f} MB\n")
         print(
             "| sessions | steps/s | resets/s | step p50 ms | step p95 ms | reset p50 ms | reset p95 ms |"
-            " MB/session (total) | MB/session (added) |"
+            " MB/session (total) | MB/session (added) | service CPU ms/step | client CPU ms/step |"
+            " steps/s on 2 free cores |"
         )
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for n in args.sessions:
-            r = run_level(url, n, args.seconds, args.episode_steps)
+            r = run_level(url, n, args.seconds, args.episode_steps, proc.pid if proc else None)
             # Hold n sessions open to measure their memory.
             clients = [httpx.Client(base_url=url, timeout=60) for _ in range(n)]
             ids = [
@@ -214,7 +252,9 @@ def measure(args: argparse.Namespace, settle: int | None) -> None:
             print(
                 f"| {n} | {r['steps_per_s']:.1f} | {r['resets_per_s']:.1f} | {r['step_p50_ms']:.0f} | "
                 f"{r['step_p95_ms']:.0f} | {r['reset_p50_ms']:.0f} | {r['reset_p95_ms']:.0f} | "
-                f"{total_mb / n:.0f} | {(total_mb - idle_mb) / n:.0f} |",
+                f"{total_mb / n:.0f} | {(total_mb - idle_mb) / n:.0f} | {r['service_cpu_ms_per_step']:.1f} | "
+                f"{r['client_cpu_ms_per_step']:.1f} | "
+                f"{2000 / (r['service_cpu_ms_per_step'] + r['client_cpu_ms_per_step']):.0f} |",
                 flush=True,
             )
         print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")

@@ -19,6 +19,9 @@ from __future__ import annotations
 # Intervals at or under this period drive animations (jQuery 1.x ticks every 13 ms); slower ones are
 # clocks (MiniWoB's countdown ticks every second) that never stop and must not hold the wait up.
 FAST_INTERVAL_MS = 50
+# An animation driver (fast interval or animation-frame loop) that has not changed the DOM for this long
+# is not waited for: it draws on a canvas or polls, and would otherwise hold every step up to the cap.
+IDLE_DRIVER_MS = 50
 
 ACTIVITY_TRACKER = """
 (() => {
@@ -128,7 +131,7 @@ ACTIVITY_TRACKER = """
 })();
 """.replace("__FAST_INTERVAL_MS__", str(FAST_INTERVAL_MS))
 
-SETTLE_AND_MARK = """
+SETTLE_AND_MARK = r"""
 async ([bidAttr, capMs]) => {
   const act = window.__bcActivity;
   const started = performance.now();
@@ -136,10 +139,10 @@ async ([bidAttr, capMs]) => {
   let waited = "none";
   if (act) {
     const sleep = ms => new Promise(resolve => act.setTimeout.call(window, resolve, ms));
+    let seenMutations = act.mutations, lastChange = started;
     const busy = now => {
+      if (act.mutations !== seenMutations) { seenMutations = act.mutations; lastChange = now; }
       if (act.requests > 0) return "network";
-      if (act.fastIntervals.size > 0) return "interval";
-      if (act.frames.size > 0) return "animation-frame";
       for (const due of act.timeouts.values()) if (due <= deadline) return "timeout";
       if (document.getAnimations) {
         for (const a of document.getAnimations()) {
@@ -148,11 +151,17 @@ async ([bidAttr, capMs]) => {
           if (Number.isFinite(end)) return "css-animation";
         }
       }
+      // Animation drivers (fast intervals, animation-frame loops) count while they change the DOM: a
+      // loop that only draws on a canvas, or polls, would otherwise hold every step up to the cap.
+      if (now - lastChange < __IDLE_DRIVER_MS__) {
+        if (act.fastIntervals.size > 0) return "interval";
+        if (act.frames.size > 0) return "animation-frame";
+      }
       return null;
     };
     for (;;) {
       const now = performance.now();
-      if (now >= deadline) { waited = "cap"; break; }
+      if (now >= deadline) { waited = `cap (${waited})`; break; }
       const reason = busy(now);
       if (reason) { waited = reason; await sleep(10); continue; }
       // Nothing pending: let already-queued tasks (event dispatch, observer callbacks) run once and
@@ -176,12 +185,16 @@ async ([bidAttr, capMs]) => {
   collect(document);
   const used = new Set();
   const clickable = [];
+  const ourPrefix = /^browsergym_id[^\s]*\s/;
+  // Attributes are written only when they differ: the carriers stay on the page between observations,
+  // so on an unchanged page marking changes nothing and Chromium has no accessibility tree to update.
+  const put = (el, name, value) => { if (el.getAttribute(name) !== value) el.setAttribute(name, value); };
   for (const el of elements) {
     if (!el.tagName || !standard.has(el.tagName.toLowerCase())) continue;
-    if (typeof el.value !== "undefined") el.setAttribute("value", el.value);
+    if (typeof el.value !== "undefined") put(el, "value", String(el.value));
     if (typeof el.checked !== "undefined") {
-      if (el.checked === true) el.setAttribute("checked", "");
-      else el.removeAttribute("checked");
+      if (el.checked === true) put(el, "checked", "");
+      else if (el.hasAttribute("checked")) el.removeAttribute("checked");
     }
     let bid = el.getAttribute(bidAttr);
     if (bid === null || used.has(bid)) {
@@ -190,8 +203,8 @@ async ([bidAttr, capMs]) => {
     }
     used.add(bid);
     for (const carrier of ["aria-roledescription", "aria-description"]) {
-      const old = el.getAttribute(carrier) || "";
-      el.setAttribute(carrier, `browsergym_id_${bid} ${old}`);
+      const original = (el.getAttribute(carrier) || "").replace(ourPrefix, "");
+      put(el, carrier, `browsergym_id_${bid} ${original}`);
     }
     if ((act && (act.clickListeners.get(el) || []).length > 0) || el.onclick || el.onmousedown || el.onmouseup
         || el.isContentEditable) {
@@ -204,10 +217,12 @@ async ([bidAttr, capMs]) => {
 }
 """
 
+MUTATION_COUNT = "() => window.__bcActivity ? window.__bcActivity.mutations : -1"
+
+# Removes the bid carriers from the ARIA attributes (before BrowserGym's own marking adds its own).
 UNMARK = """
 () => {
   const act = window.__bcActivity;
-  const mutations = act ? act.mutations : -1;
   const strip = /^browsergym_id[^\\s]*\\s/;
   const clean = root => {
     for (const el of root.querySelectorAll("[aria-roledescription], [aria-description]")) {
@@ -223,7 +238,6 @@ UNMARK = """
   };
   clean(document);
   if (act) act.observer.takeRecords();
-  return mutations;
 }
 """
 
@@ -237,4 +251,6 @@ STANDARD_HTML_TAGS = (
     "script search section select small source span strike strong style sub summary sup svg table tbody "
     "td template textarea tfoot th thead time title tr track tt u ul var video wbr"
 )
-SETTLE_AND_MARK = SETTLE_AND_MARK.replace("__TAGS__", STANDARD_HTML_TAGS)
+SETTLE_AND_MARK = SETTLE_AND_MARK.replace("__TAGS__", STANDARD_HTML_TAGS).replace(
+    "__IDLE_DRIVER_MS__", str(IDLE_DRIVER_MS)
+)
