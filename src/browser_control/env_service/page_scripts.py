@@ -22,6 +22,8 @@ FAST_INTERVAL_MS = 50
 # An animation driver (fast interval or animation-frame loop) that has not changed the DOM for this long
 # is not waited for: it draws on a canvas or polls, and would otherwise hold every step up to the cap.
 IDLE_DRIVER_MS = 50
+# A new interval up to this period is waited for until its first tick (then it is a clock).
+FIRST_TICK_MAX_MS = 200
 
 ACTIVITY_TRACKER = """
 (() => {
@@ -31,11 +33,12 @@ ACTIVITY_TRACKER = """
   const raf = window.requestAnimationFrame, caf = window.cancelAnimationFrame;
   const timeouts = new Map();   // id -> due time (ms, performance.now())
   const fastIntervals = new Set();
+  const firstTicks = new Map();  // interval id -> due time of its first tick, until it has ticked
   const frames = new Set();
   const clickListeners = new WeakMap();  // element -> its click/mousedown/mouseup/DOMActivate listeners
   const CLICK_TYPES = new Set(["click", "mousedown", "mouseup", "DOMActivate"]);
   const state = {
-    timeouts, fastIntervals, frames, clickListeners, requests: 0, mutations: 0,
+    timeouts, fastIntervals, firstTicks, frames, clickListeners, requests: 0, mutations: 0,
     setTimeout: setT, clearTimeout: clearT,
   };
   Object.defineProperty(window, "__bcActivity", {value: state, enumerable: false});
@@ -56,12 +59,24 @@ ACTIVITY_TRACKER = """
     return clearT.call(window, id);
   };
   window.setInterval = function (handler, period, ...args) {
-    const id = setI.call(window, handler, period, ...args);
-    if ((Number(period) || 0) <= __FAST_INTERVAL_MS__) fastIntervals.add(id);
+    if (typeof handler !== "function") return setI.call(window, handler, period, ...args);
+    let id;
+    const wrapped = function () {
+      firstTicks.delete(id);
+      return handler.apply(this, arguments);
+    };
+    id = setI.call(window, wrapped, period, ...args);
+    const ms = Number(period) || 0;
+    if (ms <= __FAST_INTERVAL_MS__) fastIntervals.add(id);
+    // Until its first tick a new short interval is pending work like a timeout (stock-market draws its
+    // first price 100 ms after the episode starts); later ticks, and slow intervals (terminal's 800 ms
+    // caret blink), are a clock, not something to wait for.
+    if (ms <= __FIRST_TICK_MAX_MS__) firstTicks.set(id, performance.now() + ms);
     return id;
   };
   window.clearInterval = function (id) {
     fastIntervals.delete(id);
+    firstTicks.delete(id);
     return clearI.call(window, id);
   };
   if (raf) {
@@ -129,7 +144,7 @@ ACTIVITY_TRACKER = """
   });
   observe();
 })();
-""".replace("__FAST_INTERVAL_MS__", str(FAST_INTERVAL_MS))
+""".replace("__FAST_INTERVAL_MS__", str(FAST_INTERVAL_MS)).replace("__FIRST_TICK_MAX_MS__", str(FIRST_TICK_MAX_MS))
 
 SETTLE_AND_MARK = r"""
 async ([bidAttr, capMs]) => {
@@ -144,6 +159,7 @@ async ([bidAttr, capMs]) => {
       if (act.mutations !== seenMutations) { seenMutations = act.mutations; lastChange = now; }
       if (act.requests > 0) return "network";
       for (const due of act.timeouts.values()) if (due <= deadline) return "timeout";
+      for (const due of act.firstTicks.values()) if (due <= deadline) return "interval-first-tick";
       if (document.getAnimations) {
         for (const a of document.getAnimations()) {
           if (a.playState !== "running") continue;
