@@ -385,9 +385,7 @@ class BrowserSession:
         cap = self.worker.options.settle_timeout_ms if wait else 0
         for attempt in range(3):
             try:
-                self._marked = page.evaluate(
-                    page_scripts.SETTLE_AND_MARK, [BROWSERGYM_ID_ATTRIBUTE, cap]
-                )
+                self._marked = page.evaluate(page_scripts.SETTLE_AND_MARK, [BROWSERGYM_ID_ATTRIBUTE, cap])
                 return
             except playwright.sync_api.Error as exc:
                 # A navigation replaced the document while the script ran: observe the new one.
