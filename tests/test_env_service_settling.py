@@ -97,7 +97,7 @@ def test_autocomplete_suggestions_have_bids_right_after_fill(env_url: str, seed:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("seed", [0, 2, 3, 4, 5, 6])
 def test_click_menu_shows_the_submenu_after_the_click(env_url: str, seed: int) -> None:
     with httpx.Client(base_url=env_url, timeout=60) as http:
         reset = _reset(http, "click-menu", seed)
