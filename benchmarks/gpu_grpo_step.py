@@ -30,16 +30,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from browser_control.models.tiny import LFM2_350M_SHAPE  # noqa: E402
+
 RECORDING = REPO / "benchmarks" / "data" / "recorded_click_checkboxes.json"
 TASK = "click-checkboxes"
 
-# LiquidAI/LFM2-350M's architecture (its config.json): 16 layers, 6 of them attention.
-LFM2_350M = dict(
-    vocab_size=65536, hidden_size=1024, intermediate_size=6656, num_hidden_layers=16,
-    num_attention_heads=16, num_key_value_heads=8, full_attn_idxs=[2, 5, 8, 10, 12, 14],
-    block_multiple_of=256, block_ffn_dim_multiplier=1.0, block_auto_adjust_ff_dim=True,
-    conv_L_cache=3, max_position_embeddings=128_000, tie_word_embeddings=True,
-)
 
 
 def record(path: Path, url: str, episodes: int, turns: int) -> None:
@@ -94,14 +89,14 @@ TINY = dict(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_la
 
 def build_model(path: Path, recording: list[dict], shape: dict, learning_rate: float) -> None:
     import torch
-    from transformers import Lfm2Config, Lfm2ForCausalLM
+    from transformers import Lfm2ForCausalLM
 
     from browser_control.agent.environment import bound_tools
     from browser_control.agent.prompts import task_prompt
-    from browser_control.models.tiny import build_tokenizer, imprint_reply
+    from browser_control.models.tiny import build_tokenizer, imprint_reply, lfm2_config
 
     tokenizer = build_tokenizer(path)
-    config = Lfm2Config(**shape, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+    config = lfm2_config(**shape, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                         eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
     model = Lfm2ForCausalLM(config)
@@ -137,7 +132,7 @@ def run(mode: str, gradient_checkpointing: bool, rollouts: int, generations: int
     recording = json.loads(RECORDING.read_text())
     tmp = Path(tempfile.mkdtemp())
     build_started = time.perf_counter()
-    build_model(tmp / "model", recording, TINY if tiny else LFM2_350M, 3e-3 if tiny else 1e-4)
+    build_model(tmp / "model", recording, TINY if tiny else LFM2_350M_SHAPE, 3e-3 if tiny else 1e-4)
     build_s = time.perf_counter() - build_started
     print(f"model built and imprinted in {build_s:.0f} s", flush=True)
     cuda = torch.cuda.is_available()

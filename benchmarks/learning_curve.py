@@ -11,12 +11,14 @@ Every stage runs through the commands users run, on this CPU machine:
    greedy) on held-out EVALUATION seeds, for the SFT start and every GRPO checkpoint.
 
 Output: ``OUT/learning_curve.json``, ``OUT/learning_curve.png`` (held-out success per task against
-GRPO steps) and, with ``--results``, a "Learning" section in benchmarks/RESULTS.md (other sections are
-left as they are).
+GRPO steps) and ``OUT/RESULTS-learning.md``, the "Learning" section for benchmarks/RESULTS.md, which is
+also printed. The tracked benchmarks/RESULTS.md (and its chart) is changed only when asked with
+``--results FILE`` (its other sections are left as they are).
 
 Examples:
-  python benchmarks/learning_curve.py --out runs/learning --results benchmarks/RESULTS.md
+  python benchmarks/learning_curve.py                          # results under runs/learning/
   python benchmarks/learning_curve.py --browsergym-url http://127.0.0.1:8000 --set max_steps=20
+  python benchmarks/learning_curve.py --results benchmarks/RESULTS.md   # publish the numbers
 
 Use one torch thread per process on a shared 2-core machine (OMP_NUM_THREADS=1 is set for the children).
 """
@@ -278,6 +280,19 @@ def write_section(results_md: Path, section: str) -> None:
     results_md.write_text(text.rstrip("\n") + "\n")
 
 
+def publish(result: dict[str, Any], png: Path, command: str, results: Path | None = None) -> Path:
+    """Write and print the RESULTS section beside the chart; only ``results`` set touches that file."""
+    section_md = png.parent / "RESULTS-learning.md"
+    section_md.write_text(results_section(result, png, section_md, command) + "\n")
+    print(section_md.read_text())
+    if results is not None:
+        shipped = results.parent / png.name
+        shipped.write_bytes(png.read_bytes())
+        write_section(results, results_section(result, shipped, results, command))
+        print(f"updated {results} and {shipped}")
+    return section_md
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "learning", help="work and output directory")
@@ -296,7 +311,9 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0, help="initialisation of the tiny model")
     parser.add_argument("--browsergym-url", default=None, help="use this service instead of starting one")
-    parser.add_argument("--results", type=Path, default=None, help="update the Learning section of this file")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="also replace the Learning section of this file (e.g. benchmarks/RESULTS.md) and "
+                        "copy the chart beside it; without it nothing outside --out is written")
     args = parser.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -313,10 +330,7 @@ def main() -> int:
     (args.out / "learning_curve.json").write_text(json.dumps(result, indent=2) + "\n")
     png = args.out / "learning_curve.png"
     plot(result, png)
-    if args.results is not None:
-        shipped = args.results.parent / "learning_curve.png"
-        shipped.write_bytes(png.read_bytes())
-        write_section(args.results, results_section(result, shipped, args.results, command))
+    publish(result, png, command, args.results)
     first, last = result["curve"][0], result["curve"][-1]
     for task in result["tasks"]:
         print(f"{task:14s} {100 * first['success'][task]:5.1f}% -> {100 * last['success'][task]:5.1f}%")

@@ -1,6 +1,28 @@
 #!/usr/bin/env bash
 # Create .venv with everything the tests, benchmarks and CPU runs need, using only python3 + pip.
 set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+Usage: scripts/dev_setup.sh [--help]
+
+Create .venv in the repository with everything the tests, benchmarks and CPU runs need (the env, train
+and dev extras, editable), using only python3 and pip. Re-running it updates .venv in place.
+
+Environment:
+  PYTHON_BIN   the Python (>= 3.11) that creates .venv (default: python3)
+  TORCH_SPEC   the torch requirement installed first (default: torch==2.13.0)
+
+Then: source .venv/bin/activate, which puts `browser-control`, `tensorboard` and `playwright` on PATH.
+EOF
+}
+
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  "") ;;
+  *) echo "dev_setup.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+esac
+
 cd "$(dirname "$0")/.."
 
 PYTHON_BIN="${PYTHON_BIN:-python3}"
@@ -13,7 +35,7 @@ TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 .venv/bin/python -c 'import torch' 2>/dev/null || .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
 .venv/bin/python -m pip install --quiet -e '.[env,train,dev]'
 
-if ! ls /usr/lib/chromium/chromium-headless-shell /usr/lib/chromium/chromium >/dev/null 2>&1 \
+if ! [[ -x /usr/lib/chromium/chromium-headless-shell || -x /usr/lib/chromium/chromium ]] \
    && [[ -z "${CHROMIUM_EXECUTABLE:-}" ]]; then
   echo "note: no system Chromium found. Either 'sudo apt-get install chromium-headless-shell'" \
        "or '.venv/bin/playwright install chromium' before 'make test'." >&2

@@ -155,6 +155,63 @@ def test_max_episode_steps_truncates(http: httpx.Client) -> None:
     http.post("/close", json={"session_id": s.session_id})
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"task_name": "click-\xff\xfetest"}',  # not UTF-8
+        b'{"task_name": "click-test", "seed": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # nested too deep
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+    ids=["invalid-utf8", "deep-field", "deep-body"],
+)
+def test_unreadable_bodies_are_the_documented_422(http: httpx.Client, payload: bytes) -> None:
+    r = http.post("/reset", content=payload, headers={"content-type": "application/json"})
+    body = _error(r, 422, "invalid_request")
+    assert "UTF-8" in body.message and body.hint
+
+
+@pytest.mark.parametrize("seed", [b"false", b"true", b'"5"', b"5.5", b"[5]"])
+def test_seeds_must_be_json_integers(http: httpx.Client, seed: bytes) -> None:
+    """Lax parsing turned `true` into seed 1 and `"5"` into 5: a client bug became another episode."""
+    payload = b'{"task_name": "click-test", "seed": ' + seed + b"}"
+    r = http.post("/reset", content=payload, headers={"content-type": "application/json"})
+    assert "seed" in _error(r, 422, "invalid_request").message
+    r = http.post("/reset", content=payload.replace(b'"seed"', b'"max_episode_steps"'),
+                  headers={"content-type": "application/json"})
+    assert "max_episode_steps" in _error(r, 422, "invalid_request").message
+
+
+def test_unknown_paths_and_methods_get_the_error_envelope(http: httpx.Client) -> None:
+    body = _error(http.get("/nope"), 404, "not_found")
+    assert "/reset" in (body.hint or "")
+    r = http.get("/reset")
+    body = _error(r, 405, "method_not_allowed")
+    assert r.headers["allow"] == "POST"
+    _error(http.delete("/health"), 405, "method_not_allowed")
+
+
+def test_a_bad_idempotency_key_is_a_422(http: httpx.Client) -> None:
+    r = http.post("/step", json={"session_id": "x", "action": "noop()"}, headers={"Idempotency-Key": "a b"})
+    assert "Idempotency-Key" in _error(r, 422, "invalid_request").message
+
+
 def test_openapi_documents_the_contract(http: httpx.Client) -> None:
     spec = http.get("/openapi.json").json()
     assert {"/health", "/tasks", "/reset", "/step", "/close"} <= set(spec["paths"])
+    error_ref = "#/components/schemas/ErrorResponse"
+    documented = {
+        ("/health", "get"): {"200", "503"},
+        ("/reset", "post"): {"200", "404", "410", "422", "500", "503"},
+        ("/step", "post"): {"200", "404", "409", "410", "422", "500", "503"},
+        ("/close", "post"): {"200", "404", "422", "500"},
+    }
+    for (path, method), statuses in documented.items():
+        responses = spec["paths"][path][method]["responses"]
+        assert statuses <= set(responses), (path, sorted(responses))
+        for status in statuses - {"200"}:
+            # FastAPI's default 422 schema (HTTPValidationError) is not what the service sends
+            schema = responses[status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": error_ref}, (path, status, schema)
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    step_params = {p["name"] for p in spec["paths"]["/step"]["post"].get("parameters", [])}
+    assert "Idempotency-Key" in step_params

@@ -27,6 +27,16 @@ def _chromium_processes(pid: int) -> list[psutil.Process]:
     return procs
 
 
+def _wait_for(read, done, timeout_s: float):  # type: ignore[no-untyped-def]
+    """Poll ``read()`` until ``done(value)`` or the deadline; return the last value."""
+    deadline = time.monotonic() + timeout_s
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        value = read()
+    return value
+
+
 @pytest.fixture()
 def own_service(chromium: str | None, tmp_path: Path):
     services: list[ServiceProcess] = []
@@ -58,8 +68,8 @@ def test_fifty_reset_close_cycles_leak_no_chromium_process(own_service) -> None:
                 assert http.post("/step", json={"session_id": sid, "action": "click('13')"}).json()["reward"] == 1
             assert http.post("/close", json={"session_id": sid}).json() == {"ok": True}
         assert http.get("/health").json()["sessions"] == 0
-    time.sleep(1.0)  # renderer processes exit asynchronously after their context closes
-    after = len(_chromium_processes(service.proc.pid))
+    # Renderer processes exit asynchronously after their context closes: wait for them, with a deadline.
+    after = _wait_for(lambda: len(_chromium_processes(service.proc.pid)), lambda n: n <= baseline, 120)
     assert after <= baseline, f"{after - baseline} Chromium processes leaked"
 
 
@@ -180,12 +190,15 @@ def test_a_killed_browser_is_relaunched_and_its_sessions_say_so(own_service) -> 
     service = own_service("--workers", "1")
     with httpx.Client(base_url=service.url, timeout=60) as http:
         sid = http.post("/reset", json={"task_name": "click-test", "seed": 1}).json()["session_id"]
-        for proc in _chromium_processes(service.proc.pid):
+        killed = _chromium_processes(service.proc.pid)
+        for proc in killed:
             try:
                 os.kill(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        time.sleep(0.5)
+        # Playwright notices the dead browser asynchronously; a step before that could still reach it.
+        _wait_for(lambda: [p for p in killed if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
+                  lambda alive: not alive, 60)
         r = http.post("/step", json={"session_id": sid, "action": "click('13')"})
         assert r.status_code == 410 and r.json()["error"] == "session_lost", r.text
         assert http.get("/health").status_code == 200  # the probe relaunched the browser

@@ -229,3 +229,19 @@ def test_tool_result_tokens_are_the_ones_trl_appends(tmp_path: Path) -> None:
                            add_special_tokens=False)["input_ids"]
     message = codec.parse(codec.cut_at_eos([*completion, 0, 0]), prompt, bound_tools(env))
     assert message["tool_calls"][0]["function"] == {"name": "fill", "arguments": {"bid": "14", "value": "Cheree"}}
+
+
+def test_a_merged_lora_checkpoint_is_a_full_model_and_an_unmerged_one_an_adapter(tmp_path) -> None:
+    import json as _json
+
+    from browser_control.evaluation.model_policy import _adapter
+
+    merged, unmerged = tmp_path / "merged", tmp_path / "unmerged"
+    (merged / "adapter").mkdir(parents=True)
+    unmerged.mkdir()
+    (merged / "config.json").write_text("{}")
+    for adapter in (merged / "adapter", unmerged):
+        (adapter / "adapter_config.json").write_text(_json.dumps({"base_model_name_or_path": "base-model"}))
+    # merge_lora: true writes the merged model beside adapter/: vLLM and transformers load it as it is.
+    assert _adapter(str(merged)) is None
+    assert _adapter(str(unmerged)) == (unmerged, "base-model")

@@ -31,7 +31,7 @@ MARGIN = 0.25  # overall held-out success must rise by at least this much (absol
 
 def _cli(*args: str, cwd: Path) -> str:
     proc = subprocess.run([sys.executable, "-m", "browser_control", *args], cwd=cwd, capture_output=True, text=True,
-                          env=subprocess_env(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"), timeout=600)
+                          env=subprocess_env(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"), timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout
 
@@ -58,6 +58,8 @@ def _success(model: Path, env_url: str) -> dict[str, float]:
     return {t.task: t.success_rate for t in report.tasks} | {"overall": report.overall.success_rate}
 
 
+# 3-4 minutes on an idle 2-core machine, 10+ on a saturated one: its own limit, far above the suite's.
+@pytest.mark.timeout(3600)
 def test_grpo_lifts_held_out_success_over_a_weak_sft_start(env_url: str, tmp_path: Path) -> None:
     import torch
 

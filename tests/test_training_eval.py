@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from browser_control.config import TrainConfig
@@ -44,3 +46,43 @@ def test_held_out_evaluation_logs_success_to_tensorboard(clicking_model: Path, e
     scalars = {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
     assert [(e.step, e.value) for e in scalars["eval/success_rate"]] == [(2, 1.0)]
     assert "eval/success_rate/click-test" in scalars
+
+
+def test_an_environment_fault_skips_one_held_out_evaluation_not_the_run(
+    clicking_model: Path, chromium: str | None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A service that answers but whose browser cannot start (503 browser_unavailable, for real)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState, TrainingArguments
+
+    from browser_control.client import EnvServiceUnavailable
+    from browser_control.training.callbacks import HeldOutEvaluation
+    from tests.conftest import ServiceProcess
+
+    broken = tmp_path / "not-a-browser"
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    service = ServiceProcess("--workers", "1", log_path=tmp_path / "serve.log", chromium=str(broken))
+    model = AutoModelForCausalLM.from_pretrained(clicking_model)
+    tokenizer = AutoTokenizer.from_pretrained(clicking_model)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
+    callback = HeldOutEvaluation(every=1, tasks=["click-test"], episodes=1, env_url=service.url, max_steps=2,
+                                 max_completion_tokens=256, writer=None)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # up and answering (its /health says 503: no browser)
+            try:
+                httpx.get(service.url + "/health", timeout=5)
+                break
+            except httpx.HTTPError:
+                assert service.proc.poll() is None and time.monotonic() < deadline, service.log()
+                time.sleep(0.2)
+        callback.on_step_end(args, TrainerState(global_step=1), TrainerControl(), model=model,
+                             processing_class=tokenizer)
+        assert callback.skipped == [1] and callback.history == []
+        assert "held-out evaluation at step 1 skipped" in caplog.text
+    finally:
+        service.stop()
+    # a service that is gone is still fatal
+    with pytest.raises(EnvServiceUnavailable):
+        callback.on_step_end(args, TrainerState(global_step=2), TrainerControl(), model=model,
+                             processing_class=tokenizer)

@@ -108,8 +108,12 @@ def test_other_errors_propagate_and_clean_up(tmp_path: Path) -> None:
 def _checkpoint(run: Path, step: int, complete: bool = True) -> Path:
     path = run / f"checkpoint-{step}"
     path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(b"\0" * 64)
+    (path / ckpt.TRAINER_STATE).write_text(json.dumps({"global_step": step}))
     if complete:
-        (path / ckpt.COMPLETE_MARKER).write_text("{}")
+        ckpt.mark_complete(path, step)
+    else:
+        (path / ckpt.TRAINER_STATE).write_text("")  # what a full disk left: written in place, empty
     return path
 
 
@@ -127,8 +131,43 @@ def test_resume_finds_the_newest_complete_checkpoint(tmp_path: Path) -> None:
     assert ckpt.resolve_resume_path(newer.parent) == newer
     with pytest.raises(ckpt.CheckpointError, match="incomplete"):
         ckpt.resolve_resume_path(newer.parent / "checkpoint-10")
-    assert ckpt.remove_partial_checkpoints(newer.parent) == [newer.parent / "checkpoint-10"]
+    assert ckpt.remove_incomplete_checkpoints(newer.parent) == [newer.parent / "checkpoint-10"]
     assert ckpt.intermediate_checkpoints(newer.parent) == [newer]
+
+
+def test_only_the_marker_written_last_proves_a_checkpoint_complete(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    good = _checkpoint(run, 1)
+    marker = json.loads((good / ckpt.COMPLETE_MARKER).read_text())
+    assert marker["global_step"] == 1 and marker["files"]["model.safetensors"] == 64
+    assert not list(good.glob(".tmp-*"))  # the marker was renamed into place
+    # The Trainer's state file is there, but empty (a full disk): not complete, whatever else is there.
+    empty_state = _checkpoint(run, 2, complete=False)
+    assert ckpt.incomplete_reason(empty_state) is not None
+    # Complete once, then a file shrank (truncated copy, disk trouble): no longer complete.
+    shrunk = _checkpoint(run, 3)
+    (shrunk / "model.safetensors").write_bytes(b"\0" * 10)
+    assert "model.safetensors has 10 bytes, 64 were written" in str(ckpt.incomplete_reason(shrunk))
+    (shrunk / "model.safetensors").unlink()
+    assert ckpt.incomplete_reason(shrunk) == "model.safetensors is missing"
+    # A checkpoint saved before the marker existed counts when its trainer_state.json is whole.
+    legacy = run / "checkpoint-4"
+    legacy.mkdir()
+    (legacy / ckpt.TRAINER_STATE).write_text(json.dumps({"global_step": 4}))
+    assert ckpt.is_complete(legacy)
+    (legacy / ckpt.TRAINER_STATE).write_text('{"global_step": 4, "log_hist')  # cut short
+    assert not ckpt.is_complete(legacy)
+    assert ckpt.latest_complete_checkpoint(run) == good
+    with pytest.raises(ckpt.CheckpointError, match=r"incomplete.*trainer_state\.json"):
+        ckpt.resolve_resume_path(empty_state)
+
+
+def test_a_failure_with_room_left_on_the_disk_is_not_called_disk_full(tmp_path: Path) -> None:
+    # torch.save's wording for a full disk, but this disk has room: free space, not text, decides.
+    assert ckpt.free_bytes(tmp_path) > ckpt.DISK_FULL_FREE_BYTES  # the premise of this test
+    assert not ckpt.is_disk_full(RuntimeError("[enforce fail] unexpected pos 704 vs 598"), tmp_path)
+    assert ckpt.is_disk_full(OSError(errno.ENOSPC, "No space left on device"), tmp_path)
+    assert not ckpt.is_disk_full(RuntimeError("No space left on device"))  # text alone proves nothing
 
 
 def test_plan_names_and_guards(tmp_path: Path) -> None:
@@ -244,16 +283,94 @@ def test_a_service_killed_mid_episode_is_fatal_not_a_zero_reward(chromium: str |
     factory.close()
 
 
+def test_a_session_lost_mid_episode_is_no_data_and_the_next_reset_starts_afresh(env_url: str) -> None:
+    from browser_control.client import EnvClient, EnvRequestError
+
+    factory = EnvironmentFactory(env_url, max_episode_steps=3, retries=1, backoff_s=0.05)
+    env, healthy = factory(), factory()
+    env.reset(task_name="click-test", seed=21)
+    healthy.reset(task_name="click-test", seed=21)
+    with EnvClient(env_url) as other:  # the session disappears under the episode (reaped, service restart)
+        other.close_session(env._session_id)
+    text = env.click(bid="13")  # TRL hands a tool's text to the model: no exception, no 0 reward
+    assert "not scored" in text and env._episode.fault is not None
+    assert env.get_reward() is None
+    assert "not scored" in env.click(bid="13")  # later tools do not call the service again
+    assert factory.client.fatal_error is None  # the service is fine: the run goes on
+    healthy.click(bid="13")
+    recorder = _Recorder()
+    EpisodeMetrics(factory, SaturationMonitor(3))(prompts=[[]] * 2, completions=[[]] * 2,
+                                                  environments=[env, healthy], log_metric=recorder,
+                                                  task_name=["click-test"] * 2, seed=[21, 21])
+    v = {k: vals[-1] for k, vals in recorder.values.items()}
+    assert v["env/fault_rate"] == 0.5 and v["success/overall"] == 1.0  # the fault is not a failure
+
+    # the next reset of the same environment object (TRL reuses it) starts a new session and plays
+    assert "Goal:" in env.reset(task_name="click-test", seed=22)
+    assert env._episode.fault is None and env.get_reward() == 0.0
+    env.click(bid="13")
+    assert env.get_reward() == 1.0
+    # a request that is wrong (not a fault) still fails loudly
+    with pytest.raises(EnvRequestError, match="unknown_task"):
+        env.reset(task_name="no-such-task", seed=1)
+    factory.close()
+
+
+def test_a_service_that_answers_503_costs_episodes_not_the_run(chromium: str | None, tmp_path: Path) -> None:
+    broken = tmp_path / "not-a-browser"
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    service = ServiceProcess("--workers", "1", log_path=tmp_path / "serve.log", chromium=str(broken))
+    try:
+        deadline = time.monotonic() + 120
+        while not _answers(service.url):
+            assert service.proc.poll() is None and time.monotonic() < deadline, service.log()
+            time.sleep(0.2)
+        factory = EnvironmentFactory(service.url, max_episode_steps=3, retries=1, backoff_s=0.05)
+        envs = [factory() for _ in range(2)]
+        metrics = EpisodeMetrics(factory, SaturationMonitor(3))
+        for batch in range(3):
+            for i, env in enumerate(envs):
+                text = env.reset(task_name="click-test", seed=100 + i)  # 503 browser_unavailable, retried
+                assert "not scored" in text and env.get_reward() is None
+            assert factory.client.fatal_error is None  # it answers: a fault, not a dead service
+            call = dict(prompts=[[]] * 2, completions=[[]] * 2, environments=envs, log_metric=_Recorder(),
+                        task_name=["click-test"] * 2, seed=[100, 101])
+            if batch < 2:
+                metrics(**call)
+            else:  # nothing but faults, batch after batch: stop rather than train on no data forever
+                with pytest.raises(EnvServiceUnavailable, match="every episode of the last 3"):
+                    metrics(**call)
+        factory.close()
+    finally:
+        service.stop()
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        httpx.get(url + "/health", timeout=5)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
 def test_dry_run_prints_the_plan_and_trains_nothing(env_url: str, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     from browser_control.cli import main
 
     path = tmp_path / "run.yaml"
+    # --dry-run checks that the model can be found: a local directory keeps the test off the network.
+    model = tmp_path / "LFM2-350M"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
     path.write_text("tasks: [{name: click-test, weight: 1}, {name: enter-text, weight: 3}]\n"
-                    f"checkpoint_dir: {tmp_path / 'ck'}\nlogging_dir: {tmp_path / 'tb'}\n")
+                    f"checkpoint_dir: {tmp_path / 'ck'}\nlogging_dir: {tmp_path / 'tb'}\nmodel_name: {model}\n")
     assert main(["train", "--config", str(path), "--set", f"browsergym_url={env_url}", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "click-test (25%), enter-text (75%)" in out and "transformers generate" in out
+    assert f"model found      {model} (local directory" in out
     assert f"{env_url} (ok," in out and "dry run" in out
     assert re.search(r"checkpoint\s+.*/ck/lfm2-350m-mix-\d{8}-\d{6}", out)
     assert not (tmp_path / "ck").exists() and not (tmp_path / "tb").exists()
@@ -266,8 +383,10 @@ def test_cli_exit_codes_for_a_dead_service_and_missing_vllm(tmp_path: Path,
     from browser_control.cli import main
 
     path = tmp_path / "run.yaml"
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")  # found locally: the service is what fails
     path.write_text("tasks: [click-test]\nbrowsergym_url: http://127.0.0.1:9\nenv_wait_s: 0.5\n"
-                    f"checkpoint_dir: {tmp_path / 'ck'}\n")
+                    f"checkpoint_dir: {tmp_path / 'ck'}\nmodel_name: {tmp_path / 'model'}\n")
     assert main(["train", "--config", str(path), "--dry-run"]) == 3
     assert "environment service unavailable" in capsys.readouterr().err
     if importlib.util.find_spec("vllm") is None:
@@ -317,3 +436,36 @@ def test_reward_wiring_check_refuses_an_unwired_reward() -> None:
         broken = SimpleNamespace(reward_func_names=names, reward_weights=torch.tensor(weights))
         with pytest.raises(TrainingSetupError, match="reward wiring is wrong"):
             check_reward_wiring(broken)  # type: ignore[arg-type]
+
+
+def test_built_lfm2_configs_carry_every_field_vllm_reads(tmp_path) -> None:
+    from transformers import AutoConfig
+
+    from browser_control.models.tiny import VLLM_LFM2_CONFIG_FIELDS, build_tiny_lfm2, lfm2_config
+
+    built = AutoConfig.from_pretrained(str(build_tiny_lfm2(tmp_path / "tiny")))
+    shaped = lfm2_config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         full_attn_idxs=[1])
+    for config in (built, shaped):
+        missing = [name for name in VLLM_LFM2_CONFIG_FIELDS if getattr(config, name, None) is None
+                   and name != "block_ffn_dim_multiplier"]
+        assert missing == [], f"vLLM's LFM2 would fail at engine start: {missing}"
+        assert config.conv_dim == config.block_dim == config.conv_dim_out == config.hidden_size
+
+
+def test_vllm_environment_picks_the_pytorch_sampler_without_flashinfer_and_keeps_user_values(monkeypatch) -> None:
+    import importlib.util
+    import os
+
+    from browser_control.models.vllm_setup import prepare_vllm_environment
+
+    monkeypatch.delenv("VLLM_USE_FLASHINFER_SAMPLER", raising=False)
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "fork")
+    absent = importlib.util.find_spec("flashinfer") is None
+    chosen = prepare_vllm_environment()
+    assert chosen == ({"VLLM_USE_FLASHINFER_SAMPLER": "0"} if absent else {})
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "fork"  # the user's choice stands
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD")
+    monkeypatch.setenv("VLLM_USE_FLASHINFER_SAMPLER", "1")
+    assert prepare_vllm_environment() == {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
+    assert os.environ["VLLM_USE_FLASHINFER_SAMPLER"] == "1"

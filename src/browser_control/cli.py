@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
+
+from browser_control.arg_types import ENV_VALUE_MARK
 
 # Each module defines COMMAND (its name), add_arguments(parser) and run(args) -> exit code. Modules are
 # imported lazily by name so `browser-control serve-env` never imports torch and `train` never imports
@@ -20,11 +23,25 @@ COMMAND_MODULES = {
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Shows a default only when there is one: "(default: None)" or "(default: False)" says nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A bad environment value is not a usage mistake: report it in one line, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        if ENV_VALUE_MARK in message:
+            self.exit(2, f"{self.prog}: error: {message}\n")
+        super().error(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="browser-control",
         description="Teach small language models to operate a web browser (MiniWoB++) with GRPO.",
         epilog="Run 'browser-control COMMAND --help' for the options of a command.",

@@ -4,11 +4,16 @@ Transient failures (connection refused while the service restarts, timeouts, 502
 with exponential backoff; when retries run out the client raises :class:`EnvServiceUnavailable`, which
 callers treat as fatal. Errors the service answers deliberately (unknown task, invalid action, ...)
 raise :class:`EnvRequestError` at once, carrying the service's message.
+
+Every attempt of one call carries the same ``Idempotency-Key``: a request that timed out on the client
+may still be running on the service, and the key makes the service answer the retry with that request's
+outcome instead of running the action (or creating the session) a second time.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -22,6 +27,9 @@ from browser_control.protocol import (
 )
 
 RETRYABLE_STATUS = {502, 503, 504}
+# The service runs a POST at most once per key (env_service/idempotency.py); kept here as a plain string so
+# the client does not import the service.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 class EnvServiceUnavailable(RuntimeError):
@@ -59,14 +67,16 @@ class EnvClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None,
-                 retry_on_session_cap: bool = False) -> dict[str, Any]:
+    def _request(
+        self, method: str, path: str, payload: dict[str, Any] | None = None, retry_on_session_cap: bool = False
+    ) -> dict[str, Any]:
         last_problem = ""
+        headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex} if method == "POST" else None
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                response = self._http.request(method, path, json=payload)
+                response = self._http.request(method, path, json=payload, headers=headers)
             except httpx.TransportError as exc:
                 last_problem = f"{type(exc).__name__}: {exc}"
                 continue
@@ -74,13 +84,10 @@ class EnvClient:
                 return response.json()
             body = _json_or_text(response)
             error = body.get("error", "http_error")
-            if response.status_code in RETRYABLE_STATUS and (
-                error != "session_cap" or retry_on_session_cap
-            ):
+            if response.status_code in RETRYABLE_STATUS and (error != "session_cap" or retry_on_session_cap):
                 last_problem = f"{response.status_code} {error}: {body.get('message', '')}"
                 continue
-            raise EnvRequestError(response.status_code, error, body.get("message", str(body)),
-                                  body.get("hint"))
+            raise EnvRequestError(response.status_code, error, body.get("message", str(body)), body.get("hint"))
         raise EnvServiceUnavailable(
             f"the environment service at {self.base_url} failed {self.retries + 1} times "
             f"({method} {path}); last problem: {last_problem}. Is it running? "
@@ -93,18 +100,23 @@ class EnvClient:
     def tasks(self) -> list[str]:
         return TasksResponse.model_validate(self._request("GET", "/tasks")).tasks
 
-    def reset(self, task_name: str, seed: int | None = None, session_id: str | None = None,
-              max_episode_steps: int | None = None) -> ResetResponse:
-        payload = {"task_name": task_name, "seed": seed, "session_id": session_id,
-                   "max_episode_steps": max_episode_steps}
-        return ResetResponse.model_validate(
-            self._request("POST", "/reset", payload, retry_on_session_cap=True)
-        )
+    def reset(
+        self,
+        task_name: str,
+        seed: int | None = None,
+        session_id: str | None = None,
+        max_episode_steps: int | None = None,
+    ) -> ResetResponse:
+        payload = {
+            "task_name": task_name,
+            "seed": seed,
+            "session_id": session_id,
+            "max_episode_steps": max_episode_steps,
+        }
+        return ResetResponse.model_validate(self._request("POST", "/reset", payload, retry_on_session_cap=True))
 
     def step(self, session_id: str, action: str) -> StepResponse:
-        return StepResponse.model_validate(
-            self._request("POST", "/step", {"session_id": session_id, "action": action})
-        )
+        return StepResponse.model_validate(self._request("POST", "/step", {"session_id": session_id, "action": action}))
 
     def close_session(self, session_id: str) -> CloseResponse:
         return CloseResponse.model_validate(self._request("POST", "/close", {"session_id": session_id}))

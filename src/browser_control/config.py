@@ -232,7 +232,7 @@ def _key_path(loc: tuple[Any, ...], root: type[BaseModel] = TrainConfig) -> tupl
 
 
 def _describe_errors(errors: list[dict[str, Any]], source: str,
-                     root: type[BaseModel] = TrainConfig) -> list[str]:
+                     root: type[BaseModel] = TrainConfig, origins: dict[str, str] | None = None) -> list[str]:
     by_key: dict[str, list[str]] = {}
     unknown: list[str] = []
     for error in errors:
@@ -251,7 +251,9 @@ def _describe_errors(errors: list[dict[str, Any]], source: str,
     # A typo'd key also makes its intended key look missing: report the typo first.
     lines = list(unknown)
     for key, messages in by_key.items():
-        lines.append(f"{source}: {key + ': ' if key else ''}{' or '.join(dict.fromkeys(messages))}")
+        # A value from the environment or --set is reported against where it came from, not the file.
+        where = (origins or {}).get(key.split(".", 1)[0], source)
+        lines.append(f"{where}: {key + ': ' if key else ''}{' or '.join(dict.fromkeys(messages))}")
     return lines
 
 
@@ -315,19 +317,50 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None =
     for key in data:
         if key not in schema.model_fields:
             raise ConfigError(f"{source}: unknown key '{key}'{_closest(str(key), field_names(schema))}")
-    merged: dict[str, Any] = {**data, **env_overrides(environ, schema)}
+    check_launcher_environment(environ)
+    from_env = env_overrides(environ, schema)
+    merged: dict[str, Any] = {**data, **from_env}
+    variables = {key: var for var, key in ENV_OVERRIDES.items()}
+    origins = {key: f"{variables[key]}={value!r} in the environment" for key, value in from_env.items()}
     if overrides:
-        merged.update(parse_overrides(overrides, schema) if isinstance(overrides, list) else overrides)
-    return validate_config(merged, source, schema)
+        given = parse_overrides(overrides, schema) if isinstance(overrides, list) else overrides
+        merged.update(given)
+        origins.update(dict.fromkeys(given, "--set"))
+    return validate_config(merged, source, schema, origins)
 
 
-def validate_config(data: dict[str, Any], source: str = "config", schema: type[BaseModel] = TrainConfig) -> Any:
-    """Validate against ``schema`` (TrainConfig, or another strict model such as the SFT config)."""
+def validate_config(data: dict[str, Any], source: str = "config", schema: type[BaseModel] = TrainConfig,
+                    origins: dict[str, str] | None = None) -> Any:
+    """Validate against ``schema`` (TrainConfig, or another strict model such as the SFT config).
+
+    ``origins`` names where a key's value came from when it was not the file (an environment variable,
+    ``--set``), so an error points at what to change.
+    """
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
         errors = [dict(e) for e in exc.errors()]
-        raise ConfigError("\n".join(_describe_errors(errors, source, schema))) from None
+        raise ConfigError("\n".join(_describe_errors(errors, source, schema, origins))) from None
+
+
+# Set by torchrun / accelerate for distributed runs; read as numbers by the config and the trainer.
+LAUNCHER_VARIABLES = {"WORLD_SIZE": 1, "RANK": 0, "LOCAL_RANK": 0}
+
+
+def check_launcher_environment(environ: dict[str, str] | None = None) -> None:
+    """Refuse a malformed WORLD_SIZE/RANK in one line here rather than as a traceback later."""
+    environ = dict(os.environ if environ is None else environ)
+    for variable, minimum in LAUNCHER_VARIABLES.items():
+        value = (environ.get(variable) or "").strip()
+        if not value:
+            continue
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < minimum:
+            raise ConfigError(f"{variable}={value!r} in the environment: expected a whole number >= {minimum} "
+                              "(torchrun and accelerate set it; unset it for a single-process run)")
 
 
 def config_keys_help(schema: type[BaseModel]) -> str:

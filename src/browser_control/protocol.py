@@ -6,9 +6,24 @@ format: docs/http-api.md documents it and tests/test_env_service_contract.py pin
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_SEED = 2**31 - 1
+
+
+def _json_integer(value: Any) -> Any:
+    # Lax parsing would take `"seed": true` as 1 and `"5"` as 5, turning a client bug into a silently
+    # different episode. A JSON number with no fraction (5 or 5.0) is an integer, as JSON Schema says.
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON integer (not true/false, not a string)")
+    return value
+
+
+# Bounds inside the Annotated, so they reach the integer schema (and OpenAPI's minimum/maximum).
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_json_integer)]
+EpisodeSteps = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_json_integer)]
 
 
 class _Strict(BaseModel):
@@ -25,11 +40,9 @@ class Observation(BaseModel):
 
 class ResetRequest(_Strict):
     task_name: str = Field(description="'click-test' or 'miniwob.click-test'", max_length=200)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Same task + seed = same page")
+    seed: Seed | None = Field(None, description="Same task + seed = same page")
     session_id: str | None = Field(None, max_length=64, description="Reset this session in place")
-    max_episode_steps: int | None = Field(
-        None, ge=1, le=1000, description="Steps after which the episode is truncated"
-    )
+    max_episode_steps: EpisodeSteps | None = Field(None, description="Steps after which the episode is truncated")
 
 
 class ResetResponse(BaseModel):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,6 +48,8 @@ class ConcurrentRollouts:
         self._resets: dict[int, tuple[tuple[str, int], Future[str]]] = {}
         self.deferred_calls = 0
         self.prefetched_resets = 0
+        # Seconds the trainer spent blocked on environment results (summed per generation batch).
+        self.env_wait_s = 0.0
 
     def _lane(self, env: object) -> ThreadPoolExecutor:
         with self._lock:
@@ -75,12 +78,15 @@ class ConcurrentRollouts:
             return content
         with self._lock:
             future = self._pending.pop(content)
+        started = time.perf_counter()
         try:
             return future.result()
         except EnvServiceUnavailable:
             raise
         except Exception as exc:
             return str({"error": str(exc)})
+        finally:
+            self.env_wait_s += time.perf_counter() - started
 
     def drain(self, env: object) -> None:
         """Wait until every call already started for ``env`` has finished."""
@@ -105,7 +111,9 @@ class ConcurrentRollouts:
         if entry is None:
             return None
         key, future = entry
+        started = time.perf_counter()
         observation = future.result()  # also when unused: the lane must be idle before a fresh reset
+        self.env_wait_s += time.perf_counter() - started
         return observation if key == (str(task_name), int(seed)) else None
 
     def unresolved(self) -> int:
@@ -143,6 +151,46 @@ class ConcurrentRolloutsMixin:
         self._rollouts = ConcurrentRollouts()
         return self._rollouts
 
+    _weight_sync_s = 0.0
+
+    def _log_rollout_time(self, rollout_s: float, env_wait_s: float | None) -> None:
+        """Where a generation batch's time went, logged with TRL's metrics (TensorBoard: time/*).
+
+        rollout_s covers generation, environment calls, weight sync to vLLM and reward scoring; the
+        optimizer's share is TRL's own step_time minus it.
+        """
+        metrics = getattr(self, "_metrics", None)
+        if metrics is None:
+            return
+        train = metrics["train"]
+        train["time/rollout_s"].append(rollout_s)
+        train["time/weight_sync_s"].append(self._weight_sync_s)
+        if env_wait_s is not None:
+            train["time/env_wait_s"].append(env_wait_s)
+            train["time/generation_s"].append(max(0.0, rollout_s - env_wait_s - self._weight_sync_s))
+        self._weight_sync_s = 0.0
+        import torch
+
+        if torch.cuda.is_available():
+            # Peak torch allocations of this process so far: the trainer's and, colocated, vLLM's.
+            train["gpu/peak_allocated_gib"].append(torch.cuda.max_memory_allocated() / 2**30)
+
+    def enable_weight_sync_timing(self) -> None:
+        """Time TRL's copy of the weights into the colocated vLLM engine (absent without vLLM)."""
+        engine = getattr(self, "vllm_generation", None)
+        sync = getattr(engine, "sync_weights", None)
+        if sync is None:
+            return
+
+        def timed_sync(*args, **kwargs):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            try:
+                return sync(*args, **kwargs)
+            finally:
+                self._weight_sync_s += time.perf_counter() - started
+
+        engine.sync_weights = timed_sync
+
     def _get_tool_suffix_ids(self, tool_messages):  # type: ignore[no-untyped-def]
         if self._rollouts is not None:
             for message in tool_messages:
@@ -160,7 +208,10 @@ class ConcurrentRolloutsMixin:
             for env in pool:
                 env._rollouts = rollouts
             rollouts.prefetch_resets(pool[: len(inputs)], inputs)
+        started, waited = time.perf_counter(), rollouts.env_wait_s if rollouts is not None else 0.0
         output = super()._generate_and_score_completions(inputs)  # type: ignore[misc]
+        self._log_rollout_time(time.perf_counter() - started,
+                               rollouts.env_wait_s - waited if rollouts is not None else None)
         if rollouts is not None and rollouts.unresolved():
             raise RuntimeError(
                 f"{rollouts.unresolved()} tool results were never handed back by GRPOTrainer "

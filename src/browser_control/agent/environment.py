@@ -8,22 +8,50 @@ one whitelisted action of the environment service; the service validates it agai
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from browser_control.agent.concurrency import ConcurrentRollouts
 from browser_control.agent.prompts import format_episode_end, format_observation, format_step_limit
 from browser_control.client import EnvClient, EnvRequestError, EnvServiceUnavailable
 
 DEFAULT_BROWSERGYM_URL = "http://127.0.0.1:8000"
+# Answers that say the request itself was wrong (and would be wrong again); any other refusal of a reset or
+# an action is the environment's failure, not the model's.
+_CALLER_ERRORS = {"invalid_request", "unknown_task"}
+# How long a liveness probe waits: it only asks whether the service process answers at all.
+PROBE_TIMEOUT_S = 5.0
+
+log = logging.getLogger(__name__)
 
 
 def browsergym_url(configured: str | None = None) -> str:
     """BROWSERGYM_URL wins over the configured address (compose sets it to the service name)."""
     return os.environ.get("BROWSERGYM_URL") or configured or DEFAULT_BROWSERGYM_URL
+
+
+def service_answers(client: EnvClient, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the service process answers HTTP at all (any status, even 503): then it is alive and only a
+    browser or a session failed, which costs one episode; a service that does not answer ends the run."""
+    http = getattr(client, "_http", None)
+    if not isinstance(http, httpx.Client):
+        return False
+    try:
+        http.get("/health", timeout=timeout_s)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def format_fault(reason: str) -> str:
+    return (f"The environment failed ({reason}); this episode is not scored. "
+            "Do not call any more tools.")
 
 
 def action_text(name: str, *args: Any) -> str:
@@ -40,6 +68,9 @@ class EpisodeStats:
     success: bool = False
     done: bool = False
     truncated: bool = False
+    # Set when the environment, not the model, ended the episode (browser crashed, session lost, service
+    # answering 5xx): the episode is no data, scored None rather than 0.
+    fault: str | None = None
     env_latency_s: list[float] = field(default_factory=list)
 
 
@@ -48,6 +79,14 @@ class BrowserEnvironment:
 
     ``reset(task_name, seed)`` starts the episode and returns the first observation; each tool performs
     one action and returns the next observation; ``get_reward()`` is 1.0 when the task was solved.
+
+    Faults: an unreachable service raises EnvServiceUnavailable (the run stops). With
+    ``faults_are_no_data`` (training), a service that answers but cannot play the episode (410
+    session_lost after a browser crash, 5xx, a session reaped mid-episode) costs only this episode: it is
+    marked faulted, later tools return a short notice without calling the service, and ``get_reward()``
+    returns None, which TRL 1.16 leaves out of the group baseline and gives zero advantage. Without it the
+    service's error is raised. Either way the next ``reset`` starts a fresh session when the old one
+    cannot be reset in place.
     """
 
     max_episode_steps: int = 10
@@ -56,9 +95,11 @@ class BrowserEnvironment:
     _rollouts: ConcurrentRollouts | None = None
 
     def __init__(self, base_url: str | None = None, max_episode_steps: int | None = None,
-                 client: EnvClient | None = None):
+                 client: EnvClient | None = None, faults_are_no_data: bool = False):
         self._client = client or EnvClient(browsergym_url(base_url or self.base_url))
         self._max_steps = max_episode_steps or self.max_episode_steps
+        # Training (EnvironmentFactory) turns environment faults into no-data episodes; elsewhere they raise.
+        self._faults_are_no_data = faults_are_no_data
         self._session_id: str | None = None
         self._stats = EpisodeStats()
         # TRL turns a tool's exception into text for the model; a dead service must still stop training, so
@@ -76,22 +117,69 @@ class BrowserEnvironment:
 
     def _reset_now(self, task_name: str, seed: int) -> str:
         started = time.perf_counter()
-        try:
-            response = self._client.reset(task_name, seed=int(seed), session_id=self._session_id,
-                                          max_episode_steps=self._max_steps)
-        except EnvRequestError as exc:
-            if exc.error != "unknown_session":
-                raise
-            # The service reaped our idle session (or restarted): start a new one.
-            response = self._client.reset(task_name, seed=int(seed), max_episode_steps=self._max_steps)
-        self._session_id = response.session_id
-        self._stats = EpisodeStats(task_name=response.task_name, seed=response.seed)
         self._fatal_error = None  # the error belonged to the previous episode
+        # The row's task and seed from the start: a faulted episode must still say which row it played.
+        self._stats = EpisodeStats(task_name=str(task_name), seed=int(seed))
+        try:
+            response = self._start_episode(task_name, int(seed))
+        except EnvServiceUnavailable as exc:
+            if not (self._faults_are_no_data and self._service_answers()):
+                self._fatal_error = exc
+                raise
+            return self._fault(f"the service could not start the episode: {exc}", exc)
+        except EnvRequestError as exc:
+            if exc.error in _CALLER_ERRORS:
+                raise
+            return self._fault(f"the service could not start the episode: {exc}", exc)
+        self._session_id = response.session_id
+        self._stats.task_name, self._stats.seed = response.task_name, response.seed
         self._stats.env_latency_s.append(time.perf_counter() - started)
         return format_observation(response.observation, 0, self._max_steps)
 
-    def get_reward(self) -> float:
-        """Task success: 1.0 if the MiniWoB task reported a positive reward, else 0.0.
+    def _start_episode(self, task_name: str, seed: int) -> Any:
+        """Reset our session in place, or, when that session cannot be reset, a fresh one."""
+        if self._session_id is not None:
+            try:
+                return self._client.reset(task_name, seed=seed, session_id=self._session_id,
+                                          max_episode_steps=self._max_steps)
+            except EnvRequestError as exc:
+                if exc.error in _CALLER_ERRORS:
+                    raise
+                # Reaped while idle (404), its browser lost (410) or the reset failed (5xx): let it go.
+                log.info("session %s cannot be reset (%s); starting a new one", self._session_id, exc)
+                self._forget_session()
+        return self._client.reset(task_name, seed=seed, max_episode_steps=self._max_steps)
+
+    def _service_answers(self) -> bool:
+        """Alive unless the shared client already declared the service dead, or it does not answer now."""
+        return getattr(self._client, "fatal_error", None) is None and service_answers(self._client)
+
+    def _forget_session(self) -> None:
+        session_id, self._session_id = self._session_id, None
+        if session_id is None:
+            return
+        try:  # frees the slot if the service still holds it; a lost session is already gone
+            self._client.close_session(session_id)
+        except (EnvRequestError, EnvServiceUnavailable):
+            pass
+
+    def _fault(self, reason: str, exc: Exception) -> str:
+        """Mark the episode as an environment fault: no data. Returns the text the model sees.
+
+        Without ``faults_are_no_data`` (evaluation), ``exc`` is raised instead: a report must not count an
+        episode the environment lost as a failure, nor silently leave it out.
+        """
+        if not self._faults_are_no_data:
+            raise exc
+        if self._stats.fault is None:
+            self._stats.fault = reason
+            log.warning("environment fault in %s#%d, the episode is not scored: %s",
+                        self._stats.task_name, self._stats.seed, reason)
+        return format_fault(reason.split(":", 1)[0])
+
+    def get_reward(self) -> float | None:
+        """Task success: 1.0 if the MiniWoB task reported a positive reward, else 0.0; None (no data) when
+        the environment failed during the episode.
 
         Raises the EnvServiceUnavailable a tool met during the episode: a 0.0 would silently train on an
         episode that never ran.
@@ -101,6 +189,8 @@ class BrowserEnvironment:
         if self._fatal_error is not None:
             # A new exception each time: re-raising one instance splices every raise site into its traceback.
             raise EnvServiceUnavailable(str(self._fatal_error)) from self._fatal_error
+        if self._stats.fault is not None:
+            return None
         return 1.0 if self._stats.success else 0.0
 
     # -- tools (one per whitelisted action) ------------------------------------------------------
@@ -256,9 +346,11 @@ class BrowserEnvironment:
         """Run one action; the service's refusal or failure goes back to the model as text."""
         if self._fatal_error is not None:
             raise EnvServiceUnavailable(str(self._fatal_error)) from self._fatal_error
+        stats = self._stats
+        if stats.fault is not None:
+            return format_fault("the episode was already lost")
         if self._session_id is None:
             raise RuntimeError("reset() must be called before any tool")
-        stats = self._stats
         if stats.done or stats.truncated:
             return format_episode_end(stats.success, stats.steps) if stats.done else format_step_limit(
                 self._max_steps
@@ -274,8 +366,13 @@ class BrowserEnvironment:
                 if stats.steps >= self._max_steps:
                     stats.truncated = True
                 return f"Invalid action: {exc.message}"
-            raise
+            # 410 session_lost, 5xx, a session reaped mid-episode: the browser failed, not the model. The
+            # session id is kept: the next reset revives it in place or, failing that, starts a new one.
+            return self._fault(f"{action} failed: {exc}", exc)
         except EnvServiceUnavailable as exc:
+            stats.env_latency_s.append(time.perf_counter() - started)
+            if self._faults_are_no_data and self._service_answers():
+                return self._fault(f"{action} failed: {exc}", exc)
             self._fatal_error = exc
             raise
         stats.env_latency_s.append(time.perf_counter() - started)

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from browser_control.threadsafe_ast import parse_expression
+
 MAX_ACTION_CHARS = 2_000
 MAX_TEXT_CHARS = 1_000
 MAX_OPTIONS = 20
@@ -246,7 +248,7 @@ def parse_action(text: str) -> ParsedAction:
     if len(text) > MAX_ACTION_CHARS:
         raise ActionError(f"the action is longer than {MAX_ACTION_CHARS} characters")
     try:
-        tree = ast.parse(text, mode="eval")
+        tree = parse_expression(text)
     except SyntaxError:
         raise ActionError(
             f"could not parse {text[:80]!r}; write exactly one call such as click('13')"

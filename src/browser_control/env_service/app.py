@@ -10,17 +10,26 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from browser_control.env_service import openenv_ws
 from browser_control.env_service.actions import ActionError, describe_actions
 from browser_control.env_service.browser import (
     BrowserOptions,
     BrowserUnavailableError,
     EpisodeOverError,
     SessionLostError,
+)
+from browser_control.env_service.idempotency import (
+    IDEMPOTENCY_HEADER,
+    IDEMPOTENCY_KEY_PATTERN,
+    IdempotencyKeyReused,
+    RequestDeduplicator,
 )
 from browser_control.env_service.sessions import ServiceError, SessionManager
 from browser_control.env_service.tasks import UnknownTaskError, task_classes
@@ -50,6 +59,32 @@ class ServiceSettings:
     screenshots: bool = False
     reap_interval_s: float = 10.0
     settle_timeout_ms: int = 1_000
+    job_deadline_s: float = 60.0
+    # How long a keyed request's outcome is kept for its retries: longer than any client's retry window.
+    idempotency_ttl_s: float = 600.0
+
+
+ENDPOINTS_HINT = "endpoints: GET /health, GET /tasks, POST /reset, POST /step, POST /close (see /docs)"
+
+# Typed str with a None default where used, not str | None: OpenAPI then documents a plain optional string
+# header; a nullable one makes generators send the text "null", which the pattern rightly refuses.
+IdempotencyKey = Annotated[
+    str,
+    Header(
+        alias=IDEMPOTENCY_HEADER, pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="Any random id (8-64 of A-Z a-z 0-9 _ . : -), the same on every retry of one call: the "
+        "request then runs at most once, and a retry gets the first attempt's response",
+    ),
+]
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse} for status in statuses}
+
+
+def _rerun_after(exc: BaseException) -> bool:
+    """503s mean nothing ran and the client should retry: such outcomes are not replayed."""
+    return isinstance(exc, BrowserUnavailableError) or (isinstance(exc, ServiceError) and exc.status == 503)
 
 
 def _error(status: int, error: str, message: str, hint: str | None = None) -> JSONResponse:
@@ -69,6 +104,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 max_obs_chars=settings.max_obs_chars,
                 screenshots=settings.screenshots,
                 settle_timeout_ms=settings.settle_timeout_ms,
+                job_deadline_s=settings.job_deadline_s,
             ),
         )
         app.state.manager = manager
@@ -96,6 +132,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         version="1",
         lifespan=lifespan,
     )
+
+    dedup = RequestDeduplicator(ttl_s=settings.idempotency_ttl_s, rerun_after=_rerun_after)
+    app.state.dedup = dedup
 
     def manager(request: Request) -> SessionManager:
         return request.app.state.manager
@@ -148,6 +187,31 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def _browser_unavailable(_: Request, exc: BrowserUnavailableError) -> JSONResponse:
         return _error(503, "browser_unavailable", str(exc))
 
+    @app.exception_handler(IdempotencyKeyReused)
+    async def _key_reused(_: Request, exc: IdempotencyKeyReused) -> JSONResponse:
+        return _error(422, "idempotency_key_reused",
+                      f"{IDEMPOTENCY_HEADER} '{str(exc)[:64]}' was already used for a different request",
+                      "send a new random key for every new call; reuse a key only to retry the same call")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        path = request.url.path[:200]
+        if exc.status_code == 404:
+            return _error(404, "not_found", f"there is no endpoint {path}", ENDPOINTS_HINT)
+        if exc.status_code == 405:
+            response = _error(405, "method_not_allowed", f"{request.method} is not allowed on {path}",
+                              ENDPOINTS_HINT)
+            response.headers.update(exc.headers or {})
+            return response
+        if exc.status_code == 400:
+            # Starlette's body parser answers 400 for bodies json.loads cannot take (not UTF-8, nested
+            # too deep); to a client that is the same mistake as any other malformed JSON.
+            return _error(422, "invalid_request",
+                          "the request body is not JSON that can be read: it must be UTF-8 text holding one "
+                          "JSON object, not nested deeper than a few levels",
+                          "send a JSON object as documented in docs/http-api.md")
+        return _error(exc.status_code, "http_error", str(exc.detail)[:300])
+
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
@@ -163,8 +227,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return _error(500, "internal_error", f"{type(exc).__name__}: {str(exc)[:300]}",
                       "the session may be broken: POST /reset to start a new one")
 
-    @app.get("/health", response_model=HealthResponse,
-             responses={503: {"model": ErrorResponse}})
+    @app.get("/health", response_model=HealthResponse, responses=_errors(503))
     async def health(request: Request) -> JSONResponse:
         m = manager(request)
         ok, detail = await m.health()
@@ -177,34 +240,49 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def tasks() -> TasksResponse:
         return TasksResponse(tasks=sorted(task_classes()))
 
-    @app.post("/reset", response_model=ResetResponse,
-              responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
-    async def reset(body: ResetRequest, request: Request) -> ResetResponse:
+    @app.post("/reset", response_model=ResetResponse, responses=_errors(404, 410, 422, 500, 503))
+    async def reset(body: ResetRequest, request: Request,
+                    idempotency_key: IdempotencyKey = None) -> ResetResponse:
         request.state.log_fields.update(task=body.task_name[:100], seed=body.seed)
-        session_id, result = await manager(request).reset(
-            body.task_name, body.seed, body.session_id, body.max_episode_steps
-        )
-        request.state.log_fields.update(session_id=session_id)
-        return ResetResponse(session_id=session_id, **result)
 
-    @app.post("/step", response_model=StepResponse,
-              responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
-                         422: {"model": ErrorResponse}})
-    async def step(body: StepRequest, request: Request) -> StepResponse:
+        async def work() -> ResetResponse:
+            session_id, result = await manager(request).reset(
+                body.task_name, body.seed, body.session_id, body.max_episode_steps
+            )
+            return ResetResponse(session_id=session_id, **result)
+
+        response, replayed = await dedup.run(idempotency_key, "/reset " + body.model_dump_json(), work)
+        request.state.log_fields.update(session_id=response.session_id, replayed=replayed)
+        return response
+
+    @app.post("/step", response_model=StepResponse, responses=_errors(404, 409, 410, 422, 500, 503))
+    async def step(body: StepRequest, request: Request, idempotency_key: IdempotencyKey = None) -> StepResponse:
         request.state.log_fields.update(session_id=body.session_id[:64], action=body.action[:120])
-        result = await manager(request).step(body.session_id, body.action)
-        request.state.log_fields.update(reward=result.reward, done=result.done, step=result.step)
-        return StepResponse(
-            observation=result.observation, reward=result.reward, done=result.done,
-            truncated=result.truncated, step=result.step,
-        )
 
-    @app.post("/close", response_model=CloseResponse, responses={404: {"model": ErrorResponse}})
-    async def close(body: CloseRequest, request: Request) -> CloseResponse:
+        async def work() -> StepResponse:
+            result = await manager(request).step(body.session_id, body.action)
+            return StepResponse(
+                observation=result.observation, reward=result.reward, done=result.done,
+                truncated=result.truncated, step=result.step,
+            )
+
+        response, replayed = await dedup.run(idempotency_key, "/step " + body.model_dump_json(), work)
+        request.state.log_fields.update(reward=response.reward, done=response.done, step=response.step,
+                                        replayed=replayed)
+        return response
+
+    @app.post("/close", response_model=CloseResponse, responses=_errors(404, 422, 500))
+    async def close(body: CloseRequest, request: Request, idempotency_key: IdempotencyKey = None) -> CloseResponse:
         request.state.log_fields.update(session_id=body.session_id[:64])
-        await manager(request).close(body.session_id)
-        return CloseResponse(ok=True)
 
+        async def work() -> CloseResponse:
+            await manager(request).close(body.session_id)
+            return CloseResponse(ok=True)
+
+        response, _replayed = await dedup.run(idempotency_key, "/close " + body.model_dump_json(), work)
+        return response
+
+    openenv_ws.mount(app)  # OpenEnv's WebSocket protocol on /ws, over the same sessions
     return app
 
 

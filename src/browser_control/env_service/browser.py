@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import playwright.sync_api
+import psutil
 from browsergym.core.action import functions as action_functions
 from browsergym.core.action import get_global_demo_mode
 from browsergym.core.action.highlevel import HighLevelActionSet
@@ -46,6 +47,7 @@ from browsergym.utils.obs import IGNORED_AXTREE_PROPERTIES, flatten_axtree_to_st
 
 from browser_control.env_service import page_scripts, playwright_stack
 from browser_control.env_service.actions import ACTIONS, ParsedAction
+from browser_control.threadsafe_ast import AST_LOCK
 
 log = logging.getLogger("browser_control.env_service")
 playwright_stack.install()
@@ -128,6 +130,13 @@ def browsergym_action_set() -> HighLevelActionSet:
     )
 
 
+def browsergym_code(action: ParsedAction) -> str:
+    """The Python that BrowserGym will exec() for a whitelisted action."""
+    # BrowserGym's action parser calls ast.literal_eval: it shares the process-wide lock with ours.
+    with AST_LOCK:
+        return browsergym_action_set().to_python_code(action.canonical())
+
+
 @functools.cache
 def _action_definitions() -> tuple[str, types.CodeType]:
     """BrowserGym's action-function definitions (the same ~650 lines before every action), compiled once."""
@@ -158,6 +167,19 @@ class BrowserOptions:
     # observes it. BrowserGym always waits 0.5 s plus 0.1 s per Playwright call; jQuery UI widgets (the
     # autocomplete and menus of MiniWoB) show up 300 ms after the event plus their animation.
     settle_timeout_ms: int = 1_000
+    # Longest a single job (one reset, step, close or probe) may run on a worker. Past it the browser is
+    # taken for hung (stopped, deadlocked, swapping) and killed, so one bad browser cannot hold its worker
+    # and every request queued behind it for ever.
+    job_deadline_s: float = 60.0
+    # A health probe runs one line of JavaScript: anything slower than this is not a working browser.
+    probe_timeout_ms: int = 5_000
+
+
+@dataclass
+class _RunningJob:
+    future: concurrent.futures.Future[Any]
+    deadline: float
+    expired: bool = False
 
 
 class BrowserWorker:
@@ -173,8 +195,24 @@ class BrowserWorker:
         self._playwright: playwright.sync_api.Playwright | None = None
         self._browser: playwright.sync_api.Browser | None = None
         self._probe_page: playwright.sync_api.Page | None = None
+        self._probe_crashed = False
+        # The worker's Chromium main process; the watchdog kills its tree when a job overruns. A psutil
+        # Process, not a pid: it refuses to signal a pid that a new process has taken over since.
+        self._browser_process: psutil.Process | None = None
+        # The Playwright driver (node) under which the browser runs: killed when a hung job survives the
+        # browser's death, after which the worker starts a new Playwright.
+        self._driver_process: psutil.Process | None = None
+        self._restart_playwright = False
+        # Bumped when Playwright is restarted. Objects of an earlier Playwright must not be called again:
+        # their calls would wait on that Playwright's dead event loop.
+        self.playwright_generation = 0
+        self._running: _RunningJob | None = None
+        self._stopping = False
+        self._watch_cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=f"browser-worker-{index}", daemon=True)
         self._thread.start()
+        self._watchdog = threading.Thread(target=self._watch, name=f"browser-watchdog-{index}", daemon=True)
+        self._watchdog.start()
 
     # -- public, thread-safe -------------------------------------------------------------------
     def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
@@ -185,6 +223,9 @@ class BrowserWorker:
     def stop(self, timeout: float = 10.0) -> None:
         self._jobs.put(None)
         self._thread.join(timeout)
+        with self._watch_cond:
+            self._stopping = True
+            self._watch_cond.notify_all()
 
     # -- worker thread only ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -195,21 +236,99 @@ class BrowserWorker:
             fn, future = item
             if not future.set_running_or_notify_cancel():
                 continue
+            job = _RunningJob(future, time.monotonic() + self.options.job_deadline_s)
+            with self._watch_cond:
+                self._running = job
+                self._watch_cond.notify_all()
+            outcome: tuple[bool, Any]
             try:
-                future.set_result(fn())
+                outcome = (True, fn())
             except BaseException as exc:  # the caller decides; the worker must survive any job
-                future.set_exception(exc)
+                outcome = (False, exc)
+            with self._watch_cond:
+                self._running = None
+                self._watch_cond.notify_all()
+                if job.expired:
+                    # The watchdog already answered the caller; this is the aftermath of the kill.
+                    log.info("overrun job ended after its browser was killed",
+                             extra={"worker": self.index, "ok": outcome[0]})
+                    continue
+            if outcome[0]:
+                future.set_result(outcome[1])
+            else:
+                future.set_exception(outcome[1])
         self._shutdown()
+
+    # -- watchdog thread -------------------------------------------------------------------------
+    def _watch(self) -> None:
+        while True:
+            with self._watch_cond:
+                while True:
+                    if self._stopping:
+                        return
+                    job = self._running
+                    if job is None or job.expired:
+                        self._watch_cond.wait()
+                        continue
+                    remaining = job.deadline - time.monotonic()
+                    if remaining > 0:
+                        self._watch_cond.wait(remaining)
+                        continue
+                    job.expired = True
+                    browser_process, driver_process = self._browser_process, self._driver_process
+                    break
+            self._expire(job, browser_process)
+            # A hang below Chromium (in the Playwright driver) outlives the browser's death: then the driver
+            # goes too, its calls fail at once, and the worker starts a new Playwright for its next job.
+            grace_s = min(10.0, self.options.job_deadline_s)
+            with self._watch_cond:
+                ended = self._watch_cond.wait_for(lambda job=job: self._running is not job or self._stopping,
+                                                  timeout=grace_s)
+                if not ended and driver_process is not None:
+                    self._restart_playwright = True
+            if not ended and driver_process is not None:
+                log.error("job still hung after its browser was killed; killing the Playwright driver",
+                          extra={"worker": self.index, "driver_pid": driver_process.pid})
+                kill_process_tree(driver_process)
+
+    def _expire(self, job: _RunningJob, browser_process: psutil.Process | None) -> None:
+        deadline_s = self.options.job_deadline_s
+        pid = browser_process.pid if browser_process is not None else None
+        log.error("browser job overran its deadline; killing the worker's browser",
+                  extra={"worker": self.index, "deadline_s": deadline_s, "browser_pid": pid})
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            job.future.set_exception(SessionLostError(
+                f"the browser did not finish this request within {deadline_s:g} s (hung or stopped), so it "
+                "was replaced and this session's page is gone; POST /reset with this session_id to start "
+                "a new episode"
+            ))
+        if browser_process is not None:
+            kill_process_tree(browser_process)
 
     def browser(self) -> playwright.sync_api.Browser:
         """The worker's Chromium, (re)launched if it is not running. Worker thread only."""
+        with self._watch_cond:
+            restart, self._restart_playwright = self._restart_playwright, False
+        if restart and self._playwright is not None:
+            try:
+                self._playwright.stop()
+            except Exception:  # its driver was killed: there is nothing left to stop
+                log.debug("ignored error while dropping a dead Playwright", exc_info=True)
+            self._playwright = None
+            self._browser = None
+            self.playwright_generation += 1
         if self._browser is not None and self._browser.is_connected():
             return self._browser
         self._browser = None
         self._probe_page = None
+        with self._watch_cond:
+            self._browser_process = None
         try:
             if self._playwright is None:
                 self._playwright = playwright.sync_api.sync_playwright().start()
+                driver = self._driver_process_of(self._playwright)
+                with self._watch_cond:
+                    self._driver_process = driver
                 # BrowserGym's action functions locate elements with get_by_test_id(bid).
                 self._playwright.selectors.set_test_id_attribute(BROWSERGYM_ID_ATTRIBUTE)
             started = time.perf_counter()
@@ -227,25 +346,93 @@ class BrowserWorker:
                 "or set CHROMIUM_EXECUTABLE to a Chromium binary"
             )
             raise BrowserUnavailableError(f"{hint} ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        pid = self._main_process_pid(self._browser)
+        with self._watch_cond:
+            try:
+                self._browser_process = psutil.Process(pid) if pid is not None else None
+            except psutil.Error:
+                self._browser_process = None
         log.info(
             "browser launched",
-            extra={"worker": self.index, "version": self._browser.version,
+            extra={"worker": self.index, "version": self._browser.version, "browser_pid": pid,
                    "launch_ms": round(1000 * (time.perf_counter() - started))},
         )
         return self._browser
 
+    @staticmethod
+    def _driver_process_of(pw: playwright.sync_api.Playwright) -> psutil.Process | None:
+        """Playwright's driver process; only reachable through its private transport (pinned 1.44)."""
+        try:
+            return psutil.Process(pw._impl_obj._connection._transport._proc.pid)  # type: ignore[attr-defined]
+        except Exception:  # another Playwright layout: a driver hang then stays a hang, as before
+            log.warning("could not find the Playwright driver process", exc_info=True)
+            return None
+
+    @staticmethod
+    def _main_process_pid(browser: playwright.sync_api.Browser) -> int | None:
+        """The pid of Chromium's main process, which Playwright does not expose; asked over CDP."""
+        try:
+            cdp = browser.new_browser_cdp_session()
+            try:
+                info = cdp.send("SystemInfo.getProcessInfo")
+            finally:
+                cdp.detach()
+            return next(int(p["id"]) for p in info["processInfo"] if p.get("type") == "browser")
+        except Exception:  # without the pid an overrun still answers 410, it just cannot free the worker
+            log.warning("could not learn the browser's pid; hung jobs cannot be killed", exc_info=True)
+            return None
+
     def owns(self, context: playwright.sync_api.BrowserContext) -> bool:
         """Whether the context belongs to the worker's current, connected browser (not a crashed one)."""
-        return self._browser is not None and self._browser.is_connected() and context.browser == self._browser
+        return (
+            not self._restart_playwright  # its driver was killed: everything it made is gone
+            and self._browser is not None
+            and self._browser.is_connected()
+            and context.browser == self._browser
+        )
 
     def probe(self) -> str:
-        """Drive the browser for real (evaluate JS in a page); return its version. Worker thread only."""
-        browser = self.browser()
-        if self._probe_page is None or self._probe_page.is_closed():
-            self._probe_page = browser.new_context().new_page()
-        if self._probe_page.evaluate("() => 6 * 7") != 42:
-            raise BrowserUnavailableError("the browser returned a wrong result for a probe script")
-        return browser.version
+        """Drive the browser for real (run JS in a page); return its version. Worker thread only.
+
+        The probe page is replaced when its renderer crashed (a crashed page is not closed), and the
+        script runs under a timeout: ``page.evaluate`` has none, and one racing a crash never returns.
+        A failure is retried once on a fresh page, so a dead probe renderer alone never fails /health.
+        """
+        problem = ""
+        for _attempt in range(2):
+            browser = self.browser()
+            try:
+                page = self._live_probe_page(browser)
+                page.wait_for_function("() => 6 * 7 === 42", timeout=self.options.probe_timeout_ms)
+                return browser.version
+            except playwright.sync_api.Error as exc:
+                problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                log.warning("browser probe failed; retrying on a fresh page",
+                            extra={"worker": self.index, "error": problem})
+                self._discard_probe_page()
+        raise BrowserUnavailableError(f"the browser of worker {self.index} did not run a probe script: {problem}")
+
+    def _live_probe_page(self, browser: playwright.sync_api.Browser) -> playwright.sync_api.Page:
+        page = self._probe_page
+        if page is None or page.is_closed() or self._probe_crashed or not self.owns(page.context):
+            self._discard_probe_page()
+            page = browser.new_context().new_page()
+            self._probe_crashed = False
+            page.on("crash", self._on_probe_crash)
+            self._probe_page = page
+        return page
+
+    def _on_probe_crash(self, page: playwright.sync_api.Page) -> None:
+        if page is self._probe_page:
+            self._probe_crashed = True
+
+    def _discard_probe_page(self) -> None:
+        page, self._probe_page = self._probe_page, None
+        if page is not None:
+            try:
+                page.context.close()
+            except Exception:  # the renderer, the browser or its driver is already gone
+                pass
 
     def _shutdown(self) -> None:
         for close in (
@@ -258,6 +445,19 @@ class BrowserWorker:
                 log.debug("ignored error during worker shutdown", exc_info=True)
         self._browser = None
         self._playwright = None
+
+
+def kill_process_tree(root: psutil.Process) -> None:
+    """SIGKILL a process and its descendants; works on stopped processes, ignores ones already gone."""
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass  # exited meanwhile
 
 
 class EpisodeOverError(RuntimeError):
@@ -298,13 +498,41 @@ class BrowserSession:
     _cdp: playwright.sync_api.CDPSession | None = None
     _cdp_page: playwright.sync_api.Page | None = None
     _marked: dict[str, Any] | None = None
+    # Set by Playwright's "crash" event: a crashed page is not closed, and calls on it fail or hang.
+    _crashed: bool = False
+    # The last reset failed with the browser gone: the episode is unusable until a reset succeeds.
+    _lost: bool = False
+    _generation: int = 0  # the worker's playwright_generation that made _context
 
     def reset(
         self, task_cls: type[AbstractMiniwobTask], task_name: str, seed: int, base_url: str,
         max_episode_steps: int | None,
     ) -> dict[str, Any]:
         task = task_cls(seed=seed, base_url=base_url)
-        if self._reusable_for(task):
+        self.worker.browser()  # relaunch a dead browser first, so the reuse check below sees it is gone
+        reuse = self._reusable_for(task)
+        try:
+            with self._browser_loss_is_session_loss():
+                try:
+                    return self._reset(task, task_name, seed, max_episode_steps, reuse)
+                except playwright.sync_api.Error as exc:
+                    if not reuse or not self._browser_lost(exc):
+                        raise
+            # The old page died between the check and its use (its crash event had not arrived yet):
+            # one more try on a fresh context is what "reset revives a lost session" promises.
+            log.info("reset on the reused page failed; retrying on a fresh context",
+                     extra={"session_id": self.session_id})
+            with self._browser_loss_is_session_loss():
+                return self._reset(task_cls(seed=seed, base_url=base_url), task_name, seed,
+                                   max_episode_steps, reuse=False)
+        except SessionLostError:
+            self._lost = True
+            raise
+
+    def _reset(
+        self, task: AbstractMiniwobTask, task_name: str, seed: int, max_episode_steps: int | None, reuse: bool,
+    ) -> dict[str, Any]:
+        if reuse:
             # Same viewport and a live page: navigating again loads a fresh document, which is all a
             # MiniWoB episode depends on, and saves spawning a renderer process (most of a reset's cost).
             self._teardown_task()
@@ -315,7 +543,11 @@ class BrowserSession:
                 viewport=task.viewport, locale=task.locale, timezone_id=task.timezone_id
             )
             self._context.add_init_script(page_scripts.ACTIVITY_TRACKER)
+            self._generation = self.worker.playwright_generation
             self._page = self._context.new_page()
+            self._crashed = False
+            self._page.on("crash", self._on_crash)
+        self._lost = False
         self._context.set_default_timeout(task.timeout)
         goal, _info = task.setup(page=self._page)
         self._task = task
@@ -328,6 +560,10 @@ class BrowserSession:
         self._settle_and_mark()
         return self._observation(last_action_error="")
 
+    def _on_crash(self, page: playwright.sync_api.Page) -> None:
+        if page is self._page:
+            self._crashed = True
+
     def step(self, action: ParsedAction) -> StepResult:
         if self._task is None or self._page is None:
             raise EpisodeOverError("this session has no episode; POST /reset first")
@@ -336,13 +572,18 @@ class BrowserSession:
                 f"the episode is over ({'task done' if self.done else 'step limit reached'}); "
                 "POST /reset to start a new one"
             )
-        if self._context is None or not self.worker.owns(self._context):
+        if self._lost or self._context is None or not self.worker.owns(self._context):
             raise SessionLostError(
                 "this session's browser stopped (crashed or was killed); POST /reset with this "
                 "session_id to start a new episode on a fresh browser"
             )
+        if self._crashed:
+            raise SessionLostError(
+                "this session's page crashed (its renderer process died); POST /reset with this "
+                "session_id to start a new episode"
+            )
         # Only the canonical re-serialisation of a whitelisted, literal-only call reaches exec().
-        code = browsergym_action_set().to_python_code(action.canonical())
+        code = browsergym_code(action)
         error = ""
         try:
             _execute_action(
@@ -353,6 +594,12 @@ class BrowserSession:
             )
         except Exception as exc:  # the model's action failed on the page: tell the model why
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+            if isinstance(exc, playwright.sync_api.Error) and self._browser_lost(exc):
+                # Not the model's mistake: the page is gone, so there is no next observation to show.
+                raise SessionLostError(
+                    "this session's page crashed or its browser stopped during the action; POST /reset "
+                    "with this session_id to start a new episode"
+                ) from exc
         self.steps += 1
         with self._browser_loss_is_session_loss():
             self._settle_and_mark()
@@ -465,17 +712,28 @@ class BrowserSession:
             observation["screenshot_png_b64"] = base64.b64encode(page.screenshot(type="png")).decode()
         return observation
 
+    def _browser_lost(self, exc: playwright.sync_api.Error) -> bool:
+        """Whether a Playwright error means the page or browser is gone, as opposed to a bad action."""
+        message = str(exc)
+        return (
+            self._crashed
+            or self._page is None
+            or self._page.is_closed()
+            or self._context is None
+            or not self.worker.owns(self._context)
+            or "has been closed" in message
+            or "Target crashed" in message
+            or "Page crashed" in message
+        )
+
     @contextlib.contextmanager
     def _browser_loss_is_session_loss(self) -> Iterator[None]:
         try:
             yield
         except playwright.sync_api.Error as exc:
-            page_gone = self._page is None or self._page.is_closed()
-            if page_gone or self._context is None or not self.worker.owns(self._context) or (
-                "has been closed" in str(exc)
-            ):
+            if self._browser_lost(exc):
                 raise SessionLostError(
-                    "this session's browser page was closed (the browser crashed or was killed); "
+                    "this session's browser page was closed or crashed (its renderer or the browser died); "
                     "POST /reset with this session_id to start a new episode"
                 ) from exc
             raise
@@ -484,13 +742,19 @@ class BrowserSession:
         return (
             self._context is not None
             and self._page is not None
+            and not self._crashed
             and not self._page.is_closed()
             and self._page.viewport_size == task.viewport
             and self._context.pages == [self._page]
             and self.worker.owns(self._context)
         )
 
+    def _of_a_dead_playwright(self) -> bool:
+        return self._generation != self.worker.playwright_generation
+
     def _teardown_task(self) -> None:
+        if self._task is not None and self._of_a_dead_playwright():
+            self._task = None  # its page belongs to a Playwright that is gone: nothing to tear down
         if self._task is not None:
             try:
                 self._task.teardown()
@@ -500,11 +764,11 @@ class BrowserSession:
 
     def _close_context(self) -> None:
         self._teardown_task()
-        if self._context is not None:
+        if self._context is not None and not self._of_a_dead_playwright():
             try:
                 self._context.close()
-            except playwright.sync_api.Error:
-                pass  # the browser is already gone; nothing to free
+            except Exception:  # the browser (or its Playwright driver) is already gone; nothing to free
+                pass
         self._context = None
         self._page = None
         self._cdp = None

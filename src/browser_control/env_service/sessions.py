@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from browser_control.env_service.actions import parse_action
-from browser_control.env_service.browser import BrowserOptions, BrowserSession, BrowserWorker, StepResult
+from browser_control.env_service.browser import (
+    BrowserOptions,
+    BrowserSession,
+    BrowserWorker,
+    SessionLostError,
+    StepResult,
+)
 from browser_control.env_service.tasks import canonical_task_name, miniwob_base_url, task_classes
 from browser_control.protocol import MAX_SEED
 
@@ -106,6 +112,7 @@ class SessionManager:
         task_cls = task_classes()[short_name]
         if seed is None:
             seed = secrets.randbelow(MAX_SEED)
+        in_place = session_id is not None
         if session_id is not None:
             handle = self._handle(session_id)
         else:
@@ -127,6 +134,17 @@ class SessionManager:
                     session.worker,
                     lambda: session.reset(task_cls, short_name, seed, self.base_url, max_episode_steps),
                 )
+            except SessionLostError as exc:
+                if in_place:
+                    raise  # 410; the session stays, and the next reset in place gets a fresh browser
+                await self.close(session_id, missing_ok=True, locked=True)
+                # The client never saw this session id, so "reset it" would be no advice: nothing of
+                # the request survived and the same request can simply be sent again.
+                raise ServiceError(
+                    503, "browser_unavailable",
+                    f"the browser crashed or hung while starting the session: {exc}",
+                    "send the same request again; a fresh browser is started for it",
+                ) from exc
             except Exception:
                 await self.close(session_id, missing_ok=True, locked=True)
                 raise
@@ -156,9 +174,12 @@ class SessionManager:
             self._handle(session_id)  # raises the 404
         session = handle.session
         session.worker.session_count -= 1
-        if locked:
-            await self._on_worker(session.worker, session.close)
-        else:
-            async with handle.lock:
+        try:
+            if locked:
                 await self._on_worker(session.worker, session.close)
+            else:
+                async with handle.lock:
+                    await self._on_worker(session.worker, session.close)
+        except SessionLostError:
+            pass  # closing overran its deadline and the browser was killed: the context is gone either way
         return True

@@ -44,7 +44,10 @@ from browser_control.agent.environment import DEFAULT_BROWSERGYM_URL, BrowserEnv
 from browser_control.arg_types import non_negative_float, non_negative_int, positive_int
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from browser_control.evaluation.report import EvaluationReport
+    from browser_control.model_source import ModelSource
 
 COMMAND = "evaluate"
 
@@ -120,6 +123,17 @@ def _print_suites() -> int:
     return 0
 
 
+def _locate_models(specs: list[str], resolve: Callable[[str], str]) -> dict[str, ModelSource]:
+    """Where each model loads from, found before any is loaded: no network wait for a model that is nowhere."""
+    from browser_control.evaluation.runner import EvaluationError
+    from browser_control.model_source import ModelNotFound, locate_model
+
+    try:
+        return {spec: locate_model(resolve(spec), load_adapter=True) for spec in specs}
+    except ModelNotFound as exc:
+        raise EvaluationError(str(exc)) from None
+
+
 def _labels(specs: list[str]) -> list[str]:
     labels, seen = [], {}
     for spec in specs:
@@ -143,7 +157,10 @@ def run(args: argparse.Namespace) -> int:
     if args.tasks is not None and not [t for t in args.tasks.split(",") if t.strip()]:
         return _fail("--tasks is empty; give task names such as click-test,enter-text")
 
-    url = resolve_env_url(args.browsergym_url)
+    try:
+        url = resolve_env_url(args.browsergym_url)
+    except EvaluationError as exc:
+        return _fail(str(exc))
     try:
         from browser_control.evaluation.model_policy import (
             base_model_of,
@@ -166,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
             resolve_model(base)
             if base not in args.model:
                 args.model.insert(0, base)
+        args.model_sources = _locate_models(args.model, resolve_model)
         known = available_tasks(url)
         if args.tasks:
             requested = [t for t in args.tasks.split(",") if t.strip()]
@@ -227,6 +245,8 @@ def _evaluate_all(args: argparse.Namespace, tasks: list[str], url: str) -> list[
     reports = []
     for spec, label in zip(args.model, _labels(args.model), strict=True):
         # One model at a time: a 350M model is small, but two vLLM engines would fight over the GPU.
+        source = getattr(args, "model_sources", {}).get(spec)
+        print(f"loading {label}: {source.describe() if source else spec}", file=sys.stderr, flush=True)
         policy = load_model_policy(spec, backend=args.backend, label=label, device=args.device, dtype=args.dtype,
                                    max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                    max_context_tokens=args.max_context_tokens,

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from browser_control.agent.environment import bound_tools
-from browser_control.checkpoints_cli import adapter_dir, checkpoint_dir
+from browser_control.checkpoints_cli import adapter_dir, checkpoint_dir, model_files_problem
 from browser_control.evaluation.policy import Decision, Episode, Policy, ToolCall
 from browser_control.evaluation.runner import EvaluationError
+from browser_control.model_source import looks_local, missing_path_message
 
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -36,17 +37,16 @@ def resolve_model(spec: str) -> str:
         if not (path / "config.json").exists() and adapter_dir(path) is None:
             raise EvaluationError(f"{spec!r} is not a model directory: it has no config.json (full model) or "
                                   "adapter_config.json (LoRA adapter)")
+        problem = model_files_problem(path)
+        if problem:
+            raise EvaluationError(f"model {spec!r} is corrupt: {problem}")
         return str(path)
     named = checkpoint_dir() / spec
     if "/" not in spec and named.is_dir():
         return resolve_model(str(named))
-    if _HUB_ID_RE.match(spec) and not spec.startswith((".", "~")):
+    if _HUB_ID_RE.match(spec) and not looks_local(spec):
         return spec  # a hub id; from_pretrained finds it in the local cache or downloads it
-    raise EvaluationError(
-        f"model path {spec!r} does not exist (nor does a checkpoint of that name in {checkpoint_dir()}); "
-        "give a model directory, a checkpoint name (`browser-control checkpoints list`) or a Hub id such as "
-        "LiquidAI/LFM2-350M"
-    )
+    raise EvaluationError(missing_path_message(spec) + " A Hub model is given by its id, e.g. LiquidAI/LFM2-350M.")
 
 
 TRAINING_CONFIG_FILE = "training_config.yaml"  # written beside every checkpoint by `browser-control train`
@@ -219,12 +219,15 @@ class VLLMGenerator:
     def __init__(self, model_path: str, eos_token_ids: Sequence[int], max_new_tokens: int,
                  temperature: float = 0.0, top_p: float = 1.0, gpu_memory_utilization: float = 0.85,
                  max_model_len: int | None = None):
+        from browser_control.models.vllm_setup import prepare_vllm_environment
+
         try:
             from vllm import LLM, SamplingParams
         except ImportError:
             raise EvaluationError("--backend vllm needs vLLM (pip install 'vllm>=0.22,<=0.31'); "
                                   "or use the default --backend transformers") from None
         self.eos_token_ids = list(eos_token_ids)
+        prepare_vllm_environment()
         self.llm = LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        seed=0)
         self.params = SamplingParams(temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
@@ -343,6 +346,8 @@ def _adapter(path: str) -> tuple[Path, str] | None:
     adapter = adapter_dir(Path(path)) if Path(path).is_dir() else None
     if adapter is None:
         return None
+    if adapter != Path(path) and (Path(path) / "config.json").is_file():
+        return None  # merge_lora: the checkpoint is the merged model; adapter/ is kept beside it
     base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
         raise EvaluationError(f"{adapter}/adapter_config.json names no base_model_name_or_path; cannot load it")
@@ -355,6 +360,7 @@ def load_model_policy(spec: str, *, backend: str = "transformers", label: str | 
                       max_completion_tokens: int | None = None, gpu_memory_utilization: float = 0.85) -> ModelPolicy:
     """Load a model directory, checkpoint name or Hub id (a LoRA adapter is merged into its base)."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model(spec)
@@ -392,8 +398,13 @@ def load_model_policy(spec: str, *, backend: str = "transformers", label: str | 
             model = PeftModel.from_pretrained(model, str(lora[0])).merge_and_unload()
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-    except OSError as exc:
-        raise EvaluationError(f"could not load model {spec!r}: {exc}") from None
+    except EvaluationError:
+        raise
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        # OSError: missing files; the others: what transformers and safetensors raise for files that exist
+        # but are not what they should be. One line, the first of the library's message.
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EvaluationError(f"could not load model {spec!r} from {path}: {first_line}") from None
     model.to(device)
     policy = from_model(model, tokenizer, label, max_new_tokens=max_new_tokens, temperature=temperature,
                         top_p=top_p, max_context_tokens=max_context_tokens,

@@ -7,9 +7,10 @@ scripted success proves the observation carries enough information to solve the 
 
 from __future__ import annotations
 
-import ast
 import re
 from dataclasses import dataclass, field
+
+from browser_control.threadsafe_ast import literal_eval
 
 _GOAL_RE = re.compile(r"^Goal: (?P<goal>.*?)\nStep \d+ of \d+\. Last action error: (?P<error>.*?)\nPage:\n",
                       re.DOTALL)
@@ -57,7 +58,7 @@ class PageView:
 
 def _unquote(text: str) -> str:
     try:
-        value = ast.literal_eval(text)
+        value = literal_eval(text)
     except (ValueError, SyntaxError):
         return text.strip("'\"")
     return value if isinstance(value, str) else str(value)

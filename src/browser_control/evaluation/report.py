@@ -163,6 +163,13 @@ def markdown(reports: Sequence[EvaluationReport]) -> str:
         f"environment service {s['env_url']}.",
         "Success rates carry 95% Wilson intervals; a change is called better/worse only when the 95% "
         "interval of the difference (Newcombe) excludes zero.",
+        "Invalid actions are the calls that did nothing: refused by the service (not an allowed action, "
+        "bad arguments) or reported as an error by the page. A correct action can be among them, so a "
+        "successful episode can have some: MiniWoB places the buttons of click-test-2 and "
+        "click-button-sequence at random, sometimes on top of each other, and a click on the covered one "
+        "times out (BrowserGym allows an action 500 ms); the scripted policy then presses Enter on the "
+        "button. The scripted baseline's rate on those two tasks (13% and 7% of their actions over the "
+        "first 20 evaluation seeds) is a floor that no policy can go below.",
         "",
         "## Runs",
         "",

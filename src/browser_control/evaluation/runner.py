@@ -33,8 +33,13 @@ class EvaluationError(RuntimeError):
 def resolve_env_url(env_url: str | None = None) -> str:
     """An explicit address wins, then BROWSERGYM_URL, then the default local service."""
     import os
+    import re
 
-    return env_url or os.environ.get("BROWSERGYM_URL") or DEFAULT_BROWSERGYM_URL
+    url = env_url or os.environ.get("BROWSERGYM_URL") or DEFAULT_BROWSERGYM_URL
+    if not re.match(r"^https?://[^/\s]+", url):
+        given = "--browsergym-url" if env_url else "BROWSERGYM_URL"
+        raise EvaluationError(f"{given}={url!r}: expected an http(s) URL such as {DEFAULT_BROWSERGYM_URL}")
+    return url
 
 
 def available_tasks(env_url: str, timeout_s: float = 10.0) -> list[str]:

@@ -9,7 +9,7 @@ path with from_pretrained, the same code path as a hub model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 # LFM2's special tokens, in LFM2's id order.
@@ -101,6 +101,34 @@ def _wrap(bpe, chat_template: str):  # type: ignore[no-untyped-def]
     return tokenizer
 
 
+# LiquidAI/LFM2-350M's architecture (its config.json): 16 layers, 6 of them attention. Benchmarks build it
+# with random weights where no model hub is reachable.
+LFM2_350M_SHAPE = dict(
+    vocab_size=65536, hidden_size=1024, intermediate_size=6656, num_hidden_layers=16,
+    num_attention_heads=16, num_key_value_heads=8, full_attn_idxs=[2, 5, 8, 10, 12, 14],
+    block_multiple_of=256, block_ffn_dim_multiplier=1.0, block_auto_adjust_ff_dim=True,
+    conv_L_cache=3, max_position_embeddings=128_000, tie_word_embeddings=True,
+)
+
+# The Lfm2Config attributes vLLM's LFM2 model reads (vllm/model_executor/models/lfm2.py, 0.26). transformers
+# defines all but conv_dim, block_dim and conv_dim_out, which LFM2-350M's config.json carries and vLLM refuses
+# to start without.
+VLLM_LFM2_CONFIG_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "layer_types", "norm_eps", "rope_parameters", "tie_word_embeddings",
+    "conv_L_cache", "conv_bias", "conv_dim", "conv_dim_out", "block_dim", "block_multiple_of",
+    "block_ffn_dim_multiplier", "block_auto_adjust_ff_dim",
+)
+
+
+def lfm2_config(**fields):  # type: ignore[no-untyped-def]
+    """An ``Lfm2Config`` as LiquidAI's checkpoints write it: the convolution widths equal the hidden size."""
+    from transformers import Lfm2Config
+
+    width = fields["hidden_size"]
+    return Lfm2Config(**{"conv_dim": width, "conv_dim_out": width, "block_dim": width, **fields})
+
+
 def build_tiny_lfm2(
     output_dir: str | Path,
     hidden_size: int = 16,
@@ -113,12 +141,12 @@ def build_tiny_lfm2(
 ) -> Path:
     """Write a random LFM2 (attention in the last layer, short convolutions before) and its tokenizer."""
     import torch
-    from transformers import Lfm2Config, Lfm2ForCausalLM
+    from transformers import Lfm2ForCausalLM
 
     output_dir = Path(output_dir)
     tokenizer = build_tokenizer(output_dir, corpus, vocab_size)
     torch.manual_seed(seed)
-    config = Lfm2Config(
+    config = lfm2_config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
@@ -140,15 +168,17 @@ def build_tiny_lfm2(
     return output_dir
 
 
-def imprint_reply(model_dir: str | Path, reply: str, prompts: list[list[dict]], tools: list | None = None,
-                  steps: int = 200, learning_rate: float = 3e-3, max_rounds: int = 4) -> Path:
+def imprint_reply(model_dir: str | Path, reply: str | Sequence[str], prompts: list[list[dict]],
+                  tools: list | None = None, steps: int = 200, learning_rate: float = 3e-3,
+                  max_rounds: int = 4) -> Path:
     """Train the model in ``model_dir`` (in place) to answer every prompt with ``reply``.
 
     A random model almost never emits a well-formed tool call, so a rollout would end after one turn.
     Imprinting a fixed reply such as ``<|tool_call_start|>[click(bid='13')]<|tool_call_end|>`` gives
-    multi-turn episodes of a known shape: what pipeline tests and throughput benchmarks need. Loss is on
-    the reply tokens only. Training goes on in rounds of ``steps`` until greedy decoding of the first
-    and last prompt gives the reply, for at most ``max_rounds`` rounds.
+    multi-turn episodes of a known shape: what pipeline tests and throughput benchmarks need. Several
+    replies (repeats weigh more) give a policy that samples among them, so GRPO groups see different
+    rewards. Loss is on the reply tokens only. Training goes on in rounds of ``steps`` until greedy decoding
+    of the first and last prompt gives one of the replies, for at most ``max_rounds`` rounds.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -156,14 +186,16 @@ def imprint_reply(model_dir: str | Path, reply: str, prompts: list[list[dict]], 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device)
-    reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    replies = [reply] if isinstance(reply, str) else list(reply)
+    replies_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for r in replies]
     examples = []
     for messages in prompts:
         prompt_ids = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
                                                    tokenize=True, return_dict=False)
-        ids = list(prompt_ids) + reply_ids
-        labels = [-100] * len(prompt_ids) + reply_ids
-        examples.append((torch.tensor([ids], device=device), torch.tensor([labels], device=device)))
+        for reply_ids in replies_ids:
+            ids = list(prompt_ids) + reply_ids
+            labels = [-100] * len(prompt_ids) + reply_ids
+            examples.append((torch.tensor([ids], device=device), torch.tensor([labels], device=device)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
 
     def answers_with_reply(example: tuple) -> bool:
@@ -172,9 +204,10 @@ def imprint_reply(model_dir: str | Path, reply: str, prompts: list[list[dict]], 
         model.eval()
         with torch.no_grad():
             out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                 max_new_tokens=len(reply_ids), pad_token_id=tokenizer.pad_token_id)
+                                 max_new_tokens=max(map(len, replies_ids)), pad_token_id=tokenizer.pad_token_id)
         model.train()
-        return out[0, prompt.shape[1]:].tolist() == reply_ids
+        answer = out[0, prompt.shape[1]:].tolist()
+        return any(answer[: len(ids)] == ids for ids in replies_ids)
 
     model.train()
     for round_ in range(max_rounds):
@@ -187,6 +220,6 @@ def imprint_reply(model_dir: str | Path, reply: str, prompts: list[list[dict]], 
         if all(answers_with_reply(e) for e in (examples[0], examples[-1])):
             break
     else:
-        raise RuntimeError(f"the model did not learn to answer {reply!r} in {max_rounds * steps} steps")
+        raise RuntimeError(f"the model did not learn to answer {replies!r} in {max_rounds * steps} steps")
     model.save_pretrained(str(model_dir))
     return Path(model_dir)

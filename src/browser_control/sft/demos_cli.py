@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{args.output} exists; pass --force to overwrite it")
     if args.output.is_dir():
         return _fail(f"{args.output} is a directory; give a file name such as {args.output}/demos.jsonl")
-    url = resolve_env_url(args.browsergym_url)
     try:
+        url = resolve_env_url(args.browsergym_url)
         if args.tasks is not None:
             tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
             if not tasks:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from browser_control.client import EnvClient, EnvRequestError, EnvServiceUnavailable
+from browser_control.training import checkpoints as ckpt
 from browser_control.training.rollouts import SaturationMonitor
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,23 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+class CompletionMarker(TrainerCallback):
+    """Proves each intermediate checkpoint complete once the Trainer has written all of it.
+
+    The Trainer calls ``on_save`` after weights, optimizer, scheduler, RNG and trainer state are written
+    (and after an exception in any of them, never); only then is checkpoint-complete.json written, by
+    rename. Resume and cleanup trust that file, not the presence of the Trainer's own files.
+    """
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                **kwargs: Any) -> None:
+        if not args.should_save:  # only the process that writes the checkpoint marks it
+            return
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if checkpoint.is_dir():
+            ckpt.mark_complete(checkpoint, state.global_step)
+
+
 class GracefulStop(TrainerCallback):
     """SIGTERM/SIGINT (``docker compose stop``, Ctrl-C): save an intermediate checkpoint, then stop.
 
@@ -145,18 +165,33 @@ class HeldOutEvaluation(TrainerCallback):
         self.env_url, self.max_steps, self.max_completion_tokens = env_url, max_steps, max_completion_tokens
         self.writer = writer  # a SummaryWriter on the main process, None elsewhere
         self.history: list[dict[str, float]] = []
+        self.skipped: list[int] = []  # steps whose evaluation an environment fault cut short
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     model: Any = None, processing_class: Any = None, **kwargs: Any) -> None:
         if state.global_step % self.every or model is None or processing_class is None:
             return
         from browser_control.evaluation.model_policy import from_model
-        from browser_control.evaluation.runner import evaluate_policy
+        from browser_control.evaluation.runner import EvaluationError, evaluate_policy
 
         policy = from_model(model, processing_class, label=f"step-{state.global_step}",
                             max_completion_tokens=self.max_completion_tokens)
-        report = evaluate_policy(policy, self.tasks, self.episodes, env_url=self.env_url,
-                                 max_steps=self.max_steps, progress=False)
+        try:
+            report = evaluate_policy(policy, self.tasks, self.episodes, env_url=self.env_url,
+                                     max_steps=self.max_steps, progress=False)
+        except (EnvRequestError, EnvServiceUnavailable) as exc:
+            # An environment fault costs this evaluation, not the run: training episodes hit by the same
+            # fault are no data too. A service that no longer answers at all still ends the run.
+            if isinstance(exc, EnvServiceUnavailable) and not _answers(self.env_url):
+                raise
+            self.skipped.append(state.global_step)
+            log.warning("held-out evaluation at step %d skipped: the environment failed (%s)",
+                        state.global_step, exc)
+            return
+        except EvaluationError as exc:
+            if not _answers(self.env_url):  # the service died: the run stops as it does in training (exit 3)
+                raise EnvServiceUnavailable(str(exc)) from exc
+            raise
         metrics = report.metrics("eval")
         self.history.append({"step": state.global_step, **metrics})
         log.info("held-out evaluation at step %d: %s", state.global_step,
@@ -165,3 +200,10 @@ class HeldOutEvaluation(TrainerCallback):
             for key, value in metrics.items():
                 self.writer.add_scalar(key, value, state.global_step)
             self.writer.flush()
+
+
+def _answers(url: str) -> bool:
+    from browser_control.agent.environment import service_answers
+
+    with EnvClient(url) as client:
+        return service_answers(client)

@@ -65,7 +65,13 @@ def run(args: argparse.Namespace) -> int:
     from browser_control.client import EnvServiceUnavailable
     from browser_control.config import ConfigError, load_config
     from browser_control.training.checkpoints import CheckpointError
-    from browser_control.training.trainer import TrainingSetupError, TrainingStopped, plan_run, preflight
+    from browser_control.training.trainer import (
+        TrainingSetupError,
+        TrainingStopped,
+        locate_model_or_fail,
+        plan_run,
+        preflight,
+    )
 
     _configure_logging(args.log_level)
     try:
@@ -74,10 +80,12 @@ def run(args: argparse.Namespace) -> int:
             print(config.to_yaml(), end="")
             return 0
         plan = plan_run(config)
+        source = locate_model_or_fail(config.model_name)  # seconds, before waiting on the service
         preflight(plan)
         if args.dry_run:
             print(plan.describe())
-            print("dry run: configuration valid and environment service ready; nothing was trained")
+            print(f"model found      {source.describe()}")
+            print("dry run: configuration valid, model found and environment service ready; nothing was trained")
             return 0
         from browser_control.training.trainer import train
 

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from browser_control.agent.environment import BrowserEnvironment
+from browser_control.agent.environment import BrowserEnvironment, service_answers
 from browser_control.client import EnvClient, EnvServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -23,13 +23,18 @@ log = logging.getLogger(__name__)
 # and the docs refer to it by these names.
 ENV_REWARD_NAME = BrowserEnvironment.__name__
 METRICS_REWARD_NAME = "EpisodeMetrics"
+# Generation batches in a row in which every episode was an environment fault before the run stops: a
+# service that answers but can play nothing would otherwise train forever on no data.
+MAX_ALL_FAULT_BATCHES = 3
 
 
 class LatchingEnvClient(EnvClient):
     """An EnvClient shared by every environment of a run that stays failed once the service is declared dead.
 
     Each rollout's tool call would otherwise wait through the full retry backoff on its own before
-    TRL moves to the next rollout, serially: minutes of dead time before the run stops.
+    TRL moves to the next rollout, serially: minutes of dead time before the run stops. Retries that ran
+    out against a service that still answers (503 from one broken browser) are one episode's fault, not
+    a dead service, so they do not latch.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -43,7 +48,8 @@ class LatchingEnvClient(EnvClient):
         try:
             return super()._request(method, path, payload, retry_on_session_cap)
         except EnvServiceUnavailable as exc:
-            self.fatal_error = exc
+            if not service_answers(self):
+                self.fatal_error = exc
             raise
 
 
@@ -63,7 +69,7 @@ class EnvironmentFactory:
 
     def __call__(self) -> BrowserEnvironment:
         env = BrowserEnvironment(base_url=self.base_url, max_episode_steps=self.max_episode_steps,
-                                 client=self.client)
+                                 client=self.client, faults_are_no_data=True)
         self.environments.append(env)
         return env
 
@@ -132,6 +138,8 @@ class EpisodeMetrics:
         self.step_getter = step_getter
         self.episode_log = episode_log
         self.batches = 0
+        self.faulted_episodes = 0
+        self._all_fault_streak = 0
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
                  environments: Sequence[BrowserEnvironment] | None = None,
@@ -163,10 +171,20 @@ class EpisodeMetrics:
         log_episode_metrics(episodes, log_metric)
         if self.episode_log is not None:
             self._append_episode_log(step, episodes)
+        faulted = sum(e.fault is not None for e in episodes)
+        self.faulted_episodes += faulted
+        self._all_fault_streak = self._all_fault_streak + 1 if episodes and faulted == len(episodes) else 0
+        if self._all_fault_streak >= MAX_ALL_FAULT_BATCHES:
+            raise EnvServiceUnavailable(
+                f"every episode of the last {self._all_fault_streak} generation batches failed in the environment "
+                f"service at {self.factory.base_url} (last: {episodes[-1].fault}); it answers but cannot play "
+                "episodes. Check `docker compose logs browsergym`, restart it, and resume"
+            )
 
         groups: dict[tuple[str, int], list[float]] = defaultdict(list)
         for episode in episodes:
-            groups[(episode.task_name, episode.seed)].append(1.0 if episode.success else 0.0)
+            if episode.fault is None:  # no data: it neither solves nor fails the task
+                groups[(episode.task_name, episode.seed)].append(1.0 if episode.success else 0.0)
         by_task: dict[str, list[list[float]]] = defaultdict(list)
         for (task, _seed), rewards in groups.items():
             by_task[task].append(rewards)
@@ -190,6 +208,15 @@ class EpisodeMetrics:
 
 
 def log_episode_metrics(episodes: Sequence[Any], log_metric: Callable[[str, float], None]) -> None:
+    """Episode metrics over the scored episodes (environment faults are no data) and the fault rate."""
+    if not episodes:
+        return
+    log_metric("env/fault_rate", sum(e.fault is not None for e in episodes) / len(episodes))
+    latencies = [t for e in episodes for t in e.env_latency_s]
+    if latencies:
+        log_metric("env/latency_s", statistics.fmean(latencies))
+        log_metric("env/latency_max_s", max(latencies))
+    episodes = [e for e in episodes if e.fault is None]
     n = len(episodes)
     if not n:
         return
@@ -200,10 +227,6 @@ def log_episode_metrics(episodes: Sequence[Any], log_metric: Callable[[str, floa
     steps = sum(e.steps for e in episodes)
     log_metric("episode/invalid_action_rate", sum(e.invalid_actions for e in episodes) / steps if steps else 0.0)
     log_metric("episode/no_action_rate", sum(e.steps == 0 for e in episodes) / n)
-    latencies = [t for e in episodes for t in e.env_latency_s]
-    if latencies:
-        log_metric("env/latency_s", statistics.fmean(latencies))
-        log_metric("env/latency_max_s", max(latencies))
     per_task: dict[str, list[bool]] = defaultdict(list)
     for e in episodes:
         per_task[e.task_name].append(e.success)

@@ -16,6 +16,7 @@ import importlib.util
 import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from browser_control.training.rollouts import ENV_REWARD_NAME, METRICS_REWARD_NA
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, TrainerCallback
     from trl import GRPOTrainer
+
+    from browser_control.model_source import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +155,45 @@ def plan_run(config: TrainConfig, now: float | None = None) -> RunPlan:
                    world_size=world_size())
 
 
+def wait_for_service(url: str, timeout_s: float, report_every_s: float = 10.0) -> None:
+    """Poll GET /health until it answers 200, saying what is awaited and how long is left.
+
+    A service that is still starting (Compose, or a serve-env launched a moment ago) is waited for; one
+    that never comes is reported after ``timeout_s`` (env_wait_s) with the last problem seen.
+    """
+    import httpx
+
+    from browser_control.client import EnvServiceUnavailable
+
+    started = time.monotonic()
+    deadline = started + max(timeout_s, 1.0)
+    next_report = started
+    problem = ""
+    with httpx.Client(base_url=url, timeout=min(10.0, max(timeout_s, 1.0))) as http:
+        while True:
+            try:
+                response = http.get("/health")
+                if response.status_code == 200:
+                    if problem:
+                        log.info("environment service at %s is up after %.0f s", url, time.monotonic() - started)
+                    return
+                problem = f"GET /health answered {response.status_code}"
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            now = time.monotonic()
+            if now >= deadline:
+                raise EnvServiceUnavailable(
+                    f"the environment service at {url} was not healthy within {timeout_s:.0f} s (env_wait_s): "
+                    f"{problem}. Start it with `browser-control serve-env` (or `make fine-tune-local`, which "
+                    "starts it in Docker), or set BROWSERGYM_URL / browsergym_url to where it runs"
+                )
+            if now >= next_report:
+                log.warning("waiting for the environment service at %s (%s): %.0f s left of env_wait_s=%g; "
+                            "start it with `browser-control serve-env`", url, problem, deadline - now, timeout_s)
+                next_report = now + report_every_s
+            time.sleep(min(0.5, max(deadline - time.monotonic(), 0.0)))
+
+
 def preflight(plan: RunPlan) -> None:
     """Fail before loading a model: the service is up, knows the tasks, has room; optional packages exist."""
     config = plan.config
@@ -160,11 +202,16 @@ def preflight(plan: RunPlan) -> None:
             "use_vllm: true but vLLM is not installed here. The CUDA training image ships it; elsewhere set "
             "use_vllm: false (generation with transformers) or pip install 'trl[vllm]'"
         )
+    if config.use_vllm:
+        from browser_control.models.vllm_setup import prepare_vllm_environment
+
+        prepare_vllm_environment()
     if config.use_peft and importlib.util.find_spec("peft") is None:
         raise TrainingSetupError("use_peft: true but peft is not installed: pip install peft")
     with EnvClient(config.browsergym_url, timeout_s=config.env_timeout_s, retries=config.env_retries) as client:
         # EnvServiceUnavailable propagates: the CLI reports it as the fatal "service unavailable" error.
-        health = client.wait_until_healthy(timeout_s=max(config.env_wait_s, 1.0))
+        wait_for_service(config.browsergym_url, config.env_wait_s)
+        health = client.wait_until_healthy(timeout_s=max(config.env_timeout_s, 1.0))
         plan.service = health.model_dump()
         available = set(client.tasks())
         wanted = [t.name for t in config.tasks] + list(config.eval_tasks or [])
@@ -199,8 +246,19 @@ def preflight(plan: RunPlan) -> None:
 
 # -- model and tokenizer ---------------------------------------------------------------------------
 
+def locate_model_or_fail(model_name: str) -> ModelSource:
+    """Where model_name loads from, or TrainingSetupError at once: never minutes of Hub retries for a typo."""
+    from browser_control.model_source import ModelNotFound, locate_model
+
+    try:
+        return locate_model(model_name)
+    except ModelNotFound as exc:
+        raise TrainingSetupError(f"model_name: {exc}") from None
+
+
 def load_tokenizer(model_name: str) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a chat template that TRL can parse tool calls from."""
+    log.info("loading model %s", locate_model_or_fail(model_name).describe())
     from transformers import AutoTokenizer
     from trl.chat_template_utils import lfm2_chat_template, lfm2_v2_chat_template
 
@@ -347,11 +405,27 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
     from trl import GRPOTrainer
 
     from browser_control.agent.concurrency import ConcurrentRolloutsMixin
-    from browser_control.training.callbacks import CollapseGuard, GracefulStop, HeldOutEvaluation
+    from browser_control.training.callbacks import (
+        CollapseGuard,
+        CompletionMarker,
+        GracefulStop,
+        HeldOutEvaluation,
+    )
     from browser_control.training.rollouts import EnvironmentFactory, EpisodeMetrics, SaturationMonitor
 
     class BrowserGRPOTrainer(ConcurrentRolloutsMixin, GRPOTrainer):
         """GRPOTrainer whose environment calls can run concurrently (agent/concurrency.py)."""
+
+        save_hit_full_disk = False
+
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            try:
+                super()._save_checkpoint(model, trial)
+            except Exception as exc:
+                # Judged here, where the failure is known to be a write and before the partial files are
+                # removed; torch.save's "unexpected pos" carries no errno, so the free space decides.
+                self.save_hit_full_disk = ckpt.is_disk_full(exc, Path(self.args.output_dir))
+                raise
 
     if config.use_vllm and not torch.cuda.is_available():
         raise TrainingSetupError("use_vllm: true needs a CUDA GPU; none is visible (set use_vllm: false on CPU)")
@@ -399,23 +473,31 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
                 processing_class=tokenizer,
                 environment_factory=factory,
                 peft_config=build_peft_config(config),
-                callbacks=[guard, tensorboard, stop, *held_out, *callbacks],
+                callbacks=[guard, tensorboard, CompletionMarker(), stop, *held_out, *callbacks],
             )
         trainer_ref.append(trainer)
         check_reward_wiring(trainer)
+        trainer.enable_weight_sync_timing()
         if config.concurrent_env_calls:
             rollouts = trainer.enable_concurrent_rollouts()
         if config.use_peft:
             check_lora_targets(trainer.model, config.lora_target_modules)
         log.info("training %s: %s", plan.name, plan.describe().replace("\n", "; "))
         stop.install()
+        if rank == 0:
+            # Left by a run killed while saving: never resumed from, and the Trainer's rotation must not count
+            # them (it could delete a complete checkpoint to keep a broken one).
+            removed = ckpt.remove_incomplete_checkpoints(plan.run_dir)
+            if removed:
+                log.warning("removed incomplete intermediate checkpoints: %s", ", ".join(map(str, removed)))
         try:
             trainer.train(resume_from_checkpoint=str(plan.resume_checkpoint) if plan.resume_checkpoint else None)
         except BaseException as exc:
-            removed = ckpt.remove_partial_checkpoints(plan.run_dir)
+            disk_full = trainer.save_hit_full_disk or ckpt.is_disk_full(exc)
+            removed = ckpt.remove_incomplete_checkpoints(plan.run_dir)
             if removed:
                 log.error("removed incomplete intermediate checkpoints: %s", ", ".join(map(str, removed)))
-            if ckpt.is_disk_full(exc):
+            if disk_full:
                 raise ckpt.CheckpointError(
                     f"disk full while training {plan.name} (intermediate checkpoint under {plan.run_dir}): "
                     f"{exc}. Incomplete checkpoints were removed; free space and resume with "

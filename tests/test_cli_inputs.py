@@ -1,0 +1,220 @@
+"""What a new user types, or leaves in the environment, gets a clear answer at once.
+
+serve-env's port is checked before any browser starts; bad environment values fail only the command
+that reads them, in one line naming the variable; --help shows real defaults; training says what it is
+waiting for; the helper scripts do what their help says.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from browser_control.cli import COMMAND_MODULES, main
+from tests.conftest import REPO, free_port, subprocess_env
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str], code: int | None) -> str:
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err  # no usage block: the command line was fine, the environment was not
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("PORT", "abc", "PORT='abc' in the environment: expected a whole number"),
+        ("PORT", "99999", "PORT='99999' in the environment: must be from 1 to 65535"),
+        ("MAX_SESSIONS", "0", "MAX_SESSIONS='0' in the environment: must be >= 1"),
+        ("BROWSER_WORKERS", "four", "BROWSER_WORKERS='four' in the environment: expected a whole number"),
+        ("SESSION_TTL_S", "-5", "SESSION_TTL_S='-5' in the environment: must be > 0"),
+        ("LOG_LEVEL", "verbose", "LOG_LEVEL='verbose' in the environment: expected one of debug, info"),
+        ("SCREENSHOTS", "maybe", "SCREENSHOTS='maybe' in the environment: expected 1/true/yes/on"),
+    ],
+)
+def test_a_bad_environment_value_fails_serve_env_in_one_line(
+    variable: str, value: str, expected: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(variable, value)
+    # Should the value be accepted after all, the run stops at this check instead of serving forever.
+    monkeypatch.setenv("CHROMIUM_EXECUTABLE", "/nonexistent/chromium")
+    try:
+        code = main(["serve-env"])
+    except SystemExit as exc:
+        code = exc.code  # type: ignore[assignment]
+    line = _one_error_line(capsys, code)
+    assert line.startswith("browser-control serve-env: error:") and expected in line
+
+
+def test_bad_environment_values_leave_the_other_commands_working(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for variable, value in {"PORT": "abc", "MAX_SESSIONS": "x", "LOG_LEVEL": "loud", "SCREENSHOTS": "2"}.items():
+        monkeypatch.setenv(variable, value)
+    assert main(["checkpoints", "--checkpoint-dir", str(tmp_path), "list"]) == 0
+    assert main(["evaluate", "--list-suites"]) == 0
+    capsys.readouterr()
+    config = tmp_path / "run.yaml"
+    config.write_text("tasks: [click-test]\n")
+    assert main(["train", "--config", str(config), "--print-config"]) == 0
+    assert "tasks:" in capsys.readouterr().out
+
+
+def test_bad_environment_values_of_train_and_evaluate_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("tasks: [click-test]\n")
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    assert main(["train", "--config", str(config), "--print-config"]) == 2
+    assert "WORLD_SIZE='two' in the environment: expected a whole number >= 1" in capsys.readouterr().err
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setenv("BROWSERGYM_URL", "localhost:8000")
+    assert main(["train", "--config", str(config), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "BROWSERGYM_URL='localhost:8000' in the environment: browsergym_url: expected an http(s) URL" in err
+    assert main(["evaluate", "--policy", "scripted", "--suite", "scripted"]) == 2
+    assert "BROWSERGYM_URL='localhost:8000': expected an http(s) URL" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "--print-config", "--set", "max_steps=0"]) == 2
+    assert "--set: max_steps:" in capsys.readouterr().err
+
+
+def test_an_out_of_range_port_flag_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    for port in ("99999", "0", "-1"):
+        with pytest.raises(SystemExit) as info:
+            main(["serve-env", "--port", port, "--chromium-executable", "/nonexistent/chromium"])
+        assert info.value.code == 2
+        assert "argument --port: must be from 1 to 65535" in capsys.readouterr().err
+
+
+def _launch_recorder(tmp_path: Path) -> tuple[Path, Path]:
+    """A 'Chromium' that only records that it was launched, then fails."""
+    marker = tmp_path / "launched"
+    fake = tmp_path / "chromium"
+    fake.write_text(f"#!/bin/sh\necho launched >> '{marker}'\nexit 1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return fake, marker
+
+
+@pytest.mark.timeout(300)
+def test_serve_env_reports_a_busy_port_before_starting_any_browser(tmp_path: Path) -> None:
+    fake_chromium, marker = _launch_recorder(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "browser_control",
+                "serve-env",
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                "--chromium-executable",
+                str(fake_chromium),
+            ],
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "--port or PORT" in result.stderr
+    assert not marker.exists()  # no browser was launched for a service that could never listen
+
+
+def test_port_check_accepts_a_free_port_and_names_a_bad_host() -> None:
+    from browser_control.env_service.cli import port_problem
+
+    assert port_problem("127.0.0.1", free_port()) is None
+    assert "is not an address or name of this machine" in (port_problem("no-such-host.invalid", 8000) or "")
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_MODULES))
+def test_help_shows_only_real_defaults(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_training_says_what_it_waits_for(caplog: pytest.LogCaptureFixture) -> None:
+    from browser_control.client import EnvServiceUnavailable
+    from browser_control.training.trainer import wait_for_service
+
+    url = f"http://127.0.0.1:{free_port()}"
+    with caplog.at_level(logging.INFO), pytest.raises(EnvServiceUnavailable) as info:
+        wait_for_service(url, timeout_s=1.5, report_every_s=0.5)
+    waiting = [r.getMessage() for r in caplog.records if "waiting for the environment service" in r.getMessage()]
+    assert waiting, caplog.text
+    assert url in waiting[0] and "s left of env_wait_s=1.5" in waiting[0] and "browser-control serve-env" in waiting[0]
+    assert f"the environment service at {url} was not healthy within" in str(info.value)
+    assert "(env_wait_s)" in str(info.value)
+
+
+def test_dev_setup_help_prints_help_and_installs_nothing(tmp_path: Path) -> None:
+    # A copy of the script, so that a script that ignores --help could only touch tmp_path.
+    (tmp_path / "scripts").mkdir()
+    script = tmp_path / "scripts" / "dev_setup.sh"
+    script.write_text((REPO / "scripts" / "dev_setup.sh").read_text())
+    env = dict(os.environ, PYTHON_BIN="false")
+    for flag in ("--help", "-h"):
+        result = subprocess.run(["bash", str(script), flag], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "Usage: scripts/dev_setup.sh" in result.stdout and "PYTHON_BIN" in result.stdout
+    assert not (tmp_path / ".venv").exists()
+    result = subprocess.run(["bash", str(script), "--bogus"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "unknown argument '--bogus'" in result.stderr
+
+
+def test_documented_outputs_are_ignored_by_git() -> None:
+    paths = ["evaluations/20260101-120000/report.md", "data/demos.jsonl", "runs/x/events", "checkpoints/x/a"]
+    result = subprocess.run(["git", "check-ignore", *paths], cwd=REPO, capture_output=True, text=True)
+    if result.returncode == 128:
+        pytest.skip(f"not a git checkout: {result.stderr.strip()}")
+    assert result.stdout.split() == paths
+
+
+def test_learning_curve_writes_results_under_its_output_unless_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = importlib.util.spec_from_file_location("learning_curve", REPO / "benchmarks" / "learning_curve.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    point = {"grpo_step": 0, "success": {"click-test": 0.5}, "overall": 0.5}
+    result = {
+        "tasks": ["click-test"],
+        "curve": [point, {**point, "grpo_step": 4, "overall": 0.75, "success": {"click-test": 0.75}}],
+        "timings_s": {"demos_s": 1, "sft_s": 2, "grpo_s": 3, "evaluation_s": 4},
+        "total_s": 10,
+        "machine": "test",
+    }
+    out = tmp_path / "out"
+    out.mkdir()
+    png = out / "learning_curve.png"
+    png.write_bytes(b"png")
+    shipped = tmp_path / "benchmarks" / "RESULTS.md"
+    shipped.parent.mkdir()
+    shipped.write_text("# Benchmark results\n\n## Other\n\nkept\n")
+    section = module.publish(result, png, "python benchmarks/learning_curve.py")
+    assert section == out / "RESULTS-learning.md"
+    assert "| click-test | 50% | 75% | +25 |" in section.read_text()
+    assert "| click-test | 50% | 75% | +25 |" in capsys.readouterr().out
+    assert shipped.read_text() == "# Benchmark results\n\n## Other\n\nkept\n"  # untouched without --results
+    module.publish(result, png, "python benchmarks/learning_curve.py --results RESULTS.md", results=shipped)
+    text = shipped.read_text()
+    assert "## Other\n\nkept" in text and "## Learning" in text and (shipped.parent / "learning_curve.png").exists()
