@@ -9,11 +9,13 @@ timing: slow_mo and a 0.5 s sleep before each observation) and compares the tree
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -139,22 +141,44 @@ REFERENCE_EPISODES: list[tuple[str, int, ScriptFn]] = [
 ]
 
 
+class ReferenceEnv:
+    """BrowserGym's BrowserEnv, driven on a thread of its own.
+
+    BrowserGym keeps one module-global sync Playwright, bound to the thread that starts it and leaving an
+    event loop installed there; on the main thread it would break later tests that call asyncio.run().
+    """
+
+    def __init__(self, pool: concurrent.futures.ThreadPoolExecutor, env: Any):
+        self._pool, self._env = pool, env
+
+    def reset(self, seed: int) -> tuple[dict, dict]:
+        return self._pool.submit(self._env.reset, seed=seed).result(timeout=300)
+
+    def step(self, action: str) -> tuple:
+        return self._pool.submit(self._env.step, action).result(timeout=300)
+
+
 @pytest.fixture(scope="module")
 def browsergym_env_factory(chromium: str | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable]:
     """BrowserGym's BrowserEnv with default timing, on the same Chromium as the service."""
     pytest.importorskip("gymnasium")
     import gymnasium as gym
-    from playwright.sync_api import sync_playwright
 
     from browser_control.env_service.tasks import miniwob_base_url
 
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="browsergym-reference")
     saved = {k: os.environ.get(k) for k in ("MINIWOB_URL", "PLAYWRIGHT_BROWSERS_PATH")}
     os.environ["MINIWOB_URL"] = miniwob_base_url()
     if chromium:
         # BrowserEnv's chat window launches Playwright's own Chromium whatever the env is given: point
         # Playwright's browser folder at the same binary.
-        with sync_playwright() as pw:
-            layout = Path(pw.chromium.executable_path)
+        def playwright_layout() -> Path:
+            from playwright.sync_api import sync_playwright
+
+            with sync_playwright() as pw:
+                return Path(pw.chromium.executable_path)
+
+        layout = pool.submit(playwright_layout).result(timeout=120)
         browsers = tmp_path_factory.mktemp("pw-browsers")
         relative = layout.relative_to(layout.parents[2])  # chromium-NNNN/chrome-linux/chrome
         target = browsers / relative
@@ -165,17 +189,26 @@ def browsergym_env_factory(chromium: str | None, tmp_path_factory: pytest.TempPa
 
     envs = []
 
-    def make(task: str):
+    def make(task: str) -> ReferenceEnv:
         kwargs = {"pw_chromium_kwargs": {"executable_path": chromium}} if chromium else {}
-        env = gym.make(f"browsergym/miniwob.{task}", **kwargs)
+        env = pool.submit(gym.make, f"browsergym/miniwob.{task}", **kwargs).result(timeout=120)
         envs.append(env)
-        return env
+        return ReferenceEnv(pool, env)
+
+    def shut_down() -> None:
+        import browsergym.core
+
+        for env in envs:
+            env.close()
+        if browsergym.core._PLAYWRIGHT is not None:
+            browsergym.core._PLAYWRIGHT.stop()
+            browsergym.core._set_global_playwright(None)
 
     try:
         yield make
     finally:
-        for env in envs:
-            env.close()
+        pool.submit(shut_down).result(timeout=120)
+        pool.shutdown()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -215,7 +248,7 @@ def test_trees_match_browsergym_after_every_step(
     pytest.fail("BrowserGym's own actions timed out in 3 attempts (its 500 ms action budget on a loaded machine)")
 
 
-def _play_both(http: httpx.Client, env, task: str, seed: int, script: ScriptFn) -> bool:
+def _play_both(http: httpx.Client, env: ReferenceEnv, task: str, seed: int, script: ScriptFn) -> bool:
     """Play the episode in both; False when BrowserGym's action ran out of its fixed 500 ms budget."""
     reference, _info = env.reset(seed=seed)
     reset = _reset(http, task, seed)
