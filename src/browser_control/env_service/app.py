@@ -58,6 +58,7 @@ class ServiceSettings:
     max_obs_chars: int = 8_000
     screenshots: bool = False
     reap_interval_s: float = 10.0
+    settle_timeout_ms: int = 1_000
     job_deadline_s: float = 60.0
     # How long a keyed request's outcome is kept for its retries: longer than any client's retry window.
     idempotency_ttl_s: float = 600.0
@@ -102,6 +103,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 chromium_executable=settings.chromium_executable,
                 max_obs_chars=settings.max_obs_chars,
                 screenshots=settings.screenshots,
+                settle_timeout_ms=settings.settle_timeout_ms,
                 job_deadline_s=settings.job_deadline_s,
             ),
         )

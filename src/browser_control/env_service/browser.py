@@ -20,8 +20,10 @@ import contextlib
 import functools
 import logging
 import queue
+import re
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -29,7 +31,7 @@ from typing import Any, TypeVar
 import playwright.sync_api
 import psutil
 from browsergym.core.action import functions as action_functions
-from browsergym.core.action.base import execute_python_code
+from browsergym.core.action import get_global_demo_mode
 from browsergym.core.action.highlevel import HighLevelActionSet
 from browsergym.core.constants import BROWSERGYM_ID_ATTRIBUTE
 from browsergym.core.observation import (
@@ -43,7 +45,7 @@ from browsergym.core.observation import (
 from browsergym.miniwob.base import AbstractMiniwobTask
 from browsergym.utils.obs import IGNORED_AXTREE_PROPERTIES, flatten_axtree_to_str
 
-from browser_control.env_service import playwright_stack
+from browser_control.env_service import page_scripts, playwright_stack
 from browser_control.env_service.actions import ACTIONS, ParsedAction
 from browser_control.threadsafe_ast import AST_LOCK
 
@@ -87,6 +89,35 @@ def _mark_clickable_generics(axtree: dict[str, Any], clickable: set[str]) -> Non
             )
 
 
+_BID_DATA = re.compile(r"^browsergym_id_([a-zA-Z0-9]+)\s?(.*)")
+
+
+def _attach_bids(axtree: dict[str, Any]) -> None:
+    """Move the bids carried in ARIA descriptions into ``browsergym_id`` and restore the descriptions,
+    with the same rules as BrowserGym's extraction (roledescription first, description as fallback)."""
+    for node in axtree["nodes"]:
+        bid = None
+        for i, prop in enumerate(node.get("properties", ())):
+            if prop["name"] == "roledescription":
+                match = _BID_DATA.fullmatch(prop["value"]["value"])
+                if match:
+                    bid, rest = match.groups()
+                    prop["value"]["value"] = rest
+                    if rest == "":
+                        del node["properties"][i]
+                break
+        description = node.get("description")
+        if description is not None:
+            match = _BID_DATA.fullmatch(description["value"])
+            if match:
+                bid = bid or match.group(1)
+                description["value"] = match.group(2)
+                if match.group(2) == "":
+                    del node["description"]
+        if bid is not None:
+            node["browsergym_id"] = bid
+
+
 @functools.cache
 def browsergym_action_set() -> HighLevelActionSet:
     """BrowserGym's action set restricted to our whitelist: a second, independent gate."""
@@ -106,6 +137,23 @@ def browsergym_code(action: ParsedAction) -> str:
         return browsergym_action_set().to_python_code(action.canonical())
 
 
+@functools.cache
+def _action_definitions() -> tuple[str, types.CodeType]:
+    """BrowserGym's action-function definitions (the same ~650 lines before every action), compiled once."""
+    source = browsergym_action_set().python_includes
+    return source, compile(source, "<browsergym actions>", "exec")
+
+
+def _execute_action(code: str, page: playwright.sync_api.Page, **helpers: Callable[[str], None]) -> None:
+    """BrowserGym's execute_python_code, minus recompiling the definitions on every step (3 ms of CPU)."""
+    source, definitions = _action_definitions()
+    if not code.startswith(source):
+        raise RuntimeError("BrowserGym's action code no longer starts with its function definitions")
+    namespace: dict[str, Any] = {"page": page, **helpers, "DEMO_MODE": get_global_demo_mode()}
+    exec(definitions, namespace)
+    exec(compile(code[len(source) :], "<action>", "exec"), namespace)
+
+
 class BrowserUnavailableError(RuntimeError):
     """Chromium could not be launched or driven; the message says what to fix."""
 
@@ -115,7 +163,10 @@ class BrowserOptions:
     chromium_executable: str | None = None
     max_obs_chars: int = 8_000
     screenshots: bool = False
-    settle_timeout_ms: int = 3_000
+    # The longest the service waits after an action (or a reset) for the page to become quiet before it
+    # observes it. BrowserGym always waits 0.5 s plus 0.1 s per Playwright call; jQuery UI widgets (the
+    # autocomplete and menus of MiniWoB) show up 300 ms after the event plus their animation.
+    settle_timeout_ms: int = 1_000
     # Longest a single job (one reset, step, close or probe) may run on a worker. Past it the browser is
     # taken for hung (stopped, deadlocked, swapping) and killed, so one bad browser cannot hold its worker
     # and every request queued behind it for ever.
@@ -444,6 +495,9 @@ class BrowserSession:
     _page: playwright.sync_api.Page | None = None
     _task: AbstractMiniwobTask | None = None
     _goal: str = ""
+    _cdp: playwright.sync_api.CDPSession | None = None
+    _cdp_page: playwright.sync_api.Page | None = None
+    _marked: dict[str, Any] | None = None
     # Set by Playwright's "crash" event: a crashed page is not closed, and calls on it fail or hang.
     _crashed: bool = False
     # The last reset failed with the browser gone: the episode is unusable until a reset succeeds.
@@ -488,6 +542,7 @@ class BrowserSession:
             self._context = self.worker.browser().new_context(
                 viewport=task.viewport, locale=task.locale, timezone_id=task.timezone_id
             )
+            self._context.add_init_script(page_scripts.ACTIVITY_TRACKER)
             self._generation = self.worker.playwright_generation
             self._page = self._context.new_page()
             self._crashed = False
@@ -502,7 +557,7 @@ class BrowserSession:
         self.task_name, self.seed, self.max_episode_steps = task_name, seed, max_episode_steps
         self.steps, self.done, self.truncated, self.last_reward = 0, False, False, 0.0
         self.chat_messages = [{"role": "user", "message": self._goal}]
-        self._wait_settled()
+        self._settle_and_mark()
         return self._observation(last_action_error="")
 
     def _on_crash(self, page: playwright.sync_api.Page) -> None:
@@ -531,7 +586,7 @@ class BrowserSession:
         code = browsergym_code(action)
         error = ""
         try:
-            execute_python_code(
+            _execute_action(
                 code,
                 self._page,
                 send_message_to_user=self._send_message_to_user,
@@ -547,7 +602,7 @@ class BrowserSession:
                 ) from exc
         self.steps += 1
         with self._browser_loss_is_session_loss():
-            self._wait_settled()
+            self._settle_and_mark()
             reward, done, _msg, _info = self._task.validate(self._page, self.chat_messages)
             observation = self._observation(last_action_error=error)
         self.last_reward = float(reward)
@@ -567,16 +622,55 @@ class BrowserSession:
     def _report_infeasible(self, reason: str) -> None:
         self.chat_messages.append({"role": "infeasible", "message": str(reason)})
 
-    def _wait_settled(self) -> None:
-        assert self._page is not None
-        try:
-            self._page.wait_for_load_state("domcontentloaded", timeout=self.worker.options.settle_timeout_ms)
-        except playwright.sync_api.Error:
-            pass  # a page that never settles is still observed; the task decides the reward
-
-    def _observation(self, last_action_error: str) -> dict[str, Any]:
+    def _settle_and_mark(self, wait: bool = True) -> None:
+        """Wait (bounded) until the page is quiet, then give its elements bids. See docs/http-api.md."""
         assert self._page is not None
         page = self._page
+        self._marked = None
+        if len(page.frames) > 1:
+            return  # iframes: BrowserGym's frame-by-frame marking runs in _observation
+        cap = self.worker.options.settle_timeout_ms if wait else 0
+        for attempt in range(3):
+            try:
+                self._marked = page.evaluate(page_scripts.SETTLE_AND_MARK, [BROWSERGYM_ID_ATTRIBUTE, cap])
+                return
+            except playwright.sync_api.Error as exc:
+                # A navigation replaced the document while the script ran: observe the new one.
+                if attempt == 2 or not any(s in str(exc) for s in _TRANSIENT_EXTRACT_ERRORS):
+                    raise
+                page.wait_for_timeout(50)
+
+    def _cdp_session(self) -> playwright.sync_api.CDPSession:
+        """One DevTools session per page, kept: opening and detaching one per call costs round trips."""
+        assert self._page is not None and self._context is not None
+        if self._cdp is None or self._cdp_page is not self._page:
+            self._cdp = self._context.new_cdp_session(self._page)
+            self._cdp_page = self._page
+        return self._cdp
+
+    def _marked_axtree(self) -> tuple[dict[str, Any], set[str]]:
+        """The accessibility tree with bids, and the bids of clickable elements (single-frame pages)."""
+        assert self._page is not None
+        for _attempt in range(3):
+            if self._marked is None:
+                self._settle_and_mark(wait=False)
+            marked = self._marked
+            axtree = {"nodes": self._cdp_session().send("Accessibility.getFullAXTree", {})["nodes"]}
+            _attach_bids(axtree)
+            self._marked = None
+            if marked is None or self._page.evaluate(page_scripts.MUTATION_COUNT) == marked["mutations"]:
+                break
+            # The page changed the DOM after the bids were given (a timer fired in between), so an
+            # element could be in the tree without a bid: mark again and take the tree again.
+            log.debug("re-marking a page that changed after marking", extra={"session_id": self.session_id})
+        clickable = set(marked["clickable"]) if marked else set()
+        return axtree, clickable
+
+    def _frames_axtree(self) -> tuple[dict[str, Any], set[str]]:
+        """BrowserGym's own marking and extraction, for pages with iframes (none of MiniWoB's tasks)."""
+        assert self._page is not None
+        page = self._page
+        page.evaluate(page_scripts.UNMARK)  # BrowserGym's marking adds its own carriers
         for attempt in range(3):
             try:
                 _pre_extract(page, tags_to_mark="standard_html", lenient=attempt == 2)
@@ -592,6 +686,15 @@ class BrowserSession:
                 _post_extract(page)
                 page.wait_for_timeout(100)
         _post_extract(page)
+        return axtree, clickable
+
+    def _observation(self, last_action_error: str) -> dict[str, Any]:
+        assert self._page is not None
+        page = self._page
+        if len(page.frames) > 1:
+            axtree, clickable = self._frames_axtree()
+        else:
+            axtree, clickable = self._marked_axtree()
         _mark_clickable_generics(axtree, clickable)
         text = flatten_axtree_to_str(
             axtree, ignored_roles=AXTREE_IGNORED_ROLES, ignored_properties=AXTREE_IGNORED_PROPERTIES
@@ -668,3 +771,5 @@ class BrowserSession:
                 pass
         self._context = None
         self._page = None
+        self._cdp = None
+        self._cdp_page = None

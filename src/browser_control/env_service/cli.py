@@ -16,7 +16,15 @@ import os
 import socket
 import sys
 
-from browser_control.arg_types import boolean, env_default, one_of, port_number, positive_float, positive_int
+from browser_control.arg_types import (
+    boolean,
+    env_default,
+    non_negative_int,
+    one_of,
+    port_number,
+    positive_float,
+    positive_int,
+)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -41,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "[CHROMIUM_EXECUTABLE]")
     parser.add_argument("--max-obs-chars", type=positive_int, default=env_default("MAX_OBS_CHARS", "8000"),
                         help="cap on the accessibility-tree text of one observation [MAX_OBS_CHARS]")
+    parser.add_argument("--settle-timeout-ms", type=non_negative_int, default=env_default("SETTLE_TIMEOUT_MS", "1000"),
+                        help="longest wait after an action or reset for the page's pending timers, animations "
+                        "and requests before it is observed; 0 observes at once (docs/http-api.md) "
+                        "[SETTLE_TIMEOUT_MS]")
     # BooleanOptionalAction applies no type to a string default: SCREENSHOTS is converted in run().
     parser.add_argument("--screenshots", action=argparse.BooleanOptionalAction,
                         default=env_default("SCREENSHOTS", "0"),
@@ -117,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         chromium_executable=args.chromium_executable,
         max_obs_chars=args.max_obs_chars,
         screenshots=args.screenshots,
+        settle_timeout_ms=args.settle_timeout_ms,
         job_deadline_s=args.job_deadline_s,
         # Reap often enough that a session never outlives its TTL by much, without busy-looping.
         reap_interval_s=min(10.0, max(0.5, args.session_ttl_s / 2)),

@@ -1,0 +1,99 @@
+"""CPU cost of one step, one observation and one reset, split by process, without HTTP.
+
+Drives one BrowserSession of the service in-process on click-checkboxes and measures the CPU time
+(user + system) that this Python process, the Playwright driver, Chromium's renderer and Chromium's
+other processes spend per operation. CPU time depends much less on other load than wall time, so runs on
+a shared machine stay comparable; run it on two trees (e.g. a `git archive` of the previous commit with
+PYTHONPATH pointing at its src/) to compare.
+
+    PYTHONPATH=src python benchmarks/observation_cost.py --repeats 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import time
+from collections.abc import Callable
+
+import psutil
+
+from browser_control.env_service.actions import parse_action
+from browser_control.env_service.browser import BrowserOptions, BrowserSession, BrowserWorker
+from browser_control.env_service.tasks import miniwob_base_url, task_classes
+
+TASK = "click-checkboxes"
+
+
+def cpu_by_process() -> dict[tuple[int, str], float]:
+    me = psutil.Process()
+    used = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            cmdline = " ".join(proc.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if proc.pid == me.pid:
+            kind = "python"
+        elif "node" in proc.name():
+            kind = "driver"
+        elif "--type=renderer" in cmdline:
+            kind = "renderer"
+        else:
+            kind = "chromium other"
+        used[(proc.pid, kind)] = times.user + times.system
+    return used
+
+
+def measure(name: str, operation: Callable[[int], object], repeats: int) -> None:
+    before = cpu_by_process()
+    started = time.perf_counter()
+    for i in range(repeats):
+        operation(i)
+    wall = time.perf_counter() - started
+    after = cpu_by_process()
+    kinds: dict[str, float] = {}
+    for key, used in after.items():
+        kinds[key[1]] = kinds.get(key[1], 0.0) + used - before.get(key, 0.0)
+    cells = [f"{1000 * kinds.get(k, 0.0) / repeats:.1f}" for k in ("python", "driver", "renderer", "chromium other")]
+    total = 1000 * sum(kinds.values()) / repeats
+    print(f"| {name} | {1000 * wall / repeats:.1f} | {' | '.join(cells)} | {total:.1f} |", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=60, help="operations per measurement (resets: a third)")
+    parser.add_argument("--chromium-executable", default=os.environ.get("CHROMIUM_EXECUTABLE"))
+    args = parser.parse_args()
+    worker = BrowserWorker(0, BrowserOptions(chromium_executable=args.chromium_executable))
+    task_cls, base = task_classes()[TASK], miniwob_base_url()
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; CPU ms per operation\n")
+    print("| operation | wall ms | python | driver | renderer | chromium other | total |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+
+    def job() -> None:
+        session = BrowserSession("bench", worker)
+        observation = session.reset(task_cls, TASK, 1, base, None)
+        bids = re.findall(r"\[(\w+)\] checkbox", observation["axtree_txt"])
+
+        def step(i: int) -> object:
+            return session.step(parse_action(f"click('{bids[i % len(bids)]}')"))
+
+        for i in range(5):  # warm-up
+            step(i)
+        measure("step (click + settle + validate + observation)", step, args.repeats)
+        measure("observation alone", lambda i: session._observation(""), args.repeats)
+        measure("reset in place", lambda i: session.reset(task_cls, TASK, 1, base, None), max(1, args.repeats // 3))
+        session.close()
+
+    try:
+        worker.submit(job).result()
+    finally:
+        worker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
