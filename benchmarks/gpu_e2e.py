@@ -85,7 +85,9 @@ def start_service(out: Path, port: int, workers: int, max_sessions: int) -> subp
         except httpx.TransportError:
             pass
         time.sleep(1)
-    raise RuntimeError("serve-env not healthy within 300 s")
+    # In its own session it would outlive this script and hold the port for the next run.
+    proc.kill()
+    raise RuntimeError(f"serve-env not healthy within 300 s: {(out / 'serve-env.log').read_text()[-3000:]}")
 
 
 def _env(**extra: str) -> dict[str, str]:

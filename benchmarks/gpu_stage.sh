@@ -11,6 +11,8 @@
 # Versions: vllm 0.26.0 pins the machine's torch 2.11.0 and sits inside trl 1.16's vLLM range;
 # xgrammar 0.2.9 needs apache-tvm-ffi >= 0.1.11 although vllm pins 0.1.10 (installed without the resolver,
 # so xgrammar's pair wins); playwright 1.44.0 is browsergym 0.14.3's pin, with greenlet 3.0.3 its own.
+# pyarrow is the machine's (25.0.1): with pyarrow 26 under Python 3.12, datasets' fingerprinting of
+# Dataset.from_list failed ("Can't pickle <class 'MonthDayNano'>").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +21,7 @@ WORK=.whl/gpu-stage
 STAGE_REMOTE=/tmp/stage
 
 WHEELS=(
-  vllm==0.26.0 trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 pyarrow==26.0.1
+  vllm==0.26.0 trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
   cbor2==6.3.0 pyzmq==27.3.0 openai-harmony==0.0.8 "openai==2.54.0" distro==1.9.0 jiter==0.19.0
   sniffio==1.3.1 msgspec==0.23.0 pybase64==1.5.1 cachetools==8.0.2 llguidance==1.7.6 xgrammar==0.2.9
   apache-tvm-ffi==0.1.11 blake3==1.0.11 opentelemetry-api==1.45.2 importlib-metadata==10.2.0
@@ -74,7 +76,7 @@ receive() {
   mkdir -p "$STAGE_REMOTE"
   local k
   for k in .stage/*/; do cp "$k"* "$STAGE_REMOTE/"; done
-  echo "received: $(ls "$STAGE_REMOTE" | tr '\n' ' ')"
+  echo "received:" "$STAGE_REMOTE"/piece.*
 }
 
 install() {
@@ -89,9 +91,12 @@ install() {
   rm -rf payload
   # Only Chromium sees the unpacked Debian libraries: in LD_LIBRARY_PATH they would shadow the machine's
   # own (libffi, libzstd, ...) under Python, torch and vLLM.
+  # Bookworm keeps libraries in /lib and /usr/lib, and some in subfolders (pulseaudio/): every folder that
+  # holds one goes on the path.
+  local libs; libs=$(find "$STAGE_REMOTE/chromium" -name '*.so*' -printf '%h\n' | sort -u | paste -sd:)
   cat > chromium-headless-shell <<SH
 #!/bin/sh
-export LD_LIBRARY_PATH=$STAGE_REMOTE/chromium/usr/lib/x86_64-linux-gnu
+export LD_LIBRARY_PATH=$libs
 export FONTCONFIG_FILE=$STAGE_REMOTE/fonts.conf
 exec $STAGE_REMOTE/chromium/usr/lib/chromium/chromium-headless-shell "\$@"
 SH
