@@ -38,6 +38,10 @@ dev-setup: ## Create .venv with the CPU dependencies for tests and benchmarks (p
 test: $(VENV_PY) ## Run the test suite (real Chromium, real MiniWoB pages, tiny local models)
 	$(VENV_PY) -m pytest
 
+.PHONY: demo
+demo: $(VENV_PY) ## Train and evaluate a tiny agent on this CPU in a few minutes: no GPU, Docker or download
+	$(VENV_PY) -m browser_control demo
+
 .PHONY: lint
 lint: $(VENV_PY) ## ruff on the Python code, shellcheck on scripts/, hadolint on the Dockerfiles
 	$(VENV_PY) -m ruff check src tests benchmarks

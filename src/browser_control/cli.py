@@ -20,6 +20,7 @@ COMMAND_MODULES = {
     "demos": "browser_control.sft.demos_cli",
     "sft": "browser_control.sft.cli",
     "view": "browser_control.viewer.cli",
+    "demo": "browser_control.demo",
 }
 
 
