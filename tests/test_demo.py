@@ -31,10 +31,12 @@ SMALL = ["--demos-per-task", "2", "--eval-episodes", "3", "--sft-set", "max_step
 
 # -- a demo as a job --------------------------------------------------------------------------------------
 
+
 class DemoRun:
     """`browser-control demo` in a process group of its own, with every descendant it ever had recorded."""
 
     def __init__(self, tmp_path: Path, *args: str):
+        self.cwd = tmp_path
         self.output = tmp_path / "demo"
         self.stdout = tmp_path / "stdout.txt"
         self.stderr = tmp_path / "stderr.txt"
@@ -43,7 +45,10 @@ class DemoRun:
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "browser_control", "demo", "--output", str(self.output), *extra, *args],
-                stdout=out, stderr=err, cwd=tmp_path, start_new_session=True,
+                stdout=out,
+                stderr=err,
+                cwd=tmp_path,
+                start_new_session=True,
                 env=subprocess_env(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"),
             )
         self.seen: dict[int, str] = {}
@@ -122,6 +127,7 @@ def _chromium_seen(run: DemoRun) -> bool:
 
 # -- end to end -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
@@ -133,9 +139,17 @@ def test_demo_runs_the_whole_loop_and_stops_everything(demo_run) -> None:  # typ
 
     # Every phase ran, in order, through the real commands.
     err = run.err()
-    for index, title in enumerate(["environment service", "tiny model from scratch", "scripted demonstrations",
-                                   "SFT warm start", "GRPO against the environment service",
-                                   "evaluation before/after GRPO"], start=1):
+    for index, title in enumerate(
+        [
+            "environment service",
+            "tiny model from scratch",
+            "scripted demonstrations",
+            "SFT warm start",
+            "GRPO against the environment service",
+            "evaluation before/after GRPO (held-out seeds)",
+        ],
+        start=1,
+    ):
         assert f"[{index}/6] {title}: done" in err, err
     for log in ("serve-env", "model", "demos", "sft", "train", "evaluate"):
         assert (out / "logs" / f"{log}.log").stat().st_size > 0
@@ -156,14 +170,19 @@ def test_demo_runs_the_whole_loop_and_stops_everything(demo_run) -> None:  # typ
 
     # What it prints: where each thing is, and an honest last line with the measured rates per task.
     stdout = run.out()
-    assert "tensorboard --logdir" in stdout and str(out / "tensorboard") in stdout
-    assert str(grpo) in stdout and str(out / "evaluation" / "report.md") in stdout
+    shown = out.relative_to(run.cwd)  # paths below the working directory are shown relative to it
+    assert f"tensorboard --logdir {shown / 'tensorboard'}" in stdout, stdout
+    assert str(shown / "checkpoints" / "tiny-lfm2-grpo") in stdout, stdout
+    assert (
+        str(shown / "evaluation" / "report.md") in stdout and str(shown / "evaluation" / "success_rates.png") in stdout
+    )
     last = stdout.strip().splitlines()[-1]
     assert last.startswith("held-out success before -> after GRPO (3 episodes per task, greedy): "), last
     before, after = report["runs"]
     for task_before, task_after in zip(before["tasks"], after["tasks"], strict=True):
-        expected = (f"{task_before['task']} {100 * task_before['success_rate']:.0f}% -> "
-                    f"{100 * task_after['success_rate']:.0f}%")
+        expected = (
+            f"{task_before['task']} {100 * task_before['success_rate']:.0f}% -> {100 * task_after['success_rate']:.0f}%"
+        )
         assert expected in last, (expected, last)
     summary = json.loads((out / "demo.json").read_text())
     assert set(summary["timings_s"]) >= {"serve-env", "model", "demos", "sft", "train", "evaluate", "total"}
@@ -180,7 +199,8 @@ def test_ctrl_c_during_training_stops_every_process(demo_run) -> None:  # type: 
 
     def training() -> bool:
         return "[5/6] GRPO against the environment service: started" in run.err() and any(
-            " train " in cmd for cmd in run.seen.values())
+            " train " in cmd for cmd in run.seen.values()
+        )
 
     assert run.wait(until=training, timeout_s=900), run.err()[-4000:]
     time.sleep(2)  # into the trainer's start-up, with the service's browsers running
@@ -189,6 +209,7 @@ def test_ctrl_c_during_training_stops_every_process(demo_run) -> None:  # type: 
     os.killpg(run.proc.pid, signal.SIGINT)  # what a terminal sends to the foreground job on Ctrl-C
     run.wait(timeout_s=300)
     assert run.proc.returncode == 130, run.err()[-4000:]
+    assert "[5/6] GRPO against the environment service: stopped after" in run.err()
     assert "interrupted: stopping the processes the demo started" in run.err()
     assert run.left_behind() == {}
 
@@ -204,15 +225,23 @@ def test_a_failing_step_is_reported_with_its_log_and_stops_everything(demo_run) 
     assert run.proc.returncode == 1, err[-4000:]
     assert "'SFT warm start' failed (exit code 2)" in err
     assert "every demonstration is longer than max_length=64 tokens" in err  # the tail of its log
-    assert f"partial output and logs: {run.output}/" in err
+    assert f"partial output and logs: {run.output.relative_to(run.cwd)}/" in err
+    assert "[4/6] SFT warm start: failed after" in err
     assert run.left_behind() == {}
 
 
 # -- before anything starts ---------------------------------------------------------------------------------
 
+
 def _demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "browser_control", "demo", *args], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, env=subprocess_env())
+    return subprocess.run(
+        [sys.executable, "-m", "browser_control", "demo", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(),
+    )
 
 
 def test_bad_settings_are_refused_before_any_process_starts(tmp_path: Path) -> None:
@@ -243,12 +272,16 @@ def test_the_default_configs_are_the_measured_learning_settings() -> None:
     # tests/test_learning.py measured these on 2 cores (docs/learning.md).
     assert (sft.max_steps, sft.max_demos_per_task, sft.learning_rate) == (12, 6, 3e-3)
     assert ([t.name for t in grpo.tasks], grpo.max_steps, grpo.learning_rate) == (
-        ["focus-text", "click-dialog"], 12, 3e-4)
+        ["focus-text", "click-dialog"],
+        12,
+        3e-4,
+    )
     assert sft.max_episode_steps == grpo.max_episode_steps == 2
     assert not grpo.use_vllm
 
 
 # -- progress read back from the commands' own bars ------------------------------------------------------------
+
 
 def test_progress_is_read_from_the_commands_tqdm_bars(tmp_path: Path) -> None:
     from tqdm import tqdm
@@ -266,7 +299,7 @@ def test_progress_is_read_from_the_commands_tqdm_bars(tmp_path: Path) -> None:
         bar.update(2)
     text = stream.getvalue()
     reader.feed(text[: len(text) // 2])
-    reader.feed(text[len(text) // 2:] + "\nsome log line\ncheckpoint: /x/y\n")
+    reader.feed(text[len(text) // 2 :] + "\nsome log line\ncheckpoint: /x/y\n")
     assert reader.progress({"demos"}, 12) == 5
     assert reader.progress({"demos"}, 99) == 0  # a bar of another size is another bar
     assert reader.progress({""}, 3) == 2
@@ -277,6 +310,7 @@ def test_progress_is_read_from_the_commands_tqdm_bars(tmp_path: Path) -> None:
 
 
 def test_make_demo_runs_the_demo_command() -> None:
-    out = subprocess.run(["make", "--no-print-directory", "-n", "demo"], cwd=REPO, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-n", "demo"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     assert "-m browser_control demo" in out

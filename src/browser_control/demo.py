@@ -57,8 +57,13 @@ SFT_RUN = "tiny-lfm2-sft"
 GRPO_RUN = "tiny-lfm2-grpo"
 # The size benchmarks/learning_curve.py and tests/test_learning.py measured: ~0.6M parameters, attention
 # in the last of 4 layers. Smaller models did not learn these tasks in a dozen GRPO steps.
-MODEL_SHAPE = {"hidden_size": 128, "num_hidden_layers": 4, "intermediate_size": 256, "num_attention_heads": 4,
-               "seed": 0}
+MODEL_SHAPE = {
+    "hidden_size": 128,
+    "num_hidden_layers": 4,
+    "intermediate_size": 256,
+    "num_attention_heads": 4,
+    "seed": 0,
+}
 # Per-turn generation cap for evaluation: a tool call is ~10 tokens; more only lets a tiny model ramble
 # (the learning benchmark's setting).
 EVAL_MAX_NEW_TOKENS = 48
@@ -96,30 +101,62 @@ def _repo_configs() -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     configs = _repo_configs()
-    parser.add_argument("--output", type=Path, default=None, metavar="DIR",
-                        help="where everything goes; must be new or empty (default: runs/demo/<date-time>)")
-    parser.add_argument("--sft-config", type=Path, default=configs / "demo_sft.yaml", metavar="YAML",
-                        help="the SFT config")
-    parser.add_argument("--grpo-config", type=Path, default=configs / "demo_grpo.yaml", metavar="YAML",
-                        help="the GRPO config; its tasks and max_episode_steps are also those of the "
-                        "demonstrations and the evaluation")
-    parser.add_argument("--sft-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one SFT config key; repeatable")
-    parser.add_argument("--set", dest="grpo_set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one GRPO config key, e.g. max_steps=24; repeatable")
-    parser.add_argument("--demos-per-task", type=positive_int, default=6,
-                        help="scripted demonstrations recorded per task")
-    parser.add_argument("--eval-episodes", type=positive_int, default=16,
-                        help="held-out evaluation episodes per task and model")
-    parser.add_argument("--workers", type=positive_int, default=2,
-                        help="Chromium browser threads of the environment service")
-    parser.add_argument("--chromium-executable", default=os.environ.get("CHROMIUM_EXECUTABLE"), metavar="PATH",
-                        help="Chromium binary for the service [CHROMIUM_EXECUTABLE; else Debian's "
-                        "chromium-headless-shell when installed; else Playwright's own]")
-    parser.add_argument("--service-wait-s", type=positive_float, default=180.0,
-                        help="how long the environment service may take to become healthy")
-    parser.add_argument("--stop-grace-s", type=positive_float, default=30.0,
-                        help="on stop, how long processes get to exit after SIGTERM before SIGKILL")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where everything goes; must be new or empty (default: runs/demo/<date-time>)",
+    )
+    parser.add_argument(
+        "--sft-config", type=Path, default=configs / "demo_sft.yaml", metavar="YAML", help="the SFT config"
+    )
+    parser.add_argument(
+        "--grpo-config",
+        type=Path,
+        default=configs / "demo_grpo.yaml",
+        metavar="YAML",
+        help="the GRPO config; its tasks and max_episode_steps are also those of the demonstrations and the evaluation",
+    )
+    parser.add_argument(
+        "--sft-set", action="append", default=[], metavar="KEY=VALUE", help="override one SFT config key; repeatable"
+    )
+    parser.add_argument(
+        "--set",
+        dest="grpo_set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one GRPO config key, e.g. max_steps=24; repeatable",
+    )
+    parser.add_argument(
+        "--demos-per-task", type=positive_int, default=6, help="scripted demonstrations recorded per task"
+    )
+    parser.add_argument(
+        "--eval-episodes", type=positive_int, default=16, help="held-out evaluation episodes per task and model"
+    )
+    parser.add_argument(
+        "--workers", type=positive_int, default=2, help="Chromium browser threads of the environment service"
+    )
+    parser.add_argument(
+        "--chromium-executable",
+        default=os.environ.get("CHROMIUM_EXECUTABLE"),
+        metavar="PATH",
+        help="Chromium binary for the service [CHROMIUM_EXECUTABLE; else Debian's "
+        "chromium-headless-shell when installed; else Playwright's own]",
+    )
+    parser.add_argument(
+        "--service-wait-s",
+        type=positive_float,
+        default=180.0,
+        help="how long the environment service may take to become healthy",
+    )
+    parser.add_argument(
+        "--stop-grace-s",
+        type=positive_float,
+        default=30.0,
+        help="on stop, how long processes get to exit after SIGTERM before SIGKILL",
+    )
 
 
 # -- processes ------------------------------------------------------------------------------------------
@@ -162,8 +199,7 @@ class OutputReader(threading.Thread):
             for piece in pieces:
                 match = _TQDM.match(piece)
                 if match:
-                    self._bars[(match.group("desc") or "").strip()] = (int(match.group("n")),
-                                                                      int(match.group("total")))
+                    self._bars[(match.group("desc") or "").strip()] = (int(match.group("n")), int(match.group("total")))
                 elif piece.strip():
                     self.lines.append(piece)
                     del self.lines[:-200]
@@ -171,15 +207,18 @@ class OutputReader(threading.Thread):
     def progress(self, descs: set[str], total_per_bar: int | None = None) -> int:
         """Sum of the latest counts of the bars named in ``descs`` ('' for a bar without a name)."""
         with self._lock:
-            return sum(n for desc, (n, total) in self._bars.items()
-                       if desc in descs and (total_per_bar is None or total == total_per_bar))
+            return sum(
+                n
+                for desc, (n, total) in self._bars.items()
+                if desc in descs and (total_per_bar is None or total == total_per_bar)
+            )
 
     def value(self, prefix: str) -> str | None:
         """The rest of the last output line starting with ``prefix`` (such as 'checkpoint: ')."""
         with self._lock:
             for line in reversed(self.lines):
                 if line.startswith(prefix):
-                    return line[len(prefix):].strip()
+                    return line[len(prefix) :].strip()
         return None
 
 
@@ -221,8 +260,15 @@ class Processes:
         log = self.log_dir / f"{name}.log"
         with log.open("ab") as handle:
             handle.write(f"$ {' '.join(argv)}\n".encode())
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=self.env, cwd=self.cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.cwd,
+            start_new_session=True,
+        )
         output = OutputReader(proc.stdout, log)
         child = Child(name, proc, output, log)
         self.children.append(child)
@@ -295,6 +341,7 @@ def _free_port() -> int:
 
 # -- display ---------------------------------------------------------------------------------------------
 
+
 class PhaseDisplay:
     """A tqdm bar per phase on a terminal; plain start/progress/done lines otherwise (logs, CI)."""
 
@@ -310,8 +357,15 @@ class PhaseDisplay:
         if stream.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=self.label, unit=unit, file=stream, dynamic_ncols=True, leave=True,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} {unit} [{elapsed}]{postfix}")
+            self.bar = tqdm(
+                total=total,
+                desc=self.label,
+                unit=unit,
+                file=stream,
+                dynamic_ncols=True,
+                leave=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} {unit} [{elapsed}]{postfix}",
+            )
         else:
             print(f"{self.label}: started", file=stream, flush=True)
 
@@ -334,18 +388,20 @@ class PhaseDisplay:
             self.bar.set_postfix_str(note, refresh=True)
             self.bar.close()
         else:
-            print(f"{self.label}: done in {seconds:.0f} s" + (f", {note}" if note else ""), file=self.stream,
-                  flush=True)
+            print(
+                f"{self.label}: done in {seconds:.0f} s" + (f", {note}" if note else ""), file=self.stream, flush=True
+            )
 
-    def failed(self) -> None:
+    def failed(self, how: str = "failed") -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str("failed", refresh=True)
+            self.bar.set_postfix_str(how, refresh=True)
             self.bar.close()
         else:
-            print(f"{self.label}: failed after {time.monotonic() - self.started:.0f} s", file=self.stream, flush=True)
+            print(f"{self.label}: {how} after {time.monotonic() - self.started:.0f} s", file=self.stream, flush=True)
 
 
 # -- the demo --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Plan:
@@ -391,19 +447,34 @@ def _fail(message: str, status: int = EXIT_SETUP) -> int:
 def _check_dependencies() -> None:
     import importlib.util
 
-    missing = [name for name in ("torch", "transformers", "trl", "datasets", "matplotlib", "playwright", "uvicorn",
-                                 "browsergym.miniwob", "psutil")
-               if importlib.util.find_spec(name.split(".")[0]) is None]
+    missing = [
+        name
+        for name in (
+            "torch",
+            "transformers",
+            "trl",
+            "datasets",
+            "matplotlib",
+            "playwright",
+            "uvicorn",
+            "browsergym.miniwob",
+            "psutil",
+        )
+        if importlib.util.find_spec(name.split(".")[0]) is None
+    ]
     if missing:
-        raise DemoError(f"missing Python packages: {', '.join(missing)}. The demo needs the 'env' and 'train' "
-                        "extras: make dev-setup, or pip install -e '.[env,train]'")
+        raise DemoError(
+            f"missing Python packages: {', '.join(missing)}. The demo needs the 'env' and 'train' "
+            "extras: make dev-setup, or pip install -e '.[env,train]'"
+        )
 
 
 def _chromium(configured: str | None) -> str | None:
     if configured:
         if not os.access(configured, os.X_OK):
-            raise DemoError(f"Chromium {configured} is not an executable file (CHROMIUM_EXECUTABLE or "
-                            "--chromium-executable)")
+            raise DemoError(
+                f"Chromium {configured} is not an executable file (CHROMIUM_EXECUTABLE or --chromium-executable)"
+            )
         return configured
     return next((path for path in DEBIAN_CHROMIUM if os.access(path, os.X_OK)), None)
 
@@ -425,8 +496,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
     tasks = [t.name for t in grpo.tasks]
     missing = [t for t in tasks if t not in SCRIPTED_TASKS]
     if missing:
-        raise DemoError(f"no scripted policy to record demonstrations of {', '.join(missing)}; the demo's tasks "
-                        f"need one of: {', '.join(sorted(SCRIPTED_TASKS))}")
+        raise DemoError(
+            f"no scripted policy to record demonstrations of {', '.join(missing)}; the demo's tasks "
+            f"need one of: {', '.join(sorted(SCRIPTED_TASKS))}"
+        )
     if grpo.use_vllm:
         raise DemoError("the demo runs on CPU: set use_vllm=false")
     output = args.output or Path("runs") / "demo" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -438,12 +511,23 @@ def make_plan(args: argparse.Namespace) -> Plan:
     except OSError as exc:
         raise DemoError(f"cannot create {output}: {exc}") from None
     sft_set = [*args.sft_set, f"max_episode_steps={grpo.max_episode_steps}"]
-    return Plan(output=output, sft_config=args.sft_config.resolve(), grpo_config=args.grpo_config.resolve(),
-                sft_set=sft_set, grpo_set=list(args.grpo_set), tasks=tasks,
-                max_episode_steps=grpo.max_episode_steps, sft_steps=sft.max_steps, grpo_steps=grpo.max_steps,
-                max_completion_length=grpo.max_completion_length, demos_per_task=args.demos_per_task,
-                eval_episodes=args.eval_episodes, workers=args.workers, chromium=_chromium(args.chromium_executable),
-                service_wait_s=args.service_wait_s)
+    return Plan(
+        output=output,
+        sft_config=args.sft_config.resolve(),
+        grpo_config=args.grpo_config.resolve(),
+        sft_set=sft_set,
+        grpo_set=list(args.grpo_set),
+        tasks=tasks,
+        max_episode_steps=grpo.max_episode_steps,
+        sft_steps=sft.max_steps,
+        grpo_steps=grpo.max_steps,
+        max_completion_length=grpo.max_completion_length,
+        demos_per_task=args.demos_per_task,
+        eval_episodes=args.eval_episodes,
+        workers=args.workers,
+        chromium=_chromium(args.chromium_executable),
+        service_wait_s=args.service_wait_s,
+    )
 
 
 def child_env() -> dict[str, str]:
@@ -481,22 +565,39 @@ class Demo:
         kept = [line for line in text.splitlines() if line.strip() and not _TQDM.match(line)]
         return "\n".join("    " + line for line in kept[-lines:])
 
-    def _phase(self, index: int, key: str, title: str, argv: list[str], total: int, unit: str,
-               bars: set[str], total_per_bar: int | None, note_prefix: str = "") -> Child:
+    def _phase(
+        self,
+        index: int,
+        key: str,
+        title: str,
+        argv: list[str],
+        total: int,
+        unit: str,
+        bars: set[str],
+        total_per_bar: int | None,
+        note_prefix: str = "",
+    ) -> Child:
         display = PhaseDisplay(index, title, total, unit, self.stream)
         child = self.processes.start(key, argv)
         try:
             while child.proc.poll() is None:
                 if self.service is not None and self.service.proc.poll() is not None:
-                    raise DemoError(f"the environment service exited with code {self.service.proc.returncode} "
-                                    f"during '{title}'; its log ({self.service.log}) ends with:\n"
-                                    f"{self._tail(self.service)}")
+                    raise DemoError(
+                        f"the environment service exited with code {self.service.proc.returncode} "
+                        f"during '{title}'; its log ({_shown(self.service.log)}) ends with:\n"
+                        f"{self._tail(self.service)}"
+                    )
                 display.update(child.output.progress(bars, total_per_bar))
                 time.sleep(0.25)
             child.output.join(10)
             if child.proc.returncode != 0:
-                raise DemoError(f"'{title}' failed (exit code {child.proc.returncode}); its log ({child.log}) "
-                                f"ends with:\n{self._tail(child)}")
+                raise DemoError(
+                    f"'{title}' failed (exit code {child.proc.returncode}); its log ({_shown(child.log)}) "
+                    f"ends with:\n{self._tail(child)}"
+                )
+        except (KeyboardInterrupt, DemoStopped):
+            display.failed("stopped")
+            raise
         except BaseException:
             display.failed()
             raise
@@ -531,19 +632,32 @@ class Demo:
                 if self.service is not None:
                     break
                 if child.proc.poll() is None:
-                    raise DemoError(f"the environment service did not answer {url}/health within "
-                                    f"{plan.service_wait_s:.0f} s; its log ({child.log}) ends with:\n"
-                                    f"{self._tail(child)}")
+                    raise DemoError(
+                        f"the environment service did not answer {url}/health within "
+                        f"{plan.service_wait_s:.0f} s; its log ({_shown(child.log)}) ends with:\n"
+                        f"{self._tail(child)}"
+                    )
                 child.output.join(5)
                 # Another program may take the port between the check and the bind: try a fresh one.
                 if "address already in use" not in child.log.read_text(errors="replace").lower():
-                    hint = "" if plan.chromium else (" No Chromium was found: apt-get install "
-                                                     "chromium-headless-shell, or .venv/bin/playwright install "
-                                                     "chromium, or set CHROMIUM_EXECUTABLE.")
-                    raise DemoError(f"the environment service exited with code {child.proc.returncode}; its log "
-                                    f"({child.log}) ends with:\n{self._tail(child)}{hint}")
+                    hint = (
+                        ""
+                        if plan.chromium
+                        else (
+                            " No Chromium was found: apt-get install "
+                            "chromium-headless-shell, or .venv/bin/playwright install "
+                            "chromium, or set CHROMIUM_EXECUTABLE."
+                        )
+                    )
+                    raise DemoError(
+                        f"the environment service exited with code {child.proc.returncode}; its log "
+                        f"({_shown(child.log)}) ends with:\n{self._tail(child)}{hint}"
+                    )
             if self.service is None:
                 raise DemoError("no free local port for the environment service after 3 attempts")
+        except (KeyboardInterrupt, DemoStopped):
+            display.failed("stopped")
+            raise
         except BaseException:
             display.failed()
             raise
@@ -557,43 +671,132 @@ class Demo:
         self.start_service()
 
         model = out / MODEL_DIR
-        self._phase(2, "model", "tiny model from scratch",
-                    [sys.executable, "-c", _BUILD_MODEL, str(model), json.dumps(MODEL_SHAPE)],
-                    1, "model", set(), None, "model: ")
+        self._phase(
+            2,
+            "model",
+            "tiny model from scratch",
+            [sys.executable, "-c", _BUILD_MODEL, str(model), json.dumps(MODEL_SHAPE)],
+            1,
+            "model",
+            set(),
+            None,
+            "model: ",
+        )
 
         demos = out / "demos.jsonl"
         episodes = len(plan.tasks) * plan.demos_per_task
-        self._phase(3, "demos", "scripted demonstrations",
-                    _cli("demos", "--tasks", ",".join(plan.tasks), "--episodes", str(plan.demos_per_task),
-                         "--max-steps", str(plan.max_episode_steps), "--browsergym-url", self.url,
-                         "--concurrency", "8", "--output", str(demos)),
-                    episodes, "episodes", {"demos"}, episodes, "wrote ")
+        self._phase(
+            3,
+            "demos",
+            "scripted demonstrations",
+            _cli(
+                "demos",
+                "--tasks",
+                ",".join(plan.tasks),
+                "--episodes",
+                str(plan.demos_per_task),
+                "--max-steps",
+                str(plan.max_episode_steps),
+                "--browsergym-url",
+                self.url,
+                "--concurrency",
+                "8",
+                "--output",
+                str(demos),
+            ),
+            episodes,
+            "episodes",
+            {"demos"},
+            episodes,
+            "wrote ",
+        )
 
         common = ["--set", f"checkpoint_dir={plan.checkpoints}", "--set", f"logging_dir={plan.tensorboard}"]
         sft_steps = plan.sft_steps or 0
-        sft = self._phase(4, "sft", "SFT warm start",
-                          _cli("sft", "--config", str(plan.sft_config), *_sets(plan.sft_set),
-                               "--set", f"model_name={model}", "--set", f"demos=[{demos}]",
-                               "--set", f"run_name={SFT_RUN}", *common),
-                          sft_steps or 1, "steps", {""}, plan.sft_steps, "checkpoint: ")
+        sft = self._phase(
+            4,
+            "sft",
+            "SFT warm start",
+            _cli(
+                "sft",
+                "--config",
+                str(plan.sft_config),
+                *_sets(plan.sft_set),
+                "--set",
+                f"model_name={model}",
+                "--set",
+                f"demos=[{demos}]",
+                "--set",
+                f"run_name={SFT_RUN}",
+                *common,
+            ),
+            sft_steps or 1,
+            "steps",
+            {""},
+            plan.sft_steps,
+            "checkpoint: ",
+        )
         sft_dir = Path(sft.output.value("checkpoint: ") or plan.checkpoints / SFT_RUN)
 
-        grpo = self._phase(5, "train", "GRPO against the environment service",
-                           _cli("train", "--config", str(plan.grpo_config), *_sets(plan.grpo_set),
-                                "--set", f"model_name={sft_dir}", "--set", f"browsergym_url={self.url}",
-                                "--set", f"run_name={GRPO_RUN}", *common),
-                           plan.grpo_steps, "steps", {""}, plan.grpo_steps, "checkpoint: ")
+        grpo = self._phase(
+            5,
+            "train",
+            "GRPO against the environment service",
+            _cli(
+                "train",
+                "--config",
+                str(plan.grpo_config),
+                *_sets(plan.grpo_set),
+                "--set",
+                f"model_name={sft_dir}",
+                "--set",
+                f"browsergym_url={self.url}",
+                "--set",
+                f"run_name={GRPO_RUN}",
+                *common,
+            ),
+            plan.grpo_steps,
+            "steps",
+            {""},
+            plan.grpo_steps,
+            "checkpoint: ",
+        )
         grpo_dir = Path(grpo.output.value("checkpoint: ") or plan.checkpoints / GRPO_RUN)
 
         per_model = len(plan.tasks) * plan.eval_episodes
-        self._phase(6, "evaluate", "evaluation before/after GRPO (held-out seeds)",
-                    _cli("evaluate", "--model", str(sft_dir), "--model", str(grpo_dir),
-                         "--tasks", ",".join(plan.tasks), "--episodes", str(plan.eval_episodes),
-                         "--max-steps", str(plan.max_episode_steps),
-                         "--max-completion-tokens", str(plan.max_completion_length),
-                         "--max-new-tokens", str(EVAL_MAX_NEW_TOKENS), "--concurrency", "16",
-                         "--browsergym-url", self.url, "--output", str(plan.evaluation)),
-                    2 * per_model, "episodes", {sft_dir.name, grpo_dir.name}, per_model, "report: ")
+        self._phase(
+            6,
+            "evaluate",
+            "evaluation before/after GRPO (held-out seeds)",
+            _cli(
+                "evaluate",
+                "--model",
+                str(sft_dir),
+                "--model",
+                str(grpo_dir),
+                "--tasks",
+                ",".join(plan.tasks),
+                "--episodes",
+                str(plan.eval_episodes),
+                "--max-steps",
+                str(plan.max_episode_steps),
+                "--max-completion-tokens",
+                str(plan.max_completion_length),
+                "--max-new-tokens",
+                str(EVAL_MAX_NEW_TOKENS),
+                "--concurrency",
+                "16",
+                "--browsergym-url",
+                self.url,
+                "--output",
+                str(plan.evaluation),
+            ),
+            2 * per_model,
+            "episodes",
+            {sft_dir.name, grpo_dir.name},
+            per_model,
+            "report: ",
+        )
         total_s = round(time.monotonic() - started, 1)
         report = json.loads((plan.evaluation / "report.json").read_text())
         summary = {
@@ -652,10 +855,14 @@ def final_line(summary: dict[str, Any]) -> str:
     overall = next((row for row in summary["comparison"] if row["task"] == "all tasks"), None)
     verdict = ""
     if overall is not None:
-        verdict = (f"; change {100 * overall['delta']:+.0f} points, 95% CI {100 * overall['ci_low']:+.0f}.."
-                   f"{100 * overall['ci_high']:+.0f}: {overall['verdict']}")
-    return (f"held-out success before -> after GRPO ({summary['eval_episodes_per_task']} episodes per task, "
-            f"greedy): {', '.join(parts)}{verdict}")
+        verdict = (
+            f"; change {100 * overall['delta']:+.0f} points, 95% CI {100 * overall['ci_low']:+.0f}.."
+            f"{100 * overall['ci_high']:+.0f}: {overall['verdict']}"
+        )
+    return (
+        f"held-out success before -> after GRPO ({summary['eval_episodes_per_task']} episodes per task, "
+        f"greedy): {', '.join(parts)}{verdict}"
+    )
 
 
 def print_summary(summary: dict[str, Any], stream: TextIO) -> None:
@@ -676,12 +883,17 @@ def print_summary(summary: dict[str, Any], stream: TextIO) -> None:
 
 @contextmanager
 def _signals_as_stop() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the demo like Ctrl-C, through the same cleanup."""
+    """Ctrl-C, SIGTERM and SIGHUP end the demo through the same cleanup.
+
+    SIGINT gets Python's handler back even when it was inherited as ignored (a job started with `&` by a
+    non-interactive shell, or by a test runner started that way): the demo promises to stop on it.
+    """
 
     def handler(signum: int, _frame: Any) -> None:
         raise DemoStopped(signum)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
@@ -706,8 +918,12 @@ def run(args: argparse.Namespace) -> int:
     except DemoError as exc:
         return _fail(str(exc))
     stream = sys.stderr
-    print(f"browser-control demo: a tiny model learns {', '.join(plan.tasks)} on this machine's CPU; output in "
-          f"{_shown(plan.output)}/", file=stream, flush=True)
+    print(
+        f"browser-control demo: a tiny model learns {', '.join(plan.tasks)} on this machine's CPU; output in "
+        f"{_shown(plan.output)}/",
+        file=stream,
+        flush=True,
+    )
     subreaper = _set_subreaper(True)
     processes = Processes(child_env(), plan.output, plan.logs)
     status = 0
@@ -721,6 +937,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{exc}: stopping the processes the demo started", file=stream, flush=True)
         status = 128 + exc.signal_number
     except DemoError as exc:
+        print(f"browser-control demo: error: {exc}", file=stream, flush=True)
+        status = EXIT_FAILED
+    except OSError as exc:  # a log or output file that cannot be written (disk full, permissions)
         print(f"browser-control demo: error: {exc}", file=stream, flush=True)
         status = EXIT_FAILED
     finally:
