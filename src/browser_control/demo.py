@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import json
 import os
 import platform
@@ -357,14 +358,23 @@ class PhaseDisplay:
         if stream.isatty():
             from tqdm import tqdm
 
+            # tqdm draws nothing on a terminal that reports 0 columns or rows (a pty nobody sized, as under
+            # `script` or some CI runners): give it a size then.
+            try:
+                size = os.get_terminal_size(stream.fileno())
+                sized = size.columns > 0 and size.lines > 0
+            except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+                sized = False
             self.bar = tqdm(
                 total=total,
                 desc=self.label,
                 unit=unit,
                 file=stream,
-                dynamic_ncols=True,
+                dynamic_ncols=sized,
+                ncols=None if sized else 100,
+                nrows=None if sized else 24,
                 leave=True,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} {unit} [{elapsed}]{postfix}",
+                bar_format="{desc}: {percentage:3.0f}%|{bar:30}| {n}/{total} {unit} [{elapsed}]{postfix}",
             )
         else:
             print(f"{self.label}: started", file=stream, flush=True)
@@ -385,8 +395,9 @@ class PhaseDisplay:
         seconds = time.monotonic() - self.started
         if self.bar is not None:
             self.update(self.total)
-            self.bar.set_postfix_str(note, refresh=True)
             self.bar.close()
+            if note:  # on a line of its own: in the bar it would squeeze the bar to nothing
+                print(f"      {note}", file=self.stream, flush=True)
         else:
             print(
                 f"{self.label}: done in {seconds:.0f} s" + (f", {note}" if note else ""), file=self.stream, flush=True
