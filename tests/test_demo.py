@@ -314,3 +314,14 @@ def test_make_demo_runs_the_demo_command() -> None:
         ["make", "--no-print-directory", "-n", "demo"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
     assert "-m browser_control demo" in out
+
+
+def test_children_run_this_source_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from browser_control.demo import child_env
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins
+    env = child_env()
+    assert env["HF_HUB_OFFLINE"] == env["TRANSFORMERS_OFFLINE"] == env["HF_DATASETS_OFFLINE"] == "1"
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO / "src")
+    assert env["OMP_NUM_THREADS"] == "3"
