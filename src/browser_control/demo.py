@@ -282,7 +282,8 @@ class Processes:
     def stop_all(self, grace_s: float) -> None:
         """SIGTERM to each child (latest first), SIGKILL to whatever is left of them after ``grace_s``."""
         tree = _descendants()
-        for child in reversed(self.alive()):
+        running = list(reversed(self.alive()))
+        for child in running:
             try:
                 child.proc.send_signal(signal.SIGTERM)
             except ProcessLookupError:
@@ -291,16 +292,18 @@ class Processes:
         while self.alive() and time.monotonic() < deadline:
             time.sleep(0.1)
         # Whatever is left: leaders that ignored SIGTERM, their process groups, and every descendant seen
-        # (Chromium lives in sessions of its own).
-        for child in self.children:
+        # (Chromium lives in sessions of its own). A leader not yet reaped keeps its pid, so its group id
+        # cannot belong to anyone else; psutil checks that a descendant's pid was not reused before it signals.
+        for child in running:
+            if child.proc.returncode is None:
+                try:
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        for process in {p.pid: p for p in [*tree, *_descendants()]}.values():
             try:
-                os.killpg(child.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        for pid in tree | _descendants():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+                process.kill()
+            except Exception:  # psutil.NoSuchProcess, AccessDenied: gone, or not ours
                 pass
         for child in self.children:
             try:
@@ -311,15 +314,16 @@ class Processes:
         _reap_adopted()
 
 
-def _descendants() -> set[int]:
+def _descendants() -> list[Any]:
+    """psutil.Process objects of every process below this one (none without psutil)."""
     try:
         import psutil
     except ImportError:
-        return set()
+        return []
     try:
-        return {p.pid for p in psutil.Process().children(recursive=True)}
+        return list(psutil.Process().children(recursive=True))
     except psutil.Error:
-        return set()
+        return []
 
 
 def _reap_adopted(timeout_s: float = 10.0) -> None:
