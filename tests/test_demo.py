@@ -325,3 +325,34 @@ def test_children_run_this_source_offline(monkeypatch: pytest.MonkeyPatch) -> No
     assert env["HF_HUB_OFFLINE"] == env["TRANSFORMERS_OFFLINE"] == env["HF_DATASETS_OFFLINE"] == "1"
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO / "src")
     assert env["OMP_NUM_THREADS"] == "3"
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_a_port_taken_before_the_service_binds_it_is_replaced(
+    tmp_path: Path, chromium: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from browser_control import demo
+    from browser_control.cli import build_parser
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        ports = iter([taken])
+        free_port = demo._free_port
+        # Another program takes the port between the demo's check and the service's bind.
+        monkeypatch.setattr(demo, "_free_port", lambda: next(ports, None) or free_port())
+        args = build_parser().parse_args(["demo", "--output", str(tmp_path / "out")])
+        plan = demo.make_plan(args)
+        processes = demo.Processes(demo.child_env(), plan.output, plan.logs)
+        try:
+            runner = demo.Demo(plan, processes, io.StringIO())
+            runner.start_service()
+            assert runner.url and not runner.url.endswith(f":{taken}")
+            assert len(processes.children) == 2 and processes.children[0].proc.returncode != 0
+            assert "already in use" in (plan.logs / "serve-env.log").read_text()
+        finally:
+            processes.stop_all(20)

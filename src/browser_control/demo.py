@@ -654,7 +654,7 @@ class Demo:
                     )
                 child.output.join(5)
                 # Another program may take the port between the check and the bind: try a fresh one.
-                if "address already in use" not in child.log.read_text(errors="replace").lower():
+                if "already in use" not in child.log.read_text(errors="replace").lower():
                     hint = (
                         ""
                         if plan.chromium
