@@ -151,6 +151,10 @@ def test_demo_runs_the_whole_loop_and_stops_everything(demo_run) -> None:  # typ
         start=1,
     ):
         assert f"[{index}/6] {title}: done" in err, err
+    # The bar of each phase moved with the command's own progress, read back from its output.
+    assert "[5/6] GRPO against the environment service: 1/2 steps" in err, err
+    assert re.search(r"\[4/6\] SFT warm start: [123]/3 steps", err), err
+    assert re.search(r"\[6/6\] evaluation before/after GRPO \(held-out seeds\): \d+/12 episodes", err), err
     for log in ("serve-env", "model", "demos", "sft", "train", "evaluate"):
         assert (out / "logs" / f"{log}.log").stat().st_size > 0
     assert "browser_control serve-env" in (out / "logs" / "serve-env.log").read_text().splitlines()[0]
