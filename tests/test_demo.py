@@ -177,6 +177,7 @@ def test_demo_runs_the_whole_loop_and_stops_everything(demo_run) -> None:  # typ
     shown = out.relative_to(run.cwd)  # paths below the working directory are shown relative to it
     assert f"tensorboard --logdir {shown / 'tensorboard'}" in stdout, stdout
     assert str(shown / "checkpoints" / "tiny-lfm2-grpo") in stdout, stdout
+    assert f"view --logs {shown / 'evaluation'} --checkpoints {shown / 'checkpoints'}" in stdout, stdout
     assert (
         str(shown / "evaluation" / "report.md") in stdout and str(shown / "evaluation" / "success_rates.png") in stdout
     )

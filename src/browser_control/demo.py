@@ -864,6 +864,14 @@ def _tensorboard_command(logdir: str) -> str:
     return f"pip install tensorboard && tensorboard --logdir {logdir}"
 
 
+def _browser_control() -> str:
+    """How to call browser-control from here: the script beside this Python, else the one on PATH."""
+    beside = Path(sys.executable).parent / "browser-control"
+    if beside.exists() and shutil.which("browser-control") != str(beside):
+        return _shown(beside)
+    return "browser-control"
+
+
 def final_line(summary: dict[str, Any]) -> str:
     before, after = summary["before"], summary["after"]
     parts = [f"{task} {100 * before[task]:.0f}% -> {100 * after.get(task, 0.0):.0f}%" for task in before]
@@ -890,6 +898,8 @@ def print_summary(summary: dict[str, Any], stream: TextIO) -> None:
         f"{_shown(summary['sft_checkpoint'])})",
         f"  report       {_shown(summary['report'])}  (plot: {_shown(summary['plot'])})",
         f"  TensorBoard  {logdir}  ->  {_tensorboard_command(logdir)}  then open http://localhost:6006",
+        f"  episodes     {_browser_control()} view --logs {_shown(Path(summary['report']).parent)} --checkpoints "
+        f"{_shown(Path(summary['grpo_checkpoint']).parent)}  then open http://127.0.0.1:8050/  (step by step)",
         f"  logs         {_shown(Path(summary['output']) / 'logs')}/  (one per command)",
         final_line(summary),
     ]
