@@ -21,7 +21,10 @@ from browser_control.config import (
 from tests.conftest import REPO, subprocess_env
 
 # The tiny from-scratch configs of the learning benchmark (sft_*, learning_*) are checked by tests/test_learning.py.
-CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith(("sft_", "learning_")))
+# The GPU configs of `make fine-tune-local`; the CPU ones of the learning benchmark and `make demo` (tiny local
+# models, no vLLM) are checked by tests/test_learning.py and tests/test_demo.py.
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml")
+                 if not p.name.startswith(("sft_", "learning_", "demo_")))
 NO_ENV: dict[str, str] = {}  # load_config(environ=...) without the caller's BROWSERGYM_URL & co.
 
 
