@@ -361,3 +361,19 @@ def test_a_port_taken_before_the_service_binds_it_is_replaced(
             assert "already in use" in (plan.logs / "serve-env.log").read_text()
         finally:
             processes.stop_all(20)
+
+
+def test_stopping_the_demos_processes_leaves_the_callers_own_alone(tmp_path: Path) -> None:
+    from browser_control import demo
+
+    # Started before the demo's processes, as a test suite's shared service is: it is not the demo's to stop.
+    foreign = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        processes = demo.Processes(demo.child_env(), tmp_path, tmp_path)
+        ours = processes.start("sleeper", [sys.executable, "-c", "import time; time.sleep(120)"])
+        processes.stop_all(10)
+        assert ours.proc.poll() is not None
+        assert foreign.poll() is None, "the demo's clean-up killed a process it did not start"
+    finally:
+        foreign.kill()
+        foreign.wait(30)

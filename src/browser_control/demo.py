@@ -256,6 +256,9 @@ class Processes:
         self.cwd = cwd
         self.log_dir = log_dir
         self.children: list[Child] = []
+        # Processes below this one that the demo did not start (a caller's own servers, when the demo runs
+        # inside another program): the final sweep leaves them and their descendants alone.
+        self._foreign = {p.pid for p in _descendants()}
 
     def start(self, name: str, argv: list[str]) -> Child:
         log = self.log_dir / f"{name}.log"
@@ -279,9 +282,21 @@ class Processes:
     def alive(self) -> list[Child]:
         return [c for c in self.children if c.proc.poll() is None]
 
+    def _ours(self) -> list[Any]:
+        """Descendants of this process that the demo started, or that its children left behind."""
+        processes = _descendants()
+        foreign = set(self._foreign)
+        for process in processes:
+            try:
+                if process.pid in self._foreign:
+                    foreign.update(p.pid for p in process.children(recursive=True))
+            except Exception:  # psutil.NoSuchProcess: gone
+                pass
+        return [p for p in processes if p.pid not in foreign]
+
     def stop_all(self, grace_s: float) -> None:
         """SIGTERM to each child (latest first), SIGKILL to whatever is left of them after ``grace_s``."""
-        tree = _descendants()
+        tree = self._ours()
         running = list(reversed(self.alive()))
         for child in running:
             try:
@@ -300,7 +315,8 @@ class Processes:
                     os.killpg(child.proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-        for process in {p.pid: p for p in [*tree, *_descendants()]}.values():
+        swept = {p.pid: p for p in [*tree, *self._ours()]}
+        for process in swept.values():
             try:
                 process.kill()
             except Exception:  # psutil.NoSuchProcess, AccessDenied: gone, or not ours
@@ -311,7 +327,7 @@ class Processes:
             except subprocess.TimeoutExpired:
                 pass
             child.output.join(5)
-        _reap_adopted()
+        _reap_adopted(set(swept) - {c.proc.pid for c in self.children})
 
 
 def _descendants() -> list[Any]:
@@ -326,15 +342,23 @@ def _descendants() -> list[Any]:
         return []
 
 
-def _reap_adopted(timeout_s: float = 10.0) -> None:
-    """Collect the exit status of orphans this process adopted as subreaper (no zombies left behind)."""
+def _reap_adopted(pids: set[int], timeout_s: float = 10.0) -> None:
+    """Collect the exit status of the orphans among ``pids`` that this process adopted as subreaper.
+
+    Only those: waiting for any child would steal the exit status of a caller's own processes.
+    """
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
+    pending = set(pids)
+    while pending and time.monotonic() < deadline:
+        for pid in list(pending):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not our child (never adopted) or already collected
+                pending.discard(pid)
+                continue
+            if done:
+                pending.discard(pid)
+        if pending:
             time.sleep(0.05)
 
 
