@@ -147,6 +147,27 @@ def one_torch_thread() -> Iterator[None]:
 CLICK_REPLY = "<|tool_call_start|>[click(bid='13')]<|tool_call_end|>"
 
 
+def tiny_training_config(**overrides: object) -> dict[str, object]:
+    """A training config for the tiny test models: two task instances x two rollouts, seconds per step on CPU."""
+    config: dict[str, object] = {
+        "tasks": ["click-test"],
+        "max_steps": 2,
+        "max_episode_steps": 2,
+        "num_generations": 2,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-4,
+        "max_completion_length": 256,
+        "bf16": False,
+        "gradient_checkpointing": False,
+        "save_steps": 1,
+        "env_retries": 1,
+        "env_wait_s": 30,
+        "seed": 3,
+    }
+    config.update(overrides)
+    return config
+
+
 @pytest.fixture(scope="session")
 def clicking_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny LFM2 (local tokenizer, LFM2 special tokens) that answers every turn with click(bid='13').

@@ -22,6 +22,7 @@ import yaml
 from transformers import TrainerCallback
 
 from browser_control.training import checkpoints as ckpt
+from tests.conftest import tiny_training_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -85,26 +86,14 @@ def _write_config(tmp_path: Path, model: Path, url: str, disk: Path) -> Path:
     path = tmp_path / "train.yaml"
     path.write_text(
         yaml.safe_dump(
-            {
-                "model_name": str(model),
-                "browsergym_url": url,
-                "tasks": ["click-test"],
-                "max_steps": 3,
-                "max_episode_steps": 2,
-                "num_generations": 2,
-                "per_device_train_batch_size": 4,
-                "learning_rate": 1e-4,
-                "max_completion_length": 256,
-                "bf16": False,
-                "gradient_checkpointing": False,
-                "save_steps": 1,
-                "env_retries": 1,
-                "env_wait_s": 30,
-                "seed": 3,
-                "checkpoint_dir": str(disk / "ck"),
-                "logging_dir": str(tmp_path / "tb"),
-                "run_name": "tiny-disk",
-            }
+            tiny_training_config(
+                model_name=str(model),
+                browsergym_url=url,
+                max_steps=3,
+                checkpoint_dir=str(disk / "ck"),
+                logging_dir=str(tmp_path / "tb"),
+                run_name="tiny-disk",
+            )
         )
     )
     return path

@@ -19,7 +19,7 @@ import pytest
 from browser_control.agent.environment import BrowserEnvironment
 from browser_control.client import EnvClient, EnvRequestError
 from browser_control.config import TrainConfig
-from tests.conftest import ServiceProcess
+from tests.conftest import ServiceProcess, tiny_training_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -46,25 +46,15 @@ def test_crashed_pages_mid_step_are_no_data_and_the_run_goes_on(
     try:
         service.wait_healthy()
         config = TrainConfig.model_validate(
-            {
-                "model_name": str(clicking_model),
-                "browsergym_url": service.url,
-                "tasks": ["click-test"],
-                "max_steps": 3,
-                "max_episode_steps": 2,
-                "num_generations": 2,
-                "per_device_train_batch_size": 4,
-                "learning_rate": 1e-4,
-                "max_completion_length": 256,
-                "bf16": False,
-                "gradient_checkpointing": False,
-                "save_steps": 50,
-                "env_retries": 1,
-                "env_wait_s": 30,
-                "seed": 5,
-                "checkpoint_dir": str(tmp_path / "ck"),
-                "logging_dir": str(tmp_path / "tb"),
-            }
+            tiny_training_config(
+                model_name=str(clicking_model),
+                browsergym_url=service.url,
+                max_steps=3,
+                save_steps=50,
+                seed=5,
+                checkpoint_dir=str(tmp_path / "ck"),
+                logging_dir=str(tmp_path / "tb"),
+            )
         )
         for name in ("BROWSERGYM_URL", "CHECKPOINT_DIR", "LOGGING_DIR"):
             monkeypatch.delenv(name, raising=False)

@@ -21,7 +21,7 @@ import yaml
 from browser_control.agent.environment import BrowserEnvironment
 from browser_control.client import EnvServiceUnavailable
 from browser_control.config import TrainConfig
-from tests.conftest import ServiceProcess, subprocess_env
+from tests.conftest import ServiceProcess, subprocess_env, tiny_training_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -50,23 +50,7 @@ def hf_home(clicking_model: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def _config(tmp_path: Path, **overrides: object) -> dict[str, object]:
-    data: dict[str, object] = {
-        "model_name": HUB_ID,
-        "tasks": ["click-test"],
-        "max_steps": 2,
-        "max_episode_steps": 2,
-        "num_generations": 2,
-        "per_device_train_batch_size": 4,  # two task instances x two rollouts per step
-        "learning_rate": 1e-4,
-        "max_completion_length": 256,
-        "bf16": False,
-        "gradient_checkpointing": False,
-        "save_steps": 1,
-        "env_retries": 1,
-        "env_wait_s": 30,
-        "seed": 3,
-    }
-    data.update(overrides)
+    data = tiny_training_config(model_name=HUB_ID, **overrides)
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(data))
     return data
