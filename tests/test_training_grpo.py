@@ -50,7 +50,7 @@ def hf_home(clicking_model: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def _config(tmp_path: Path, **overrides: object) -> dict[str, object]:
-    data = tiny_training_config(model_name=HUB_ID, **overrides)
+    data = tiny_training_config(**{"model_name": HUB_ID, **overrides})
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(data))
     return data
