@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -222,6 +223,39 @@ def test_a_hung_playwright_driver_is_replaced_too(own_service) -> None:
         assert _click(http, sid).json()["reward"] == 1.0
         assert http.get("/health").status_code == 200
     assert "killing the Playwright driver" in service.log()
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_left_spinning_by_a_dead_driver_is_freed() -> None:
+    """Playwright's sync API can spin for ever once its driver is dead (the call switches into a finished
+    dispatcher); the watchdog then raises inside the worker thread so that later jobs run again.
+
+    The job here spins in pure Python as that call does; a `sleep` process stands in for the driver.
+    """
+    from browser_control.env_service.browser import BrowserOptions, BrowserWorker, SessionLostError
+
+    worker = BrowserWorker(0, BrowserOptions(job_deadline_s=1.0))
+    stand_in_driver = subprocess.Popen(["sleep", "600"])
+    try:
+        worker._driver_process = psutil.Process(stand_in_driver.pid)
+        spinning = threading.Event()
+
+        def spin_for_ever() -> None:
+            spinning.set()
+            while True:
+                pass
+
+        hung = worker.submit(spin_for_ever)
+        with pytest.raises(SessionLostError):
+            hung.result(timeout=100)
+        assert spinning.is_set()
+        # Before the interrupt existed the worker thread never came back and this job never ran.
+        assert worker.submit(lambda: "ran").result(timeout=100) == "ran"
+        assert stand_in_driver.wait(timeout=30) is not None, "the stand-in driver was killed"
+    finally:
+        if stand_in_driver.poll() is None:
+            stand_in_driver.kill()
+        worker.stop()
 
 
 # -- item: client retries run each request at most once ----------------------------------------------

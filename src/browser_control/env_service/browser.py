@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
+import ctypes
 import functools
 import logging
 import queue
@@ -175,6 +176,20 @@ class BrowserOptions:
     probe_timeout_ms: int = 5_000
 
 
+class WorkerJobAbandoned(BaseException):
+    """Raised inside a worker thread whose job outlived its browser and its Playwright driver.
+
+    A BaseException so that no `except Exception` on the way up (ours or Playwright's) swallows it.
+    """
+
+
+def _raise_in_thread(thread: threading.Thread, exc_type: type[BaseException]) -> bool:
+    """Ask CPython to raise `exc_type` in `thread` at its next bytecode; False if the thread is gone."""
+    if thread.ident is None or not thread.is_alive():
+        return False
+    return ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc_type)) == 1
+
+
 @dataclass
 class _RunningJob:
     future: concurrent.futures.Future[Any]
@@ -245,14 +260,21 @@ class BrowserWorker:
                 outcome = (True, fn())
             except BaseException as exc:  # the caller decides; the worker must survive any job
                 outcome = (False, exc)
-            with self._watch_cond:
-                self._running = None
-                self._watch_cond.notify_all()
-                if job.expired:
-                    # The watchdog already answered the caller; this is the aftermath of the kill.
-                    log.info("overrun job ended after its browser was killed",
-                             extra={"worker": self.index, "ok": outcome[0]})
-                    continue
+            try:
+                with self._watch_cond:
+                    self._running = None
+                    self._watch_cond.notify_all()
+            except WorkerJobAbandoned:
+                # The watchdog's interrupt landed just after the job returned (it raises only while the job
+                # is running and holds the lock meanwhile, so it can land here and nowhere later).
+                with self._watch_cond:
+                    self._running = None
+                    self._watch_cond.notify_all()
+            if job.expired:
+                # The watchdog already answered the caller; this is the aftermath of the kill.
+                log.info("overrun job ended after its browser was killed",
+                         extra={"worker": self.index, "ok": outcome[0]})
+                continue
             if outcome[0]:
                 future.set_result(outcome[1])
             else:
@@ -290,6 +312,33 @@ class BrowserWorker:
                 log.error("job still hung after its browser was killed; killing the Playwright driver",
                           extra={"worker": self.index, "driver_pid": driver_process.pid})
                 kill_process_tree(driver_process)
+                self._interrupt_if_still_running(job, grace_s)
+
+    def _interrupt_if_still_running(self, job: _RunningJob, grace_s: float) -> None:
+        """Free a worker thread that its dead Playwright left spinning.
+
+        When the driver dies, Playwright 1.44's sync dispatcher can finish before the pending call sees
+        the error; the call then switches into a dead greenlet for ever (a busy loop holding the GIL,
+        seen with py-spy under load). Nothing returns from there, so the watchdog raises
+        `WorkerJobAbandoned` inside the thread, repeatedly in case a clean-up on the way up calls the
+        dead Playwright again. The worker then starts a new Playwright for its next job.
+        """
+        attempts = 0
+        while True:
+            with self._watch_cond:
+                if self._watch_cond.wait_for(lambda: self._running is not job or self._stopping, timeout=grace_s):
+                    return
+                if attempts == 0:
+                    log.error("job still running after its Playwright driver died; interrupting the worker "
+                              "thread", extra={"worker": self.index})
+                attempts += 1
+                # Raised under the lock the worker takes to end a job, so it cannot land past that point.
+                raised = _raise_in_thread(self._thread, WorkerJobAbandoned)
+            if not raised or attempts >= 100:
+                log.error("could not free the worker thread; its sessions stay lost",
+                          extra={"worker": self.index, "attempts": attempts})
+                return
+            grace_s = 1.0
 
     def _expire(self, job: _RunningJob, browser_process: psutil.Process | None) -> None:
         deadline_s = self.options.job_deadline_s
