@@ -54,6 +54,14 @@ RUNS: dict[str, tuple[str, list[str]]] = {
                                                   "per_device_train_batch_size=8", "max_completion_length=1024",
                                                   "save_steps=5", "warmup_steps=0"]),
     "debug-64": ("lfm2_350m_local.yaml", ["per_device_train_batch_size=64", "max_steps=4", "save_steps=100"]),
+    "debug-16": ("lfm2_350m_local.yaml", ["per_device_train_batch_size=16", "max_steps=6", "save_steps=100"]),
+    # vLLM settings measured against the debug run: sleep mode, a shorter context, the model's own context,
+    # a smaller memory share.
+    "debug-sleep": ("lfm2_350m_local.yaml", ["vllm_enable_sleep_mode=true", "max_steps=6", "save_steps=100"]),
+    "debug-len4k": ("lfm2_350m_local.yaml", ["vllm_max_model_length=4096", "max_steps=6", "save_steps=100"]),
+    "debug-len-model": ("lfm2_350m_local.yaml", ["vllm_max_model_length=null", "max_steps=6", "save_steps=100"]),
+    "debug-share10": ("lfm2_350m_local.yaml", ["vllm_gpu_memory_utilization=0.1", "max_steps=6",
+                                               "save_steps=100"]),
     "multitask": ("miniwob_multitask.yaml", ["max_steps=4", "save_steps=100", "warmup_steps=0"]),
 }
 # Scalars read back from TensorBoard for the table (TRL's names plus ours).
@@ -117,20 +125,35 @@ def build_model(path: Path, url: str, tiny: bool) -> dict:
     model.save_pretrained(str(path))
     del model
     env = BrowserEnvironment(base_url=url, max_episode_steps=3)
-    call = {"type": "function", "function": {"name": "click", "arguments": {"bid": "12"}}}
-    prompts = []
+
+    def click(messages: list[dict], bid: str) -> list[dict]:
+        call = {"type": "function", "function": {"name": "click", "arguments": {"bid": bid}}}
+        return [*messages, {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "name": "click", "content": env.click(bid=bid)}]
+
+    prompts, episode_over = [], []
     for seed in range(3):
         messages = task_prompt(TASK)
         messages[-1] = {**messages[-1], "content": messages[-1]["content"] + env.reset(TASK, seed)}
         prompts.append(list(messages))
-        messages += [{"role": "assistant", "content": "", "tool_calls": [call]},
-                     {"role": "tool", "name": "click", "content": env.click(bid="12")}]
-        prompts.append(list(messages))
+        messages = click(messages, "12")
+        prompts.append(messages)
+        # Once the tool says the episode is over (solved, or out of actions), the turn ends, as an instruct
+        # model's does; a random model would otherwise talk on to the token limit in every finished rollout.
+        episode_over.append(click(messages, "13") if seed < 2 else click(click(messages, "12"), "12"))
     env._close()
-    imprint_reply(path, [RIGHT, WRONG, WRONG, WRONG], prompts, tools=bound_tools(), steps=60,
-                  learning_rate=3e-3 if tiny else 5e-5, max_rounds=8)
+    replies = [RIGHT, WRONG, WRONG, WRONG]
+    settings = dict(tools=bound_tools(), steps=60, learning_rate=3e-3 if tiny else 5e-5, max_rounds=8)
+    try:
+        imprint_reply(path, replies, prompts, end_turn_prompts=episode_over, **settings)
+        ends_turns = True
+    except RuntimeError as exc:  # the tiny CPU model may not separate the two kinds of prompt in time
+        log(f"imprint with end of turn failed ({exc}); imprinting the replies alone")
+        imprint_reply(path, replies, prompts, **settings)
+        ends_turns = False
     params = sum(p.numel() for p in Lfm2ForCausalLM(config).parameters())
-    return {"model": str(path), "params_m": round(params / 1e6, 1), "build_and_imprint_s":
+    return {"model": str(path), "params_m": round(params / 1e6, 1), "ends_turn_after_episode": ends_turns,
+            "build_and_imprint_s":
             round(time.perf_counter() - started, 1), "shape": "tiny" if tiny else "LFM2-350M (random weights)"}
 
 

@@ -170,7 +170,7 @@ def build_tiny_lfm2(
 
 def imprint_reply(model_dir: str | Path, reply: str | Sequence[str], prompts: list[list[dict]],
                   tools: list | None = None, steps: int = 200, learning_rate: float = 3e-3,
-                  max_rounds: int = 4) -> Path:
+                  max_rounds: int = 4, end_turn_prompts: list[list[dict]] | None = None) -> Path:
     """Train the model in ``model_dir`` (in place) to answer every prompt with ``reply``.
 
     A random model almost never emits a well-formed tool call, so a rollout would end after one turn.
@@ -179,6 +179,10 @@ def imprint_reply(model_dir: str | Path, reply: str | Sequence[str], prompts: li
     replies (repeats weigh more) give a policy that samples among them, so GRPO groups see different
     rewards. Loss is on the reply tokens only. Training goes on in rounds of ``steps`` until greedy decoding
     of the first and last prompt gives one of the replies, for at most ``max_rounds`` rounds.
+
+    ``end_turn_prompts`` (e.g. conversations whose last tool result says the episode is over) are
+    answered with the end of turn alone, as an instruct model does; without them a random model keeps
+    talking to the token limit once its episode has ended.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -189,10 +193,14 @@ def imprint_reply(model_dir: str | Path, reply: str | Sequence[str], prompts: li
     replies = [reply] if isinstance(reply, str) else list(reply)
     replies_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for r in replies]
     examples = []
-    for messages in prompts:
+    end_turn = [tokenizer.eos_token_id]
+    # As many examples per end-of-turn prompt as per reply prompt, so that both weigh the same.
+    to_learn = [(m, replies_ids) for m in prompts]
+    to_learn += [(m, [end_turn] * len(replies_ids)) for m in end_turn_prompts or []]
+    for messages, answers in to_learn:
         prompt_ids = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
                                                    tokenize=True, return_dict=False)
-        for reply_ids in replies_ids:
+        for reply_ids in answers:
             ids = list(prompt_ids) + reply_ids
             labels = [-100] * len(prompt_ids) + reply_ids
             examples.append((torch.tensor([ids], device=device), torch.tensor([labels], device=device)))
@@ -207,7 +215,8 @@ def imprint_reply(model_dir: str | Path, reply: str | Sequence[str], prompts: li
                                  max_new_tokens=max(map(len, replies_ids)), pad_token_id=tokenizer.pad_token_id)
         model.train()
         answer = out[0, prompt.shape[1]:].tolist()
-        return any(answer[: len(ids)] == ids for ids in replies_ids)
+        expected = replies_ids if labels[0, -2].item() != -100 else [end_turn]
+        return any(answer[: len(ids)] == ids for ids in expected)
 
     model.train()
     for round_ in range(max_rounds):
