@@ -102,9 +102,9 @@ def build_model(path: Path, url: str, tiny: bool) -> dict:
     import torch
     from transformers import Lfm2ForCausalLM
 
-    from browser_control.agent.environment import BrowserEnvironment, bound_tools
-    from browser_control.agent.prompts import task_prompt
     from browser_control.models.tiny import build_tokenizer, imprint_reply, lfm2_config
+    from browser_control.rollout.environment import BrowserEnvironment, bound_tools
+    from browser_control.rollout.prompts import task_prompt
 
     started = time.perf_counter()
     tokenizer = build_tokenizer(path)

@@ -38,7 +38,7 @@ TASK = "click-checkboxes"
 
 
 def record(path: Path, url: str, episodes: int, turns: int) -> None:
-    from browser_control.agent.environment import BrowserEnvironment
+    from browser_control.rollout.environment import BrowserEnvironment
 
     data = []
     env = BrowserEnvironment(base_url=url, max_episode_steps=turns)
@@ -52,7 +52,7 @@ def record(path: Path, url: str, episodes: int, turns: int) -> None:
 
 
 def replaying_environment(recording: list[dict], turns: int) -> type:
-    from browser_control.agent.environment import BrowserEnvironment
+    from browser_control.rollout.environment import BrowserEnvironment
 
     by_seed = {item["seed"]: item for item in recording}
 
@@ -91,9 +91,9 @@ def build_model(path: Path, recording: list[dict], shape: dict, learning_rate: f
     import torch
     from transformers import Lfm2ForCausalLM
 
-    from browser_control.agent.environment import bound_tools
-    from browser_control.agent.prompts import task_prompt
     from browser_control.models.tiny import build_tokenizer, imprint_reply, lfm2_config
+    from browser_control.rollout.environment import bound_tools
+    from browser_control.rollout.prompts import task_prompt
 
     tokenizer = build_tokenizer(path)
     config = lfm2_config(**shape, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
@@ -125,9 +125,9 @@ def run(mode: str, gradient_checkpointing: bool, rollouts: int, generations: int
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from browser_control.agent.concurrency import ConcurrentRolloutsMixin
-    from browser_control.agent.environment import bound_tools
-    from browser_control.agent.prompts import task_prompt
+    from browser_control.rollout.concurrency import ConcurrentRolloutsMixin
+    from browser_control.rollout.environment import bound_tools
+    from browser_control.rollout.prompts import task_prompt
 
     recording = json.loads(RECORDING.read_text())
     tmp = Path(tempfile.mkdtemp())

@@ -46,9 +46,9 @@ def start_service(port: int, sessions: int, workers: int, chromium: str | None) 
 
 
 def imprinted_model(path: Path) -> Path:
-    from browser_control.agent.environment import BrowserEnvironment, bound_tools
-    from browser_control.agent.prompts import task_prompt
     from browser_control.models.tiny import build_tiny_lfm2, imprint_reply
+    from browser_control.rollout.environment import BrowserEnvironment, bound_tools
+    from browser_control.rollout.prompts import task_prompt
 
     build_tiny_lfm2(path, hidden_size=32, intermediate_size=64)
     # Real first observations and tool results of the benchmark task, so the imprint holds on them.
@@ -75,9 +75,9 @@ def run_mode(concurrent: bool, model: Path, url: str, rollouts: int, turns: int,
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from browser_control.agent.concurrency import ConcurrentRolloutsMixin
-    from browser_control.agent.environment import BrowserEnvironment
-    from browser_control.agent.prompts import task_prompt
+    from browser_control.rollout.concurrency import ConcurrentRolloutsMixin
+    from browser_control.rollout.environment import BrowserEnvironment
+    from browser_control.rollout.prompts import task_prompt
 
     env_wait_s = [0.0]  # time the trainer's thread spends blocked on the environment service
 

@@ -177,9 +177,9 @@ def clicking_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     import torch
 
-    from browser_control.agent.environment import bound_tools
-    from browser_control.agent.prompts import task_prompt
     from browser_control.models.tiny import build_tiny_lfm2, imprint_reply
+    from browser_control.rollout.environment import bound_tools
+    from browser_control.rollout.prompts import task_prompt
 
     torch.set_num_threads(1)  # torch's threads and Chromium otherwise fight over two cores
     path = build_tiny_lfm2(tmp_path_factory.mktemp("clicker"), hidden_size=32, intermediate_size=64)

@@ -1,4 +1,4 @@
-"""Concurrent environment calls inside TRL's GRPOTrainer (agent/concurrency.py), against the real service.
+"""Concurrent environment calls inside TRL's GRPOTrainer (rollout/concurrency.py), against the real service.
 
 These tests pin the two GRPOTrainer internals the hooks rely on: a TRL upgrade that stops calling them
 must fail here (and at run time), not silently feed placeholders to the model.
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from browser_control.agent.concurrency import PLACEHOLDER_PREFIX, ConcurrentRollouts, ConcurrentRolloutsMixin
-from browser_control.agent.environment import BrowserEnvironment
-from browser_control.agent.prompts import task_prompt
 from browser_control.client import EnvClient, EnvServiceUnavailable
+from browser_control.rollout.concurrency import PLACEHOLDER_PREFIX, ConcurrentRollouts, ConcurrentRolloutsMixin
+from browser_control.rollout.environment import BrowserEnvironment
+from browser_control.rollout.prompts import task_prompt
 
 
 def test_deferred_calls_resolve_to_the_same_results_in_order(env_url: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from browser_control.cli import main
-from browser_control.config import (
+from browser_control.training.config import (
     LFM2_LORA_TARGET_MODULES,
     ConfigError,
     TrainConfig,

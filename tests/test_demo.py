@@ -269,8 +269,8 @@ def test_bad_settings_are_refused_before_any_process_starts(tmp_path: Path) -> N
 
 
 def test_the_default_configs_are_the_measured_learning_settings() -> None:
-    from browser_control.config import load_config
     from browser_control.sft.config import load_sft_config
+    from browser_control.training.config import load_config
 
     sft = load_sft_config(str(REPO / "configs" / "demo_sft.yaml"), environ={})
     grpo = load_config(REPO / "configs" / "demo_grpo.yaml", environ={})

@@ -27,8 +27,8 @@ def _train_to_click_13(model_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from browser_control.agent.environment import BrowserEnvironment, bound_tools
-    from browser_control.agent.prompts import task_prompt
+    from browser_control.rollout.environment import BrowserEnvironment, bound_tools
+    from browser_control.rollout.prompts import task_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from browser_control.agent.environment import BrowserEnvironment
 from browser_control.client import EnvClient
 from browser_control.evaluation import SCRIPTED_TASKS, ScriptedPolicy, evaluate_policy, scripted_step
+from browser_control.rollout.environment import BrowserEnvironment
 from browser_control.seeds import train_seed
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

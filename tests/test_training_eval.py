@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from browser_control.config import TrainConfig
+from browser_control.training.config import TrainConfig
 
 
 def test_eval_keys_are_validated() -> None:

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from browser_control.client import EnvServiceUnavailable
-from browser_control.config import TrainConfig
 from browser_control.seeds import EVAL_SEED_RANGE, TRAIN_SEED_RANGE
 from browser_control.training import checkpoints as ckpt
+from browser_control.training.config import TrainConfig
 from browser_control.training.data import build_rows, sample_tasks
+from browser_control.training.plan import TrainingSetupError, plan_run
+from browser_control.training.preflight import preflight
 from browser_control.training.rollouts import EnvironmentFactory, EpisodeMetrics, SaturationMonitor
-from browser_control.training.trainer import TrainingSetupError, plan_run, preflight
 from tests.conftest import ServiceProcess
 
 
@@ -426,7 +427,7 @@ def test_reward_wiring_check_refuses_an_unwired_reward() -> None:
 
     import torch
 
-    from browser_control.training.trainer import check_reward_wiring
+    from browser_control.training.grpo import check_reward_wiring
 
     wired = SimpleNamespace(reward_func_names=["EpisodeMetrics", "BrowserEnvironment"],
                             reward_weights=torch.tensor([0.0, 1.0]))

@@ -15,7 +15,7 @@ from browser_control.arg_types import ENV_VALUE_MARK
 COMMAND_MODULES = {
     "serve-env": "browser_control.env_service.cli",
     "evaluate": "browser_control.evaluation.cli",
-    "checkpoints": "browser_control.checkpoints_cli",
+    "checkpoints": "browser_control.training.checkpoints_cli",
     "train": "browser_control.training.cli",
     "demos": "browser_control.sft.demos_cli",
     "sft": "browser_control.sft.cli",

@@ -520,9 +520,9 @@ def _chromium(configured: str | None) -> str | None:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """Validate everything that can be checked before a process is started."""
-    from browser_control.config import ConfigError, load_config
     from browser_control.evaluation.scripted import SCRIPTED_TASKS
     from browser_control.sft.config import load_sft_config
+    from browser_control.training.config import ConfigError, load_config
 
     _check_dependencies()
     # Placeholders for the keys the demo sets itself: the real values exist only once earlier steps ran.

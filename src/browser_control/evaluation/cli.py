@@ -42,14 +42,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from browser_control.agent.environment import DEFAULT_BROWSERGYM_URL, BrowserEnvironment
 from browser_control.arg_types import non_negative_float, non_negative_int, positive_int
+from browser_control.rollout.environment import DEFAULT_BROWSERGYM_URL, BrowserEnvironment
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from browser_control.evaluation.report import EvaluationReport
-    from browser_control.model_source import ModelSource
+    from browser_control.models.source import ModelSource
     from browser_control.recording import EpisodeRecorder
 
 COMMAND = "evaluate"
@@ -132,7 +132,7 @@ def _print_suites() -> int:
 def _locate_models(specs: list[str], resolve: Callable[[str], str]) -> dict[str, ModelSource]:
     """Where each model loads from, found before any is loaded: no network wait for a model that is nowhere."""
     from browser_control.evaluation.runner import EvaluationError
-    from browser_control.model_source import ModelNotFound, locate_model
+    from browser_control.models.source import ModelNotFound, locate_model
 
     try:
         return {spec: locate_model(resolve(spec), load_adapter=True) for spec in specs}
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     except EvaluationError as exc:
         return _fail(str(exc))
     try:
-        from browser_control.evaluation.model_policy import (
+        from browser_control.evaluation.model_lookup import (
             base_model_of,
             resolve_model,
             trained_tasks,

@@ -1,6 +1,6 @@
 """The evaluation loop: run a policy on MiniWoB episodes through the environment service.
 
-Episodes are played through :class:`~browser_control.agent.environment.BrowserEnvironment`, the class
+Episodes are played through :class:`~browser_control.rollout.environment.BrowserEnvironment`, the class
 TRL trains with, so a model sees the same prompt, tools and observation text as in training. Up to
 ``concurrency`` episodes are live at once: the policy decides for all of them in one call (one batched
 generation for a model) and their tool calls then run in parallel threads, because the service, not
@@ -19,12 +19,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from browser_control.agent.environment import DEFAULT_BROWSERGYM_URL, BrowserEnvironment, tool_names
-from browser_control.agent.prompts import task_prompt
 from browser_control.client import EnvClient, EnvRequestError, EnvServiceUnavailable
 from browser_control.evaluation.policy import Decision, Episode, Policy
 from browser_control.evaluation.report import EpisodeRecord, EvaluationReport, build_report
 from browser_control.recording import EpisodeRecorder, EpisodeTrace, trace_from_answers, trace_id
+from browser_control.rollout.environment import DEFAULT_BROWSERGYM_URL, BrowserEnvironment, tool_names
+from browser_control.rollout.prompts import task_prompt
 from browser_control.seeds import eval_seed
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
 """Scripted policies: hand-written solutions of MiniWoB tasks that read only the observation text.
 
 Each policy sees what a model sees (the goal and the accessibility tree of
-:func:`browser_control.agent.prompts.format_observation`) and answers with a
+:func:`browser_control.rollout.prompts.format_observation`) and answers with a
 :class:`~browser_control.evaluation.policy.ToolCall` of a
-:class:`~browser_control.agent.environment.BrowserEnvironment` tool. They serve three purposes:
+:class:`~browser_control.rollout.environment.BrowserEnvironment` tool. They serve three purposes:
 
 * a known-good baseline that checks the evaluation harness end to end (``evaluate --policy scripted``);
 * proof that a task is solvable from the observation text alone;

@@ -33,8 +33,8 @@ LFM2_SPECIAL_TOKENS = [
 
 def _default_corpus() -> list[str]:
     """Text that looks like what the model will read and write: prompts, trees, tool calls."""
-    from browser_control.agent.environment import tool_names
-    from browser_control.agent.prompts import SYSTEM_PROMPT
+    from browser_control.rollout.environment import tool_names
+    from browser_control.rollout.prompts import SYSTEM_PROMPT
 
     names = tool_names()
     lines = [SYSTEM_PROMPT, "List of tools: ", "Goal: Click the button.", "Page:", "RootWebArea", "focused"]
@@ -50,8 +50,8 @@ def _default_corpus() -> list[str]:
 
 def _rendered_prompt(tokenizer) -> str:  # type: ignore[no-untyped-def]
     """The system prompt with every tool schema, as the chat template renders it for each episode."""
-    from browser_control.agent.environment import bound_tools
-    from browser_control.agent.prompts import task_prompt
+    from browser_control.rollout.environment import bound_tools
+    from browser_control.rollout.prompts import task_prompt
 
     return tokenizer.apply_chat_template(task_prompt("click-test"), tools=bound_tools(), tokenize=False)
 

@@ -1,6 +1,6 @@
 """The SFT configuration: one YAML file -> a validated :class:`SftConfig`.
 
-Loaded with the training config's machinery (browser_control.config.load_config with ``schema=SftConfig``):
+Loaded with the training config's machinery (browser_control.training.config.load_config with ``schema=SftConfig``):
 the same precedence (defaults, file, CHECKPOINT_DIR/LOGGING_DIR, ``--set``) and the same error messages,
 unknown keys with the closest valid one. Imports only pydantic and PyYAML, so ``sft --help`` is fast.
 """
@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator
 
-from browser_control.config import RunName, _Strict
+from browser_control.training.config import RunName, _Strict
 
 
 class SftConfig(_Strict):
@@ -76,8 +76,8 @@ class SftConfig(_Strict):
 
 def load_sft_config(path: str, overrides: list[str] | None = None,
                     environ: dict[str, str] | None = None) -> SftConfig:
-    """Read, merge and validate; raises browser_control.config.ConfigError with a message fit for a user."""
-    from browser_control.config import load_config
+    """Read, merge and validate; raises browser_control.training.config.ConfigError with a message fit for a user."""
+    from browser_control.training.config import load_config
 
     config: SftConfig = load_config(path, overrides, environ, schema=SftConfig)
     return config

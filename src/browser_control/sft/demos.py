@@ -1,7 +1,7 @@
 """Record scripted episodes as tool-call conversations, exactly as GRPO training shows them to a model.
 
-An episode is played through :class:`~browser_control.agent.environment.BrowserEnvironment`, the class
-TRL trains with: the conversation starts with :func:`~browser_control.agent.prompts.task_prompt` plus the
+An episode is played through :class:`~browser_control.rollout.environment.BrowserEnvironment`, the class
+TRL trains with: the conversation starts with :func:`~browser_control.rollout.prompts.task_prompt` plus the
 first observation appended to the user message (what TRL does with ``reset()``'s text), then one
 assistant message with ``tool_calls`` per action (TRL/transformers format: ``{"type": "function",
 "function": {"name", "arguments"}}``, arguments as a mapping) and one ``tool`` message with the text the
@@ -25,11 +25,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from browser_control.agent.environment import BrowserEnvironment, bound_tools, tool_names
-from browser_control.agent.prompts import task_prompt
 from browser_control.client import EnvClient
 from browser_control.evaluation.policy import ToolCall
 from browser_control.evaluation.scripted import SCRIPTED_TASKS, ScriptedPolicyError, scripted_step
+from browser_control.rollout.environment import BrowserEnvironment, bound_tools, tool_names
+from browser_control.rollout.prompts import task_prompt
 from browser_control.seeds import TRAIN_SEED_RANGE, train_seed
 
 # Demonstrations start far from index 0 so the instances GRPO plays (train_seed(0), train_seed(1), ...)

@@ -24,8 +24,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from browser_control.agent.environment import DEFAULT_BROWSERGYM_URL
 from browser_control.arg_types import non_negative_int, positive_int
+from browser_control.rollout.environment import DEFAULT_BROWSERGYM_URL
 
 COMMAND = "demos"
 

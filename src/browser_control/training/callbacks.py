@@ -216,7 +216,7 @@ class HeldOutEvaluation(TrainerCallback):
 
 
 def _answers(url: str) -> bool:
-    from browser_control.agent.environment import service_answers
+    from browser_control.rollout.environment import service_answers
 
     with EnvClient(url) as client:
         return service_answers(client)

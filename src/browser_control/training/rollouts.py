@@ -15,10 +15,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from browser_control.agent.environment import BrowserEnvironment, service_answers
 from browser_control.client import EnvClient, EnvServiceUnavailable
 from browser_control.evaluation.policy import ToolCall, tool_calls_of
 from browser_control.recording import EpisodeRecorder, EpisodeTrace, trace_from_answers, trace_id
+from browser_control.rollout.environment import BrowserEnvironment, service_answers
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import inspect
 
-from browser_control.agent.environment import BrowserEnvironment
 from browser_control.env_service.actions import ACTIONS
+from browser_control.rollout.environment import BrowserEnvironment
 
 
 def test_every_tool_maps_to_a_whitelisted_action_and_is_documented() -> None:

@@ -12,14 +12,14 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from browser_control.agent.concurrency import ConcurrentRollouts
-from browser_control.agent.prompts import format_episode_end, format_observation, format_step_limit
 from browser_control.client import EnvClient, EnvRequestError, EnvServiceUnavailable
+from browser_control.rollout.concurrency import ConcurrentRollouts
+from browser_control.rollout.episode import EpisodeStats, StepAnswer, action_text, format_fault
+from browser_control.rollout.prompts import format_episode_end, format_observation, format_step_limit
 
 DEFAULT_BROWSERGYM_URL = "http://127.0.0.1:8000"
 # Answers that say the request itself was wrong (and would be wrong again); any other refusal of a reset or
@@ -49,49 +49,6 @@ def service_answers(client: EnvClient, timeout_s: float = PROBE_TIMEOUT_S) -> bo
     return True
 
 
-def format_fault(reason: str) -> str:
-    return (f"The environment failed ({reason}); this episode is not scored. "
-            "Do not call any more tools.")
-
-
-def action_text(name: str, *args: Any) -> str:
-    """Build an action call; repr() keeps every argument a literal (the service re-checks anyway)."""
-    return f"{name}({', '.join(repr(a) for a in args)})"
-
-
-@dataclass
-class EpisodeStats:
-    task_name: str = ""
-    seed: int = 0
-    steps: int = 0
-    invalid_actions: int = 0
-    success: bool = False
-    done: bool = False
-    truncated: bool = False
-    # Set when the environment, not the model, ended the episode (browser crashed, session lost, service
-    # answering 5xx): the episode is no data, scored None rather than 0.
-    fault: str | None = None
-    env_latency_s: list[float] = field(default_factory=list)
-
-
-@dataclass
-class StepAnswer:
-    """One tool call as the environment saw it, kept for episode recordings (``browser-control view``).
-
-    Not part of :class:`EpisodeStats`, which the per-batch episode log serialises whole.
-    """
-
-    action: str
-    observation: str  # the text the model had in front of it when it chose the action
-    result: str  # the text the tool returned to the model
-    error: str = ""  # the page's last_action_error, or the service's reason for refusing the action
-    reward: float | None = None
-    done: bool = False
-    truncated: bool = False
-    reached_service: bool = True  # False when the episode was already over and nothing was sent
-    screenshot_png_b64: str | None = None
-
-
 class BrowserEnvironment:
     """A MiniWoB++ episode served by the environment service.
 
@@ -109,7 +66,7 @@ class BrowserEnvironment:
 
     max_episode_steps: int = 10
     base_url: str | None = None
-    # Set by a trainer with concurrent environment calls (agent/concurrency.py); None = call at once.
+    # Set by a trainer with concurrent environment calls (rollout/concurrency.py); None = call at once.
     _rollouts: ConcurrentRollouts | None = None
 
     def __init__(self, base_url: str | None = None, max_episode_steps: int | None = None,
