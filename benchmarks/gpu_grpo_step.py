@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from browser_control.models.tiny import LFM2_350M_SHAPE  # noqa: E402
+from browser_control.protocol import service_url  # noqa: E402
 
 RECORDING = REPO / "benchmarks" / "data" / "recorded_click_checkboxes.json"
 TASK = "click-checkboxes"
@@ -52,6 +53,7 @@ def record(path: Path, url: str, episodes: int, turns: int) -> None:
 
 
 def replaying_environment(recording: list[dict], turns: int) -> type:
+    from browser_control.client import ServiceDeathLatch
     from browser_control.rollout.environment import BrowserEnvironment
 
     by_seed = {item["seed"]: item for item in recording}
@@ -64,7 +66,7 @@ def replaying_environment(recording: list[dict], turns: int) -> type:
         def __init__(self) -> None:
             self._max_steps = turns
             self._session_id = None
-            self._fatal_error = None
+            self._dead = ServiceDeathLatch()
             self._replies: list[str] = []
 
         def _reset_now(self, task_name: str, seed: int) -> str:
@@ -201,7 +203,7 @@ def run(mode: str, gradient_checkpointing: bool, rollouts: int, generations: int
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--record", type=Path, help="record observations from --url to this file and exit")
-    parser.add_argument("--url", default=os.environ.get("BROWSERGYM_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--url", default=service_url(), help="environment service [BROWSERGYM_URL]")
     parser.add_argument("--mode", choices=["full", "lora"], default="full")
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--rollouts", type=int, default=16, help="per_device_train_batch_size")

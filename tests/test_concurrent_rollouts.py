@@ -95,8 +95,8 @@ def test_grpo_step_with_concurrent_env_calls(clicking_model: Path, env_url: str,
     assert rollouts.prefetched_resets == 4
     assert rollouts.deferred_calls >= 8, "the imprinted model should call a tool on most turns"
     assert rollouts.unresolved() == 0
-    assert all(env._episode.task_name == "click-checkboxes" for env in envs)
-    assert max(env._episode.steps for env in envs) >= 2  # multi-turn episodes really ran
+    assert all(env.episode.task_name == "click-checkboxes" for env in envs)
+    assert max(env.episode.steps for env in envs) >= 2  # multi-turn episodes really ran
     assert seen_prompts and not any(PLACEHOLDER_PREFIX in p for p in seen_prompts)
     assert any("Step 1 of 3" in p for p in seen_prompts)  # a real observation came back to the model
     rollouts.shutdown()

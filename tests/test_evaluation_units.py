@@ -169,7 +169,7 @@ def _records(task: str, wins: int, n: int, steps: int = 2) -> list[EpisodeRecord
 
 def _settings(n: int) -> dict:
     return {"episodes_per_task": n, "seeds": [1_000_000_000, 1_000_000_000 + n - 1], "seed_offset": 0,
-            "max_steps": 10, "env_url": "http://127.0.0.1:8000"}
+            "max_episode_steps": 10, "env_url": "http://127.0.0.1:8000"}
 
 
 def test_reports_aggregate_compare_and_write_json_markdown_and_a_png(tmp_path: Path) -> None:
@@ -245,3 +245,17 @@ def test_a_merged_lora_checkpoint_is_a_full_model_and_an_unmerged_one_an_adapter
     # merge_lora: true writes the merged model beside adapter/: vLLM and transformers load it as it is.
     assert _adapter(str(merged)) is None
     assert _adapter(str(unmerged)) == (unmerged, "base-model")
+
+
+def test_training_evaluation_and_export_swap_the_same_lfm2_templates() -> None:
+    from trl.chat_template_utils import lfm2_chat_template, lfm2_v2_chat_template
+
+    from browser_control.models.chat_template import use_tool_calling_template
+
+    # A tokenizer saved by another transformers release may end the template with a newline; the swap must
+    # not depend on it (evaluation once compared exactly and training after strip(), so they disagreed).
+    for template in (lfm2_chat_template, lfm2_chat_template + "\n", "\n" + lfm2_chat_template.strip()):
+        assert use_tool_calling_template(SimpleNamespace(chat_template=template)).chat_template == \
+            lfm2_v2_chat_template
+    for other in ("{{ messages }}", None, lfm2_v2_chat_template):
+        assert use_tool_calling_template(SimpleNamespace(chat_template=other)).chat_template == other

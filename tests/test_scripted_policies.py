@@ -59,9 +59,9 @@ def test_scripted_steps_drive_the_training_environment_directly(env_url: str) ->
             while (call := scripted_step("click-checkboxes", observation, history)) is not None:
                 history.append(call)
                 observation = getattr(env, call.name)(**call.arguments)
-                if env._episode.done:
+                if env.episode.done:
                     break
             assert env.get_reward() == 1.0, observation
-            assert env._episode.steps == len(history)
+            assert env.episode.steps == len(history)
     finally:
         env._close()

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 from browser_control.evaluation.observation import AxNode, PageView, parse_observation
 from browser_control.evaluation.policy import Decision, Episode, Policy, ToolCall
+from browser_control.protocol import bare_task_name
 
 Planner = Callable[[PageView], list[ToolCall]]
 
@@ -199,7 +200,7 @@ SCRIPTED_TASKS: dict[str, Planner] = {
 
 def canonical_task(task_name: str) -> str:
     """'miniwob.click-test' and 'click-test' name the same task."""
-    return task_name.removeprefix("miniwob.")
+    return bare_task_name(task_name)
 
 
 def scripted_step(task_name: str, observation: str, history: Sequence[ToolCall] = ()) -> ToolCall | None:

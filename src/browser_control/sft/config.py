@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator
 
+from browser_control.protocol import DEFAULT_MAX_EPISODE_STEPS, bare_task_name
 from browser_control.training.config import RunName, _Strict
 
 
@@ -24,8 +25,8 @@ class SftConfig(_Strict):
     max_demos_per_task: int | None = Field(
         None, ge=1, description="keep only the first N demonstrations of each task (a deliberately weak start)")
     max_episode_steps: int = Field(
-        5, ge=1, le=100, description="the action budget the demonstrations were recorded with; `evaluate` uses "
-        "it as the default --max-steps of this checkpoint")
+        DEFAULT_MAX_EPISODE_STEPS, ge=1, le=100, description="the action budget the demonstrations were recorded "
+        "with; `evaluate` uses it as the default --max-episode-steps of this checkpoint")
     # -- optimisation ------------------------------------------------------------------------------------
     num_train_epochs: float = Field(3.0, gt=0, description="passes over the demonstrations")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; set, it wins over num_train_epochs")
@@ -61,7 +62,7 @@ class SftConfig(_Strict):
     def _canonical_tasks(cls, value: list[str] | None) -> list[str] | None:
         if value is None:
             return None
-        names = [v.strip().removeprefix("miniwob.") for v in value]
+        names = [bare_task_name(v) for v in value]
         if not names or not all(names):
             raise ValueError("give task names such as [click-test, focus-text], or leave tasks unset")
         return names

@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from browser_control.client import EnvClient, EnvRequestError
+from browser_control.protocol import bare_task_name
 from browser_control.training.plan import RunPlan, TrainingSetupError
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ def preflight(plan: RunPlan) -> None:
         plan.service = health.model_dump()
         available = set(client.tasks())
         wanted = [t.name for t in config.tasks] + list(config.eval_tasks or [])
-        unknown = [name for name in dict.fromkeys(wanted) if name.removeprefix("miniwob.") not in available]
+        unknown = [name for name in dict.fromkeys(wanted) if bare_task_name(name) not in available]
         if unknown:
             import difflib
 
