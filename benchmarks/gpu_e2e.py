@@ -36,14 +36,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from browser_control.env_service.process import ServiceProcess  # noqa: E402
-from browser_control.models.tiny import LFM2_350M_SHAPE  # noqa: E402
+from browser_control.models.tiny import LFM2_350M_SHAPE, TINY_SHAPE  # noqa: E402
 
 TASK = "click-test"
 RIGHT = "<|tool_call_start|>[click(bid='13')]<|tool_call_end|>"
 WRONG = "<|tool_call_start|>[click(bid='12')]<|tool_call_end|>"
-TINY_SHAPE = dict(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, num_key_value_heads=2, full_attn_idxs=[1], block_multiple_of=8,
-                  max_position_embeddings=8192)
 
 # name -> (config file, overrides). The debug config is the one `make fine-tune-local` uses.
 RUNS: dict[str, tuple[str, list[str]]] = {
@@ -77,23 +74,15 @@ def _env(**extra: str) -> dict[str, str]:
 
 def build_model(path: Path, url: str, tiny: bool) -> dict:
     """Random LFM2-350M-shaped weights, imprinted on real click-test observations (first and later turns)."""
-    import torch
-    from transformers import Lfm2ForCausalLM
+    from transformers import AutoConfig, Lfm2ForCausalLM
 
-    from browser_control.models.tiny import build_tokenizer, imprint_reply, lfm2_config
+    from browser_control.models.tiny import build_lfm2, imprint_reply
     from browser_control.rollout.environment import BrowserEnvironment, bound_tools
     from browser_control.rollout.prompts import task_prompt
 
     started = time.perf_counter()
-    tokenizer = build_tokenizer(path)
-    config = lfm2_config(**(TINY_SHAPE if tiny else LFM2_350M_SHAPE), pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    model = Lfm2ForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(str(path))
-    del model
+    build_lfm2(path, TINY_SHAPE if tiny else LFM2_350M_SHAPE)
+    config = AutoConfig.from_pretrained(path)
     env = BrowserEnvironment(base_url=url, max_episode_steps=3)
     call = {"type": "function", "function": {"name": "click", "arguments": {"bid": "12"}}}
     prompts = []

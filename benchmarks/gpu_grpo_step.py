@@ -30,12 +30,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from browser_control.models.tiny import LFM2_350M_SHAPE  # noqa: E402
+from browser_control.models.tiny import LFM2_350M_SHAPE, TINY_SHAPE  # noqa: E402
 from browser_control.protocol import service_url  # noqa: E402
 
 RECORDING = REPO / "benchmarks" / "data" / "recorded_click_checkboxes.json"
 TASK = "click-checkboxes"
-
 
 
 def record(path: Path, url: str, episodes: int, turns: int) -> None:
@@ -85,26 +84,12 @@ def replaying_environment(recording: list[dict], turns: int) -> type:
     return RecordedEpisodes
 
 
-TINY = dict(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=2, full_attn_idxs=[1], block_multiple_of=8, max_position_embeddings=8192)
-
-
 def build_model(path: Path, recording: list[dict], shape: dict, learning_rate: float) -> None:
-    import torch
-    from transformers import Lfm2ForCausalLM
-
-    from browser_control.models.tiny import build_tokenizer, imprint_reply, lfm2_config
+    from browser_control.models.tiny import build_lfm2, imprint_reply
     from browser_control.rollout.environment import bound_tools
     from browser_control.rollout.prompts import task_prompt
 
-    tokenizer = build_tokenizer(path)
-    config = lfm2_config(**shape, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    model = Lfm2ForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(str(path))
+    build_lfm2(path, shape)
     call = {"type": "function", "function": {"name": "click", "arguments": {"bid": "13"}}}
     prompts = []
     for item in recording[:3]:
@@ -134,7 +119,7 @@ def run(mode: str, gradient_checkpointing: bool, rollouts: int, generations: int
     recording = json.loads(RECORDING.read_text())
     tmp = Path(tempfile.mkdtemp())
     build_started = time.perf_counter()
-    build_model(tmp / "model", recording, TINY if tiny else LFM2_350M_SHAPE, 3e-3 if tiny else 1e-4)
+    build_model(tmp / "model", recording, TINY_SHAPE if tiny else LFM2_350M_SHAPE, 3e-3 if tiny else 1e-4)
     build_s = time.perf_counter() - build_started
     print(f"model built and imprinted in {build_s:.0f} s", flush=True)
     cuda = torch.cuda.is_available()

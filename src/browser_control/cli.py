@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from browser_control.arg_types import ENV_VALUE_MARK
 
-# Each module defines COMMAND (its name), add_arguments(parser) and run(args) -> exit code. Modules are
+# Each module defines add_arguments(parser) and run(args) -> exit code; the key is the command's name. Modules are
 # imported lazily by name so `browser-control serve-env` never imports torch and `train` never imports
 # Playwright.
 COMMAND_MODULES = {

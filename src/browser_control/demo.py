@@ -48,8 +48,6 @@ from typing import Any, TextIO
 
 from browser_control.arg_types import positive_float, positive_int
 
-COMMAND = "demo"
-
 EXIT_FAILED = 1
 EXIT_SETUP = 2
 

@@ -52,14 +52,6 @@ if TYPE_CHECKING:
     from browser_control.models.source import ModelSource
     from browser_control.recording import EpisodeRecorder
 
-COMMAND = "evaluate"
-
-
-
-
-
-
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to evaluate")

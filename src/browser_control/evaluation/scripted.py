@@ -198,11 +198,6 @@ SCRIPTED_TASKS: dict[str, Planner] = {
 }
 
 
-def canonical_task(task_name: str) -> str:
-    """'miniwob.click-test' and 'click-test' name the same task."""
-    return bare_task_name(task_name)
-
-
 def scripted_step(task_name: str, observation: str, history: Sequence[ToolCall] = ()) -> ToolCall | None:
     """The next call of the scripted policy for ``task_name``, or None when its plan is complete.
 
@@ -210,7 +205,7 @@ def scripted_step(task_name: str, observation: str, history: Sequence[ToolCall] 
     this episode. Raises KeyError for a task without a policy and ScriptedPolicyError for a page the
     policy does not understand.
     """
-    planner = SCRIPTED_TASKS[canonical_task(task_name)]
+    planner = SCRIPTED_TASKS[bare_task_name(task_name)]
     try:
         page = parse_observation(observation)
     except ValueError as exc:
@@ -245,10 +240,6 @@ class ScriptedPolicy(Policy):
 
     def __init__(self, label: str = "scripted") -> None:
         self.label = label
-
-    @staticmethod
-    def supports(task_name: str) -> bool:
-        return canonical_task(task_name) in SCRIPTED_TASKS
 
     def decide(self, episodes: Sequence[Episode]) -> list[Decision]:
         decisions = []

@@ -24,8 +24,6 @@ import argparse
 import logging
 import sys
 
-COMMAND = "sft"
-
 EXIT_SETUP = 2
 EXIT_CHECKPOINT = 4
 

@@ -27,12 +27,6 @@ from pathlib import Path
 from browser_control.arg_types import non_negative_int, positive_int
 from browser_control.protocol import DEFAULT_BROWSERGYM_URL, DEFAULT_MAX_EPISODE_STEPS
 
-COMMAND = "demos"
-
-
-
-
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from browser_control.sft.demos import DEFAULT_SEED_OFFSET

@@ -37,7 +37,6 @@ from browser_control.models.files import (
     model_files_problem,
 )
 
-COMMAND = "checkpoints"
 # Files of a full model or adapter that an export copies (weights are matched by suffix below).
 _MODEL_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer.json",
                 "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "training_config.yaml",

@@ -27,8 +27,6 @@ import argparse
 import logging
 import sys
 
-COMMAND = "train"
-
 EXIT_SETUP = 2
 EXIT_ENV_UNAVAILABLE = 3
 EXIT_CHECKPOINT = 4
