@@ -46,8 +46,14 @@ class ServiceProcess:
     takes its browsers along; :meth:`stop` terminates it and, past a grace period, kills the group.
     """
 
-    def __init__(self, *args: str, log_path: Path | None = None, chromium: str | None = None,
-                 env: dict[str, str] | None = None, port: int | None = None):
+    def __init__(
+        self,
+        *args: str,
+        log_path: Path | None = None,
+        chromium: str | None = None,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -56,7 +62,10 @@ class ServiceProcess:
             cmd += ["--chromium-executable", chromium]
         self._log: IO[bytes] | None = open(log_path, "wb") if log_path else None  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            cmd, stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT, env=child_env(**(env or {})),
+            cmd,
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env=child_env(**(env or {})),
             start_new_session=True,
         )
 
@@ -94,6 +103,7 @@ class ServiceProcess:
     def __enter__(self) -> ServiceProcess:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

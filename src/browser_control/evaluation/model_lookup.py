@@ -29,8 +29,10 @@ def resolve_model(spec: str) -> str:
         if not path.is_dir():
             raise EvaluationError(f"model path {spec!r} is a file; give the model's directory")
         if not (path / "config.json").exists() and adapter_dir(path) is None:
-            raise EvaluationError(f"{spec!r} is not a model directory: it has no config.json (full model) or "
-                                  "adapter_config.json (LoRA adapter)")
+            raise EvaluationError(
+                f"{spec!r} is not a model directory: it has no config.json (full model) or "
+                "adapter_config.json (LoRA adapter)"
+            )
         problem = model_files_problem(path)
         if problem:
             raise EvaluationError(f"model {spec!r} is corrupt: {problem}")

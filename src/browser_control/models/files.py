@@ -51,8 +51,11 @@ def _safetensors_problem(path: Path) -> str | None:
             return f"{path} has an unreadable header (not a safetensors file?)"
     if not isinstance(header, dict):
         return f"{path} has an unreadable header (not a safetensors file?)"
-    ends = [int(t["data_offsets"][1]) for name, t in header.items()
-            if name != "__metadata__" and isinstance(t, dict) and len(t.get("data_offsets") or ()) == 2]
+    ends = [
+        int(t["data_offsets"][1])
+        for name, t in header.items()
+        if name != "__metadata__" and isinstance(t, dict) and len(t.get("data_offsets") or ()) == 2
+    ]
     expected = 8 + header_len + max(ends, default=0)
     if size < expected:
         return f"{path} is truncated: {size} bytes of {expected} (the save was cut short)"

@@ -9,8 +9,7 @@ from typing import Any
 
 
 def format_fault(reason: str) -> str:
-    return (f"The environment failed ({reason}); this episode is not scored. "
-            "Do not call any more tools.")
+    return f"The environment failed ({reason}); this episode is not scored. Do not call any more tools."
 
 
 def action_text(name: str, *args: Any) -> str:

@@ -34,9 +34,12 @@ def load_tokenizer(model_name: str) -> PreTrainedTokenizerBase:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise TrainingSetupError(
             f"cannot load the tokenizer of {model_name}: {exc}\n"
-            + ("HF_HUB_OFFLINE=1: the model must already be in the cache at "
-               f"HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}; run once online to fill it"
-               if offline else "check model_name (a Hugging Face id or a local directory) and the network")
+            + (
+                "HF_HUB_OFFLINE=1: the model must already be in the cache at "
+                f"HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}; run once online to fill it"
+                if offline
+                else "check model_name (a Hugging Face id or a local directory) and the network"
+            )
         ) from exc
     # Saved with every checkpoint, so evaluation and export see the template training used.
     return use_tool_calling_template(tokenizer)
@@ -106,8 +109,13 @@ def build_peft_config(config: TrainConfig) -> Any:
         return None
     from peft import LoraConfig
 
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
 
 
 def check_reward_wiring(trainer: GRPOTrainer) -> None:

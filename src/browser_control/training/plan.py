@@ -61,14 +61,19 @@ class RunPlan:
         total = sum(t.weight for t in c.tasks)
         tasks = ", ".join(f"{t.name} ({t.weight / total:.0%})" for t in c.tasks)
         if c.use_peft:
-            mode = (f"LoRA r={c.lora_r} alpha={c.lora_alpha} dropout={c.lora_dropout} on "
-                    f"{', '.join(c.lora_target_modules)}; merged copy: {'yes' if c.merge_lora else 'no'}")
+            mode = (
+                f"LoRA r={c.lora_r} alpha={c.lora_alpha} dropout={c.lora_dropout} on "
+                f"{', '.join(c.lora_target_modules)}; merged copy: {'yes' if c.merge_lora else 'no'}"
+            )
         else:
             mode = "full fine-tune"
-        backend = (f"vLLM colocate (gpu_memory_utilization={c.vllm_gpu_memory_utilization}, "
-                   f"max_model_length={c.vllm_max_model_length or 'model default'}, "
-                   f"sleep_mode={'on' if c.vllm_enable_sleep_mode else 'off'})"
-                   if c.use_vllm else "transformers generate")
+        backend = (
+            f"vLLM colocate (gpu_memory_utilization={c.vllm_gpu_memory_utilization}, "
+            f"max_model_length={c.vllm_max_model_length or 'model default'}, "
+            f"sleep_mode={'on' if c.vllm_enable_sleep_mode else 'off'})"
+            if c.use_vllm
+            else "transformers generate"
+        )
         lines = [
             f"run              {self.name}",
             f"model            {c.model_name} ({mode})",
@@ -80,20 +85,28 @@ class RunPlan:
             f"(tool results included), temperature {c.temperature:g}",
             f"generation       {backend}",
             f"environment      {c.browsergym_url}"
-            + (f" ({self.service.get('status')}, {self.service.get('sessions')}/"
-               f"{self.service.get('max_sessions')} sessions in use; this run needs "
-               f"{self.environments_per_process} per process)" if self.service else "")
+            + (
+                f" ({self.service.get('status')}, {self.service.get('sessions')}/"
+                f"{self.service.get('max_sessions')} sessions in use; this run needs "
+                f"{self.environments_per_process} per process)"
+                if self.service
+                else ""
+            )
             + f", {'concurrent' if c.concurrent_env_calls else 'one-by-one'} calls",
             f"checkpoint       {self.final_dir} (written as {ckpt.TMP_PREFIX}{self.name}, renamed when complete)",
             f"intermediate     {self.run_dir}/checkpoint-N every {c.save_steps} steps "
             f"(keep {c.save_total_limit or 'all'})",
             f"resume from      {self.resume_checkpoint or 'nothing (new run)'}",
             f"tensorboard      {self.tensorboard_dir}",
-            "recordings       " + (
+            "recordings       "
+            + (
                 f"{c.record_episodes} rollouts at step 1 and every {c.record_every_steps} steps, step by step in "
                 f"{self.run_dir}/traces (up to {c.record_max_mb:g} MB"
-                + (", with screenshots" if c.record_screenshots else "") + "; browser-control view shows them)"
-                if c.record_every_steps else "off (record_every_steps unset)"),
+                + (", with screenshots" if c.record_screenshots else "")
+                + "; browser-control view shows them)"
+                if c.record_every_steps
+                else "off (record_every_steps unset)"
+            ),
             f"HF cache         HF_HOME={os.environ.get('HF_HOME', '(default ~/.cache/huggingface)')}"
             f"{' HF_HUB_OFFLINE=1' if os.environ.get('HF_HUB_OFFLINE') == '1' else ''}",
         ]
@@ -128,9 +141,15 @@ def plan_run(config: TrainConfig, now: float | None = None) -> RunPlan:
             f"{run_dir} already holds checkpoints of a run named {name}: set resume_from_checkpoint: true to "
             "continue it, or choose another run_name"
         )
-    return RunPlan(config=config, name=name, final_dir=final_dir, run_dir=run_dir,
-                   tensorboard_dir=Path(config.logging_dir) / name, resume_checkpoint=resume,
-                   world_size=world_size())
+    return RunPlan(
+        config=config,
+        name=name,
+        final_dir=final_dir,
+        run_dir=run_dir,
+        tensorboard_dir=Path(config.logging_dir) / name,
+        resume_checkpoint=resume,
+        world_size=world_size(),
+    )
 
 
 def write_run_config(plan: RunPlan) -> None:

@@ -52,8 +52,14 @@ def wait_for_service(url: str, timeout_s: float, report_every_s: float = 10.0) -
                     "starts it in Docker), or set BROWSERGYM_URL / browsergym_url to where it runs"
                 )
             if now >= next_report:
-                log.warning("waiting for the environment service at %s (%s): %.0f s left of env_wait_s=%g; "
-                            "start it with `browser-control serve-env`", url, problem, deadline - now, timeout_s)
+                log.warning(
+                    "waiting for the environment service at %s (%s): %.0f s left of env_wait_s=%g; "
+                    "start it with `browser-control serve-env`",
+                    url,
+                    problem,
+                    deadline - now,
+                    timeout_s,
+                )
                 next_report = now + report_every_s
             time.sleep(min(0.5, max(deadline - time.monotonic(), 0.0)))
 
