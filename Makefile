@@ -38,13 +38,20 @@ dev-setup: ## Create .venv with the CPU dependencies for tests and benchmarks (p
 test: $(VENV_PY) ## Run the test suite (real Chromium, real MiniWoB pages, tiny local models)
 	$(VENV_PY) -m pytest
 
+# The inner loop: everything but the tests marked slow (training runs, the demo, the fuzz, fault injection,
+# model evaluation) and the learning check; README's Tests section says what that leaves out.
+.PHONY: test-fast
+test-fast: $(VENV_PY) ## Run the fast tests only (minutes): no training runs, demo, fuzz or fault injection
+	$(VENV_PY) -m pytest -m "not slow and not learning" -x -q
+
 .PHONY: demo
 demo: $(VENV_PY) ## Train and evaluate a tiny agent on this CPU in a few minutes: no GPU, Docker or download
 	$(VENV_PY) -m browser_control demo
 
 .PHONY: lint
-lint: $(VENV_PY) ## ruff on the Python code, shellcheck on scripts/, hadolint on the Dockerfiles
+lint: $(VENV_PY) ## ruff (checks and formatting) on the Python code, shellcheck on scripts/, hadolint on the Dockerfiles
 	$(VENV_PY) -m ruff check src tests benchmarks
+	$(VENV_PY) -m ruff format --check src tests benchmarks
 	.venv/bin/shellcheck -x scripts/*.sh
 	.venv/bin/hadolint docker/*/Dockerfile
 

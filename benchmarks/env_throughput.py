@@ -26,17 +26,13 @@ import os
 import platform
 import re
 import resource
-import socket
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
 CHECKBOX_RE = re.compile(r"\[(\w+)\] checkbox")
 
 
@@ -62,12 +58,6 @@ def tree_cpu_s(pid: int) -> dict[int, float]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return used
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -190,43 +180,23 @@ def main() -> int:
 
 
 def measure(args: argparse.Namespace, settle: int | None) -> None:
-    proc = None
+    from browser_control.env_service.process import ServiceProcess
+
+    proc = service = None
     url = args.url
     if url is None:
-        port = free_port()  # other services (and other benchmark runs) may hold any fixed port
-        cmd = [
-            sys.executable,
-            "-m",
-            "browser_control",
-            "serve-env",
-            "--port",
-            str(port),
-            "--max-sessions",
-            str(max(args.sessions) + 2),
-            "--log-level",
-            "warning",
-        ]
+        options = ["--max-sessions", str(max(args.sessions) + 2), "--log-level", "warning"]
         if args.workers:
-            cmd += ["--workers", str(args.workers)]
-        if args.chromium_executable:
-            cmd += ["--chromium-executable", args.chromium_executable]
+            options += ["--workers", str(args.workers)]
         if settle is not None:
-            cmd += ["--settle-timeout-ms", str(settle)]
-        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-        proc = subprocess.Popen(cmd, env=env)
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            if proc.poll() is not None:
-                raise SystemExit(f"serve-env exited with {proc.returncode}")
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            proc.kill()
-            raise SystemExit("service did not become healthy")
+            options += ["--settle-timeout-ms", str(settle)]
+        service = ServiceProcess(*options, chromium=args.chromium_executable)
+        proc, url = service.proc, service.url
+        try:
+            service.wait_healthy(timeout_s=60)
+        except RuntimeError as exc:
+            service.stop()
+            raise SystemExit(f"service did not become healthy: {exc}") from None
     try:
         idle_mb = tree_pss_mb(proc.pid) if proc else float("nan")
         label = "service default" if settle is None else f"--settle-timeout-ms {settle}"
@@ -259,9 +229,8 @@ def measure(args: argparse.Namespace, settle: int | None) -> None:
             )
         print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     finally:
-        if proc:
-            proc.terminate()
-            proc.wait(30)
+        if service:
+            service.stop(grace_s=30)
 
 
 if __name__ == "__main__":

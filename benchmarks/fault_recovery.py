@@ -17,24 +17,12 @@ import argparse
 import os
 import platform
 import signal
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import psutil
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def renderers(pid: int) -> set[int]:
@@ -75,37 +63,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=100, help="steps per header variant")
     args = parser.parse_args()
 
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "browser_control",
-        "serve-env",
-        "--port",
-        str(port),
-        "--workers",
-        "2",
-        "--job-deadline-s",
-        str(args.deadline_s),
-        "--log-level",
-        "warning",
-    ]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=url, timeout=300) as http:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if http.get("/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("the service did not become healthy")
-                time.sleep(0.3)
+    from browser_control.env_service.process import ServiceProcess
 
+    service = ServiceProcess("--workers", "2", "--job-deadline-s", str(args.deadline_s), "--log-level", "warning")
+    proc = service.proc
+    try:
+        service.wait_healthy(timeout_s=120)
+        with httpx.Client(base_url=service.url, timeout=300) as http:
             # 1. the price of deduplication
             sid = reset(http, 1)
             plain: list[float] = []
@@ -169,11 +133,7 @@ def main() -> int:
                 except psutil.Error:
                     pass
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        service.stop()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -32,19 +32,15 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from browser_control.models.tiny import LFM2_350M_SHAPE  # noqa: E402
+from browser_control.env_service.process import ServiceProcess  # noqa: E402
+from browser_control.models.tiny import LFM2_350M_SHAPE, TINY_SHAPE  # noqa: E402
 
 TASK = "click-test"
 RIGHT = "<|tool_call_start|>[click(bid='13')]<|tool_call_end|>"
 WRONG = "<|tool_call_start|>[click(bid='12')]<|tool_call_end|>"
-TINY_SHAPE = dict(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, num_key_value_heads=2, full_attn_idxs=[1], block_multiple_of=8,
-                  max_position_embeddings=8192)
 
 # name -> (config file, overrides). The debug config is the one `make fine-tune-local` uses.
 RUNS: dict[str, tuple[str, list[str]]] = {
@@ -77,27 +73,6 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def start_service(out: Path, port: int, workers: int, max_sessions: int) -> subprocess.Popen:
-    log_file = (out / "serve-env.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "browser_control", "serve-env", "--port", str(port), "--workers", str(workers),
-         "--max-sessions", str(max_sessions), "--log-level", "warning"],
-        stdout=log_file, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"serve-env exited: {(out / 'serve-env.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    # In its own session it would outlive this script and hold the port for the next run.
-    proc.kill()
-    raise RuntimeError(f"serve-env not healthy within 300 s: {(out / 'serve-env.log').read_text()[-3000:]}")
-
-
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
                PYTHONUNBUFFERED="1", TRL_EXPERIMENTAL_SILENCE="1", HF_HUB_OFFLINE="1")
@@ -107,23 +82,15 @@ def _env(**extra: str) -> dict[str, str]:
 
 def build_model(path: Path, url: str, tiny: bool) -> dict:
     """Random LFM2-350M-shaped weights, imprinted on real click-test observations (first and later turns)."""
-    import torch
-    from transformers import Lfm2ForCausalLM
+    from transformers import AutoConfig, Lfm2ForCausalLM
 
-    from browser_control.agent.environment import BrowserEnvironment, bound_tools
-    from browser_control.agent.prompts import task_prompt
-    from browser_control.models.tiny import build_tokenizer, imprint_reply, lfm2_config
+    from browser_control.models.tiny import build_lfm2, imprint_reply
+    from browser_control.rollout.environment import BrowserEnvironment, bound_tools
+    from browser_control.rollout.prompts import task_prompt
 
     started = time.perf_counter()
-    tokenizer = build_tokenizer(path)
-    config = lfm2_config(**(TINY_SHAPE if tiny else LFM2_350M_SHAPE), pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    model = Lfm2ForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(str(path))
-    del model
+    build_lfm2(path, TINY_SHAPE if tiny else LFM2_350M_SHAPE)
+    config = AutoConfig.from_pretrained(path)
     env = BrowserEnvironment(base_url=url, max_episode_steps=3)
 
     def click(messages: list[dict], bid: str) -> list[dict]:
@@ -233,7 +200,7 @@ def evaluate(checkpoint: str, base: Path, url: str, out: Path, backend: str, epi
     for label, model in (("base", str(base)), ("trained", checkpoint)):
         target = out / f"eval-{label}"
         cmd = [sys.executable, "-m", "browser_control", "evaluate", "--model", model, "--backend", backend,
-               "--tasks", TASK, "--episodes", str(episodes), "--max-steps", "3", "--temperature", "1.0",
+               "--tasks", TASK, "--episodes", str(episodes), "--max-episode-steps", "3", "--temperature", "1.0",
                "--browsergym-url", url, "--output", str(target), "--quiet"]
         started = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
@@ -265,9 +232,12 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{args.port}"
-    service = start_service(args.out, args.port, args.workers, args.max_sessions)
+    service = ServiceProcess("--workers", str(args.workers), "--max-sessions", str(args.max_sessions),
+                             "--log-level", "warning", log_path=args.out / "serve-env.log", port=args.port,
+                             env={"TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1"})
     summary: dict = {"machine": _machine()}
     try:
+        service.wait_healthy(timeout_s=300)
         model = args.work / ("model-tiny" if args.tiny else "model")
         if not (model / "config.json").exists():
             # In a process of its own, so that its GPU memory is free again before training starts.
@@ -285,11 +255,7 @@ def main() -> int:
             summary["evaluate"] = evaluate(last["checkpoint"], model, url, args.out, args.eval_backend,
                                            args.eval_episodes)
     finally:
-        service.terminate()
-        try:
-            service.wait(30)
-        except subprocess.TimeoutExpired:
-            service.kill()
+        service.stop(grace_s=30)
         path = args.out / f"e2e-{int(time.time())}.json"
         path.write_text(json.dumps(summary, indent=1))
         log(f"wrote {path}")

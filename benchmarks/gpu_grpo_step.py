@@ -30,15 +30,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from browser_control.models.tiny import LFM2_350M_SHAPE  # noqa: E402
+from browser_control.models.tiny import LFM2_350M_SHAPE, TINY_SHAPE  # noqa: E402
+from browser_control.protocol import service_url  # noqa: E402
 
 RECORDING = REPO / "benchmarks" / "data" / "recorded_click_checkboxes.json"
 TASK = "click-checkboxes"
 
 
-
 def record(path: Path, url: str, episodes: int, turns: int) -> None:
-    from browser_control.agent.environment import BrowserEnvironment
+    from browser_control.rollout.environment import BrowserEnvironment
 
     data = []
     env = BrowserEnvironment(base_url=url, max_episode_steps=turns)
@@ -52,7 +52,8 @@ def record(path: Path, url: str, episodes: int, turns: int) -> None:
 
 
 def replaying_environment(recording: list[dict], turns: int) -> type:
-    from browser_control.agent.environment import BrowserEnvironment
+    from browser_control.client import ServiceDeathLatch
+    from browser_control.rollout.environment import BrowserEnvironment
 
     by_seed = {item["seed"]: item for item in recording}
 
@@ -64,7 +65,7 @@ def replaying_environment(recording: list[dict], turns: int) -> type:
         def __init__(self) -> None:
             self._max_steps = turns
             self._session_id = None
-            self._fatal_error = None
+            self._dead = ServiceDeathLatch()
             self._replies: list[str] = []
 
         def _reset_now(self, task_name: str, seed: int) -> str:
@@ -83,26 +84,12 @@ def replaying_environment(recording: list[dict], turns: int) -> type:
     return RecordedEpisodes
 
 
-TINY = dict(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=2, full_attn_idxs=[1], block_multiple_of=8, max_position_embeddings=8192)
-
-
 def build_model(path: Path, recording: list[dict], shape: dict, learning_rate: float) -> None:
-    import torch
-    from transformers import Lfm2ForCausalLM
+    from browser_control.models.tiny import build_lfm2, imprint_reply
+    from browser_control.rollout.environment import bound_tools
+    from browser_control.rollout.prompts import task_prompt
 
-    from browser_control.agent.environment import bound_tools
-    from browser_control.agent.prompts import task_prompt
-    from browser_control.models.tiny import build_tokenizer, imprint_reply, lfm2_config
-
-    tokenizer = build_tokenizer(path)
-    config = lfm2_config(**shape, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    model = Lfm2ForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(str(path))
+    build_lfm2(path, shape)
     call = {"type": "function", "function": {"name": "click", "arguments": {"bid": "13"}}}
     prompts = []
     for item in recording[:3]:
@@ -125,14 +112,14 @@ def run(mode: str, gradient_checkpointing: bool, rollouts: int, generations: int
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from browser_control.agent.concurrency import ConcurrentRolloutsMixin
-    from browser_control.agent.environment import bound_tools
-    from browser_control.agent.prompts import task_prompt
+    from browser_control.rollout.concurrency import ConcurrentRolloutsMixin
+    from browser_control.rollout.environment import bound_tools
+    from browser_control.rollout.prompts import task_prompt
 
     recording = json.loads(RECORDING.read_text())
     tmp = Path(tempfile.mkdtemp())
     build_started = time.perf_counter()
-    build_model(tmp / "model", recording, TINY if tiny else LFM2_350M_SHAPE, 3e-3 if tiny else 1e-4)
+    build_model(tmp / "model", recording, TINY_SHAPE if tiny else LFM2_350M_SHAPE, 3e-3 if tiny else 1e-4)
     build_s = time.perf_counter() - build_started
     print(f"model built and imprinted in {build_s:.0f} s", flush=True)
     cuda = torch.cuda.is_available()
@@ -201,7 +188,7 @@ def run(mode: str, gradient_checkpointing: bool, rollouts: int, generations: int
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--record", type=Path, help="record observations from --url to this file and exit")
-    parser.add_argument("--url", default=os.environ.get("BROWSERGYM_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--url", default=service_url(), help="environment service [BROWSERGYM_URL]")
     parser.add_argument("--mode", choices=["full", "lora"], default="full")
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--rollouts", type=int, default=16, help="per_device_train_batch_size")

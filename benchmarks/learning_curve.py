@@ -71,51 +71,39 @@ def _checkpoint(stdout: str) -> Path:
 
 
 class Service:
-    """A `browser-control serve-env` child process, unless an address was given."""
+    """A `browser-control serve-env` child process (the shared launcher), unless an address was given."""
 
     def __init__(self, url: str | None, workers: int, log: Path):
-        self.proc: subprocess.Popen[bytes] | None = None
+        from browser_control.env_service.process import ServiceProcess
+
+        self.process: ServiceProcess | None = None
         if url:
             self.url = url
             return
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        env = _env()
-        env.setdefault("CHROMIUM_EXECUTABLE", "/usr/lib/chromium/chromium-headless-shell")
-        self._log = log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "browser_control", "serve-env", "--port", str(port), "--workers", str(workers),
-             "--max-sessions", "64"], env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = ServiceProcess(
+            "--workers", str(workers), "--max-sessions", "64", log_path=log,
+            chromium=os.environ.get("CHROMIUM_EXECUTABLE", "/usr/lib/chromium/chromium-headless-shell"),
+            env={"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
+        self.url = self.process.url
 
     def wait(self, timeout_s: float = 90.0) -> None:
-        import httpx
+        from browser_control.client import EnvClient, EnvServiceUnavailable
 
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise SystemExit(f"serve-env exited with {self.proc.returncode}")
-            try:
-                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise SystemExit(f"no environment service at {self.url}")
+        try:
+            if self.process is not None:
+                self.process.wait_healthy(timeout_s)
+            else:
+                with EnvClient(self.url) as client:
+                    client.wait_until_healthy(timeout_s)
+        except (RuntimeError, EnvServiceUnavailable) as exc:
+            raise SystemExit(f"no environment service at {self.url}: {exc}") from None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        if self.process is not None:
+            self.process.stop()
 
 
-def evaluate(model: Path, tasks: list[str], episodes: int, url: str, max_steps: int,
+def evaluate(model: Path, tasks: list[str], episodes: int, url: str, max_episode_steps: int,
              seed_offset: int) -> dict[str, Any]:
     """Greedy held-out success per task (evaluation seeds) through the evaluation harness."""
     import torch
@@ -127,8 +115,8 @@ def evaluate(model: Path, tasks: list[str], episodes: int, url: str, max_steps: 
     started = time.perf_counter()
     policy = load_model_policy(str(model), label=model.name, max_new_tokens=48)
     try:
-        report = evaluate_policy(policy, tasks, episodes, seed_offset=seed_offset, env_url=url, max_steps=max_steps,
-                                 concurrency=16, progress=False)
+        report = evaluate_policy(policy, tasks, episodes, seed_offset=seed_offset, env_url=url,
+                                 max_episode_steps=max_episode_steps, concurrency=16, progress=False)
     finally:
         policy.close()
     return {
@@ -161,7 +149,7 @@ def run_pipeline(args: argparse.Namespace, url: str) -> dict[str, Any]:
     started = time.perf_counter()
     demos = out / "demos.jsonl"
     _cli(["demos", "--tasks", args.tasks, "--episodes", str(args.demos), "--output", str(demos), "--force",
-          "--max-steps", str(args.max_steps), "--browsergym-url", url, "--concurrency", "8", "--quiet"],
+          "--max-episode-steps", str(args.max_episode_steps), "--browsergym-url", url, "--concurrency", "8", "--quiet"],
          out / "demos.log")
     timings["demos_s"] = time.perf_counter() - started
 
@@ -170,7 +158,7 @@ def run_pipeline(args: argparse.Namespace, url: str) -> dict[str, Any]:
     sft_stdout = _cli(["sft", "--config", str(args.sft_config), "--set", f"model_name={base}",
                        "--set", f"demos=[{demos}]", "--set", f"checkpoint_dir={out / 'checkpoints'}",
                        "--set", f"logging_dir={out / 'tb'}", "--set", f"run_name=sft-{stamp}",
-                       "--set", f"max_episode_steps={args.max_steps}", *_sets(args.sft_set)],
+                       "--set", f"max_episode_steps={args.max_episode_steps}", *_sets(args.sft_set)],
                       out / "sft.log")
     sft = _checkpoint(sft_stdout)
     timings["sft_s"] = time.perf_counter() - started
@@ -179,7 +167,7 @@ def run_pipeline(args: argparse.Namespace, url: str) -> dict[str, Any]:
     grpo_stdout = _cli(["train", "--config", str(args.grpo_config), "--set", f"model_name={sft}",
                         "--set", f"tasks=[{args.tasks}]", "--set", f"browsergym_url={url}",
                         "--set", f"checkpoint_dir={out / 'checkpoints'}", "--set", f"logging_dir={out / 'tb'}",
-                        "--set", f"run_name=grpo-{stamp}", "--set", f"max_episode_steps={args.max_steps}",
+                        "--set", f"run_name=grpo-{stamp}", "--set", f"max_episode_steps={args.max_episode_steps}",
                         *_sets(args.grpo_set)], out / "grpo.log")
     grpo = _checkpoint(grpo_stdout)
     timings["grpo_s"] = time.perf_counter() - started
@@ -195,7 +183,7 @@ def run_pipeline(args: argparse.Namespace, url: str) -> dict[str, Any]:
     started = time.perf_counter()
     curve = []
     for step, model in points:
-        result = evaluate(model, tasks, args.eval_episodes, url, args.max_steps, args.eval_seed_offset)
+        result = evaluate(model, tasks, args.eval_episodes, url, args.max_episode_steps, args.eval_seed_offset)
         result["grpo_step"] = step
         curve.append(result)
         print(f"step {step:3d}: " + ", ".join(f"{t} {100 * s:.0f}%" for t, s in result["success"].items()),
@@ -304,7 +292,8 @@ def main() -> int:
     parser.add_argument("--sft-set", action="append", default=[], metavar="KEY=VALUE", help="SFT config override")
     parser.add_argument("--set", dest="grpo_set", action="append", default=[], metavar="KEY=VALUE",
                         help="GRPO config override")
-    parser.add_argument("--max-steps", type=int, default=2, help="actions per episode (demos, SFT, GRPO, eval)")
+    parser.add_argument("--max-episode-steps", "--max-steps", type=int, default=2,
+                        help="actions per episode (demos, SFT, GRPO, eval)")
     parser.add_argument("--eval-episodes", type=int, default=30, help="held-out episodes per task and checkpoint")
     parser.add_argument("--eval-seed-offset", type=int, default=0, help="evaluation seeds 1e9 + offset + i")
     parser.add_argument("--hidden-size", type=int, default=128)

@@ -16,39 +16,17 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import httpx
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def start_service(port: int, sessions: int, workers: int, chromium: str | None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "browser_control", "serve-env", "--port", str(port),
-           "--max-sessions", str(sessions + 4), "--workers", str(workers), "--log-level", "warning"]
-    if chromium:
-        cmd += ["--chromium-executable", chromium]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("environment service did not become healthy")
-
 
 def imprinted_model(path: Path) -> Path:
-    from browser_control.agent.environment import BrowserEnvironment, bound_tools
-    from browser_control.agent.prompts import task_prompt
     from browser_control.models.tiny import build_tiny_lfm2, imprint_reply
+    from browser_control.rollout.environment import BrowserEnvironment, bound_tools
+    from browser_control.rollout.prompts import task_prompt
 
     build_tiny_lfm2(path, hidden_size=32, intermediate_size=64)
     # Real first observations and tool results of the benchmark task, so the imprint holds on them.
@@ -75,9 +53,9 @@ def run_mode(concurrent: bool, model: Path, url: str, rollouts: int, turns: int,
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from browser_control.agent.concurrency import ConcurrentRolloutsMixin
-    from browser_control.agent.environment import BrowserEnvironment
-    from browser_control.agent.prompts import task_prompt
+    from browser_control.rollout.concurrency import ConcurrentRolloutsMixin
+    from browser_control.rollout.environment import BrowserEnvironment
+    from browser_control.rollout.prompts import task_prompt
 
     env_wait_s = [0.0]  # time the trainer's thread spends blocked on the environment service
 
@@ -146,7 +124,7 @@ def run_mode(concurrent: bool, model: Path, url: str, rollouts: int, turns: int,
     trainer.add_callback(EnvWaitPerStep())
     trainer.train()
     envs = trainer._environment_pool[None]
-    actions = sum(env._episode.steps for env in envs[:rollouts])
+    actions = sum(env.episode.steps for env in envs[:rollouts])
     for env in envs:
         env._close()
     timed = timer.durations[1:] or timer.durations
@@ -171,20 +149,21 @@ def main() -> int:
 
     # One thread, as in the tests: torch's threads and Chromium otherwise fight over the two cores.
     torch.set_num_threads(args.torch_threads)
-    port = 8766
-    service = start_service(port, args.rollouts, args.workers, args.chromium_executable)
-    os.environ["ROLLOUT_BENCH_URL"] = f"http://127.0.0.1:{port}"
+    from browser_control.env_service.process import ServiceProcess
+
+    service = ServiceProcess("--max-sessions", str(args.rollouts + 4), "--workers", str(args.workers),
+                             "--log-level", "warning", chromium=args.chromium_executable)
+    os.environ["ROLLOUT_BENCH_URL"] = url = service.url
     try:
+        service.wait_healthy(timeout_s=120)
         with tempfile.TemporaryDirectory() as tmp:
             model = imprinted_model(Path(tmp) / "model")
-            url = f"http://127.0.0.1:{port}"
             results = {}
             for concurrent in (False, True):
                 results[concurrent] = run_mode(concurrent, model, url, args.rollouts, args.turns, args.steps,
                                                Path(tmp) / f"out-{concurrent}")
     finally:
-        service.terminate()
-        service.wait(30)
+        service.stop()
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"command: python {' '.join(sys.argv)}\n")

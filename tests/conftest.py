@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+
+# One launcher for tests and benchmarks; re-exported here for the tests that import them from conftest.
+from browser_control.env_service.process import ServiceProcess as ServiceProcess
+from browser_control.env_service.process import child_env
+from browser_control.env_service.process import free_port as free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
+
+# The environment of every child process a test starts: this checkout's src/ first on PYTHONPATH.
+subprocess_env = child_env
 
 _CHROMIUM_CANDIDATES = (
     "/usr/lib/chromium/chromium-headless-shell",
@@ -49,63 +53,6 @@ def require_chromium() -> str | None:
             pytest.fail(reason)
         pytest.skip(reason)
     return chromium
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-class ServiceProcess:
-    """`browser-control serve-env` in a child process on a free loopback port."""
-
-    def __init__(self, *args: str, log_path: Path, chromium: str | None, env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        cmd = [sys.executable, "-m", "browser_control", "serve-env", "--port", str(self.port), *args]
-        if chromium:
-            cmd += ["--chromium-executable", chromium]
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=subprocess_env(**(env or {})),
-            start_new_session=True,
-        )
-
-    def wait_healthy(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve-env exited with {self.proc.returncode}: {self.log()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"serve-env not healthy after {timeout_s} s: {self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait(5)
-        self._log.close()
 
 
 @pytest.fixture(scope="session")
@@ -177,9 +124,9 @@ def clicking_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     import torch
 
-    from browser_control.agent.environment import bound_tools
-    from browser_control.agent.prompts import task_prompt
     from browser_control.models.tiny import build_tiny_lfm2, imprint_reply
+    from browser_control.rollout.environment import bound_tools
+    from browser_control.rollout.prompts import task_prompt
 
     torch.set_num_threads(1)  # torch's threads and Chromium otherwise fight over two cores
     path = build_tiny_lfm2(tmp_path_factory.mktemp("clicker"), hidden_size=32, intermediate_size=64)

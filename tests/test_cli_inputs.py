@@ -153,7 +153,7 @@ def test_help_shows_only_real_defaults(command: str, capsys: pytest.CaptureFixtu
 
 def test_training_says_what_it_waits_for(caplog: pytest.LogCaptureFixture) -> None:
     from browser_control.client import EnvServiceUnavailable
-    from browser_control.training.trainer import wait_for_service
+    from browser_control.training.preflight import wait_for_service
 
     url = f"http://127.0.0.1:{free_port()}"
     with caplog.at_level(logging.INFO), pytest.raises(EnvServiceUnavailable) as info:

@@ -1,4 +1,4 @@
-"""Concurrent environment calls inside TRL's GRPOTrainer (agent/concurrency.py), against the real service.
+"""Concurrent environment calls inside TRL's GRPOTrainer (rollout/concurrency.py), against the real service.
 
 These tests pin the two GRPOTrainer internals the hooks rely on: a TRL upgrade that stops calling them
 must fail here (and at run time), not silently feed placeholders to the model.
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from browser_control.agent.concurrency import PLACEHOLDER_PREFIX, ConcurrentRollouts, ConcurrentRolloutsMixin
-from browser_control.agent.environment import BrowserEnvironment
-from browser_control.agent.prompts import task_prompt
 from browser_control.client import EnvClient, EnvServiceUnavailable
+from browser_control.rollout.concurrency import PLACEHOLDER_PREFIX, ConcurrentRollouts, ConcurrentRolloutsMixin
+from browser_control.rollout.environment import BrowserEnvironment
+from browser_control.rollout.prompts import task_prompt
 
 
 def test_deferred_calls_resolve_to_the_same_results_in_order(env_url: str) -> None:
@@ -95,8 +95,8 @@ def test_grpo_step_with_concurrent_env_calls(clicking_model: Path, env_url: str,
     assert rollouts.prefetched_resets == 4
     assert rollouts.deferred_calls >= 8, "the imprinted model should call a tool on most turns"
     assert rollouts.unresolved() == 0
-    assert all(env._episode.task_name == "click-checkboxes" for env in envs)
-    assert max(env._episode.steps for env in envs) >= 2  # multi-turn episodes really ran
+    assert all(env.episode.task_name == "click-checkboxes" for env in envs)
+    assert max(env.episode.steps for env in envs) >= 2  # multi-turn episodes really ran
     assert seen_prompts and not any(PLACEHOLDER_PREFIX in p for p in seen_prompts)
     assert any("Step 1 of 3" in p for p in seen_prompts)  # a real observation came back to the model
     rollouts.shutdown()

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from browser_control.cli import main
-from browser_control.config import (
+from browser_control.training.config import (
     LFM2_LORA_TARGET_MODULES,
     ConfigError,
     TrainConfig,
@@ -259,3 +259,25 @@ def test_print_config_resolves_overrides(tmp_path: Path, capsys: pytest.CaptureF
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["max_steps"] == 3 and printed["checkpoint_dir"] == "/ckpt"
     assert printed["tasks"] == [{"name": "click-test", "weight": 1.0}]
+
+
+def test_the_config_table_in_the_docs_is_the_one_the_model_generates() -> None:
+    from browser_control.training.config import config_table
+
+    text = (REPO / "docs" / "training.md").read_text()
+    begin = text.index("<!-- config-table:")
+    begin = text.index("\n", begin) + 1
+    end = text.index("<!-- end of config-table -->")
+    assert text[begin:end] == config_table(TrainConfig), (
+        "docs/training.md's config table is out of date: replace it with the output of "
+        "`python -m browser_control.training.config`")
+
+
+def test_the_config_table_names_every_key_with_its_default() -> None:
+    from browser_control.training.config import config_table
+
+    rows = [line.split(" | ") for line in config_table(TrainConfig).splitlines()[2:]]
+    assert [row[0].strip("|` ") for row in rows] == list(TrainConfig.model_fields)
+    by_key = {row[0].strip("|` "): row[1] for row in rows}
+    assert by_key["tasks"] == "required" and by_key["max_episode_steps"] == "10"
+    assert by_key["use_vllm"] == "false" and by_key["eval_steps"] == "unset"

@@ -208,8 +208,12 @@ def test_ctrl_c_during_training_stops_every_process(demo_run) -> None:  # type: 
         )
 
     assert run.wait(until=training, timeout_s=900), run.err()[-4000:]
-    time.sleep(2)  # into the trainer's start-up, with the service's browsers running
-    run.record()
+    train_log = run.output / "logs" / "train.log"
+
+    def loading_the_model() -> bool:  # past preflight, into the trainer's start-up, browsers running
+        return train_log.is_file() and "loading model" in train_log.read_text(errors="replace")
+
+    assert run.wait(until=loading_the_model, timeout_s=300), run.err()[-4000:]
     assert _chromium_seen(run), run.seen
     os.killpg(run.proc.pid, signal.SIGINT)  # what a terminal sends to the foreground job on Ctrl-C
     run.wait(timeout_s=300)
@@ -269,8 +273,8 @@ def test_bad_settings_are_refused_before_any_process_starts(tmp_path: Path) -> N
 
 
 def test_the_default_configs_are_the_measured_learning_settings() -> None:
-    from browser_control.config import load_config
     from browser_control.sft.config import load_sft_config
+    from browser_control.training.config import load_config
 
     sft = load_sft_config(str(REPO / "configs" / "demo_sft.yaml"), environ={})
     grpo = load_config(REPO / "configs" / "demo_grpo.yaml", environ={})

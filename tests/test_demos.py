@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from browser_control.agent.environment import BrowserEnvironment, bound_tools
-from browser_control.agent.prompts import SYSTEM_PROMPT
+from browser_control.rollout.environment import BrowserEnvironment, bound_tools
+from browser_control.rollout.prompts import SYSTEM_PROMPT
 from browser_control.seeds import EVAL_SEED_RANGE, TRAIN_SEED_RANGE, train_seed
 from browser_control.sft.demos import read_demos
 from tests.conftest import free_port, subprocess_env
@@ -60,7 +60,7 @@ def test_demos_are_training_seed_conversations_in_trls_format(demos_file: Path) 
 
 
 def test_demos_render_with_the_chat_template_and_parse_back(demos_file: Path, tmp_path: Path) -> None:
-    from browser_control.evaluation.model_policy import ChatCodec
+    from browser_control.evaluation.generation import ChatCodec
     from browser_control.models.tiny import build_tokenizer
 
     tokenizer = build_tokenizer(tmp_path / "tok")

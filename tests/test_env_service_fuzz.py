@@ -11,12 +11,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import schemathesis
 
 from browser_control.client import IDEMPOTENCY_HEADER
 from tests.conftest import ServiceProcess
-
-schemathesis = pytest.importorskip("schemathesis", reason="the fuzz needs the dev extra (schemathesis)")
-hypothesis = pytest.importorskip("hypothesis")
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -161,7 +161,6 @@ class ReferenceEnv:
 @pytest.fixture(scope="module")
 def browsergym_env_factory(chromium: str | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable]:
     """BrowserGym's BrowserEnv with default timing, on the same Chromium as the service."""
-    pytest.importorskip("gymnasium")
     import gymnasium as gym
 
     from browser_control.env_service.tasks import miniwob_base_url

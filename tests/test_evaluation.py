@@ -27,8 +27,8 @@ def _train_to_click_13(model_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from browser_control.agent.environment import BrowserEnvironment, bound_tools
-    from browser_control.agent.prompts import task_prompt
+    from browser_control.rollout.environment import BrowserEnvironment, bound_tools
+    from browser_control.rollout.prompts import task_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -135,7 +135,7 @@ def test_a_checkpoint_is_compared_with_its_base_under_its_training_budget(
     assert [r["label"] for r in runs] == ["base", checkpoint.name]
     for run in runs:
         assert run["settings"]["tasks"] == ["click-test"]
-        assert run["settings"]["max_steps"] == 2 and run["settings"]["max_completion_tokens"] == 64
+        assert run["settings"]["max_episode_steps"] == 2 and run["settings"]["max_completion_tokens"] == 64
     assert [r["overall"]["successes"] for r in runs] == [0, 2]
 
 

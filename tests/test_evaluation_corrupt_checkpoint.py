@@ -96,6 +96,6 @@ def test_export_refuses_a_corrupt_checkpoint(
 
 
 def test_the_intact_checkpoint_passes_the_check(tiny_checkpoint: Path) -> None:
-    from browser_control.checkpoints_cli import model_files_problem
+    from browser_control.models.files import model_files_problem
 
     assert model_files_problem(tiny_checkpoint) is None

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from browser_control.agent.environment import BrowserEnvironment, tool_names
 from browser_control.env_service.actions import parse_action
 from browser_control.evaluation.observation import parse_observation
 from browser_control.evaluation.policy import ToolCall
@@ -18,6 +17,7 @@ from browser_control.evaluation.runner import EvaluationError, check_tasks
 from browser_control.evaluation.scripted import SCRIPTED_TASKS, ScriptedPolicyError, scripted_step
 from browser_control.evaluation.stats import difference_interval, wilson_interval
 from browser_control.evaluation.suites import list_suites, load_suite
+from browser_control.rollout.environment import BrowserEnvironment, tool_names
 
 LOGIN = """Goal: Enter the username "kenda" and the password "Ttlh" into the text fields and press login.
 Step 0 of 10. Last action error: none
@@ -169,7 +169,7 @@ def _records(task: str, wins: int, n: int, steps: int = 2) -> list[EpisodeRecord
 
 def _settings(n: int) -> dict:
     return {"episodes_per_task": n, "seeds": [1_000_000_000, 1_000_000_000 + n - 1], "seed_offset": 0,
-            "max_steps": 10, "env_url": "http://127.0.0.1:8000"}
+            "max_episode_steps": 10, "env_url": "http://127.0.0.1:8000"}
 
 
 def test_reports_aggregate_compare_and_write_json_markdown_and_a_png(tmp_path: Path) -> None:
@@ -211,7 +211,7 @@ def test_tool_result_tokens_are_the_ones_trl_appends(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
     from trl import GRPOTrainer
 
-    from browser_control.evaluation.model_policy import ChatCodec
+    from browser_control.evaluation.generation import ChatCodec
     from browser_control.models.tiny import build_tokenizer
 
     build_tokenizer(tmp_path)
@@ -222,7 +222,7 @@ def test_tool_result_tokens_are_the_ones_trl_appends(tmp_path: Path) -> None:
                                    chat_template_kwargs={}, _is_vlm=False)
     assert codec.tool_suffix_ids(messages) == GRPOTrainer._get_tool_suffix_ids(trainer_like, messages)
     env = BrowserEnvironment(base_url="http://127.0.0.1:9")
-    from browser_control.agent.environment import bound_tools
+    from browser_control.rollout.environment import bound_tools
 
     prompt = codec.prompt_ids([{"role": "user", "content": "hi"}], bound_tools(env))
     completion = tokenizer("<|tool_call_start|>[fill(bid='14', value='Cheree')]<|tool_call_end|><|im_end|>",
@@ -234,7 +234,7 @@ def test_tool_result_tokens_are_the_ones_trl_appends(tmp_path: Path) -> None:
 def test_a_merged_lora_checkpoint_is_a_full_model_and_an_unmerged_one_an_adapter(tmp_path) -> None:
     import json as _json
 
-    from browser_control.evaluation.model_policy import _adapter
+    from browser_control.evaluation.model_lookup import adapter_of as _adapter
 
     merged, unmerged = tmp_path / "merged", tmp_path / "unmerged"
     (merged / "adapter").mkdir(parents=True)
@@ -245,3 +245,17 @@ def test_a_merged_lora_checkpoint_is_a_full_model_and_an_unmerged_one_an_adapter
     # merge_lora: true writes the merged model beside adapter/: vLLM and transformers load it as it is.
     assert _adapter(str(merged)) is None
     assert _adapter(str(unmerged)) == (unmerged, "base-model")
+
+
+def test_training_evaluation_and_export_swap_the_same_lfm2_templates() -> None:
+    from trl.chat_template_utils import lfm2_chat_template, lfm2_v2_chat_template
+
+    from browser_control.models.chat_template import use_tool_calling_template
+
+    # A tokenizer saved by another transformers release may end the template with a newline; the swap must
+    # not depend on it (evaluation once compared exactly and training after strip(), so they disagreed).
+    for template in (lfm2_chat_template, lfm2_chat_template + "\n", "\n" + lfm2_chat_template.strip()):
+        assert use_tool_calling_template(SimpleNamespace(chat_template=template)).chat_template == \
+            lfm2_v2_chat_template
+    for other in ("{{ messages }}", None, lfm2_v2_chat_template):
+        assert use_tool_calling_template(SimpleNamespace(chat_template=other)).chat_template == other

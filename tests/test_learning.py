@@ -51,7 +51,8 @@ def _success(model: Path, env_url: str) -> dict[str, float]:
     torch.set_num_threads(1)
     policy = load_model_policy(str(model), max_new_tokens=48)
     try:
-        report = evaluate_policy(policy, TASKS, EPISODES, env_url=env_url, max_steps=2, concurrency=16, progress=False)
+        report = evaluate_policy(policy, TASKS, EPISODES, env_url=env_url, max_episode_steps=2, concurrency=16,
+                                 progress=False)
     finally:
         policy.close()
     assert all(1_000_000_000 <= e.seed < 2_000_000_000 for e in report.episodes)  # held-out seeds

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_control.model_source import ModelNotFound, locate_model, looks_local
+from browser_control.models.source import ModelNotFound, locate_model, looks_local
 from tests.conftest import free_port, subprocess_env
 
 CHECKPOINT = "lfm2-350m-click-test-20260101-120000"
@@ -100,7 +100,7 @@ def _cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complete
 def test_a_mistyped_local_path_names_itself_and_the_models_that_exist(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from browser_control.evaluation.model_policy import resolve_model
+    from browser_control.evaluation.model_lookup import resolve_model
     from browser_control.evaluation.runner import EvaluationError
 
     monkeypatch.chdir(_workdir(tmp_path))
@@ -202,7 +202,7 @@ def test_a_cached_model_loads_offline_at_once_when_the_hub_cannot_be_reached(
     script = (
         "import logging, sys\n"
         "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
-        "from browser_control.training.trainer import load_tokenizer\n"
+        "from browser_control.training.grpo import load_tokenizer\n"
         f"tokenizer = load_tokenizer({repo_id!r})\n"
         "print('loaded', tokenizer.convert_tokens_to_ids('click'))\n"
     )

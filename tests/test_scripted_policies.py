@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from browser_control.agent.environment import BrowserEnvironment
 from browser_control.client import EnvClient
 from browser_control.evaluation import SCRIPTED_TASKS, ScriptedPolicy, evaluate_policy, scripted_step
+from browser_control.rollout.environment import BrowserEnvironment
 from browser_control.seeds import train_seed
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -59,9 +59,9 @@ def test_scripted_steps_drive_the_training_environment_directly(env_url: str) ->
             while (call := scripted_step("click-checkboxes", observation, history)) is not None:
                 history.append(call)
                 observation = getattr(env, call.name)(**call.arguments)
-                if env._episode.done:
+                if env.episode.done:
                     break
             assert env.get_reward() == 1.0, observation
-            assert env._episode.steps == len(history)
+            assert env.episode.steps == len(history)
     finally:
         env._close()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from browser_control.agent.prompts import task_prompt
+from browser_control.rollout.prompts import task_prompt
 from browser_control.sft.config import SftConfig
 from browser_control.sft.demos import tool_schemas
 from tests.conftest import subprocess_env
@@ -116,8 +116,8 @@ def test_sft_cli_lowers_the_loss_and_writes_a_loadable_checkpoint(tiny_model: Pa
     from transformers import AutoModelForCausalLM
     from trl.chat_template_utils import lfm2_v2_chat_template
 
-    from browser_control.evaluation.model_policy import base_model_of, training_config
-    from browser_control.training.trainer import load_tokenizer
+    from browser_control.evaluation.model_lookup import base_model_of, training_config
+    from browser_control.training.grpo import load_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(final)
     assert model.config.use_cache

@@ -16,9 +16,9 @@ from typing import Any
 import psutil
 import pytest
 
-from browser_control.agent.environment import BrowserEnvironment
 from browser_control.client import EnvClient, EnvRequestError
-from browser_control.config import TrainConfig
+from browser_control.rollout.environment import BrowserEnvironment
+from browser_control.training.config import TrainConfig
 from tests.conftest import ServiceProcess, tiny_training_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -92,7 +92,7 @@ def test_crashed_pages_mid_step_are_no_data_and_the_run_goes_on(
             rewards.append((self._session_id, reward))
             return reward
 
-        from browser_control.agent.concurrency import ConcurrentRolloutsMixin
+        from browser_control.rollout.concurrency import ConcurrentRolloutsMixin
 
         advantages: list[list[float]] = []
         original_generate = ConcurrentRolloutsMixin._generate_and_score_completions

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from browser_control.config import TrainConfig
+from browser_control.training.config import TrainConfig
 
 
 def test_eval_keys_are_validated() -> None:
@@ -31,7 +31,7 @@ def test_held_out_evaluation_logs_success_to_tensorboard(clicking_model: Path, e
     model = AutoModelForCausalLM.from_pretrained(clicking_model)
     tokenizer = AutoTokenizer.from_pretrained(clicking_model)
     writer = SummaryWriter(log_dir=str(tmp_path / "tb"))
-    callback = HeldOutEvaluation(every=2, tasks=["click-test"], episodes=3, env_url=env_url, max_steps=2,
+    callback = HeldOutEvaluation(every=2, tasks=["click-test"], episodes=3, env_url=env_url, max_episode_steps=2,
                                  max_completion_tokens=512, writer=writer, record_dir=tmp_path / "eval")
     args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
     for step in (1, 2):
@@ -79,7 +79,7 @@ def test_an_environment_fault_skips_one_held_out_evaluation_not_the_run(
     model = AutoModelForCausalLM.from_pretrained(clicking_model)
     tokenizer = AutoTokenizer.from_pretrained(clicking_model)
     args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
-    callback = HeldOutEvaluation(every=1, tasks=["click-test"], episodes=1, env_url=service.url, max_steps=2,
+    callback = HeldOutEvaluation(every=1, tasks=["click-test"], episodes=1, env_url=service.url, max_episode_steps=2,
                                  max_completion_tokens=256, writer=None)
     try:
         deadline = time.monotonic() + 120

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from browser_control.agent.environment import BrowserEnvironment
 from browser_control.client import EnvServiceUnavailable
-from browser_control.config import TrainConfig
+from browser_control.rollout.environment import BrowserEnvironment
+from browser_control.training.config import TrainConfig
 from tests.conftest import ServiceProcess, subprocess_env, tiny_training_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]

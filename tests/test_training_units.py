@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import time
 from collections import Counter
@@ -12,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from browser_control.client import EnvServiceUnavailable
-from browser_control.config import TrainConfig
 from browser_control.seeds import EVAL_SEED_RANGE, TRAIN_SEED_RANGE
 from browser_control.training import checkpoints as ckpt
+from browser_control.training.config import TrainConfig
 from browser_control.training.data import build_rows, sample_tasks
+from browser_control.training.plan import TrainingSetupError, plan_run
+from browser_control.training.preflight import preflight
 from browser_control.training.rollouts import EnvironmentFactory, EpisodeMetrics, SaturationMonitor
-from browser_control.training.trainer import TrainingSetupError, plan_run, preflight
 from tests.conftest import ServiceProcess
 
 
@@ -120,8 +122,10 @@ def _checkpoint(run: Path, step: int, complete: bool = True) -> Path:
 def test_resume_finds_the_newest_complete_checkpoint(tmp_path: Path) -> None:
     runs = ckpt.runs_dir(tmp_path)
     old = _checkpoint(runs / "tiny-click-test-20260101-000000", 10)
-    time.sleep(0.01)
     newer = _checkpoint(runs / "tiny-click-test-20260102-000000", 5)
+    # Completed a minute later, whatever the file system's timestamp resolution (no sleep needed).
+    stamp = ckpt.completed_at(old) + 60
+    os.utime(newer / ckpt.COMPLETE_MARKER, (stamp, stamp))
     _checkpoint(runs / "tiny-click-test-20260102-000000", 10, complete=False)  # cut short
     _checkpoint(runs / "tiny-mix-20260103-000000", 99)  # another task
     assert ckpt.find_resume_checkpoint(tmp_path, "tiny-click-test-") == newer
@@ -191,7 +195,6 @@ def test_plan_names_and_guards(tmp_path: Path) -> None:
 
 
 def test_asking_for_vllm_where_it_is_missing_fails_at_start(tmp_path: Path) -> None:
-    pytest.importorskip("trl")
     import importlib.util
 
     if importlib.util.find_spec("vllm") is not None:
@@ -279,7 +282,7 @@ def test_a_service_killed_mid_episode_is_fatal_not_a_zero_reward(chromium: str |
     # ...and the shared client stays failed: the next rollout does not wait through its own retries.
     with pytest.raises(EnvServiceUnavailable) as info:
         second.click(bid="13")
-    assert info.value.__cause__ is factory.client.fatal_error
+    assert info.value.__cause__ is factory.client.dead.error
     factory.close()
 
 
@@ -293,10 +296,10 @@ def test_a_session_lost_mid_episode_is_no_data_and_the_next_reset_starts_afresh(
     with EnvClient(env_url) as other:  # the session disappears under the episode (reaped, service restart)
         other.close_session(env._session_id)
     text = env.click(bid="13")  # TRL hands a tool's text to the model: no exception, no 0 reward
-    assert "not scored" in text and env._episode.fault is not None
+    assert "not scored" in text and env.episode.fault is not None
     assert env.get_reward() is None
     assert "not scored" in env.click(bid="13")  # later tools do not call the service again
-    assert factory.client.fatal_error is None  # the service is fine: the run goes on
+    assert factory.client.dead.error is None  # the service is fine: the run goes on
     healthy.click(bid="13")
     recorder = _Recorder()
     EpisodeMetrics(factory, SaturationMonitor(3))(prompts=[[]] * 2, completions=[[]] * 2,
@@ -307,7 +310,7 @@ def test_a_session_lost_mid_episode_is_no_data_and_the_next_reset_starts_afresh(
 
     # the next reset of the same environment object (TRL reuses it) starts a new session and plays
     assert "Goal:" in env.reset(task_name="click-test", seed=22)
-    assert env._episode.fault is None and env.get_reward() == 0.0
+    assert env.episode.fault is None and env.get_reward() == 0.0
     env.click(bid="13")
     assert env.get_reward() == 1.0
     # a request that is wrong (not a fault) still fails loudly
@@ -333,7 +336,7 @@ def test_a_service_that_answers_503_costs_episodes_not_the_run(chromium: str | N
             for i, env in enumerate(envs):
                 text = env.reset(task_name="click-test", seed=100 + i)  # 503 browser_unavailable, retried
                 assert "not scored" in text and env.get_reward() is None
-            assert factory.client.fatal_error is None  # it answers: a fault, not a dead service
+            assert factory.client.dead.error is None  # it answers: a fault, not a dead service
             call = dict(prompts=[[]] * 2, completions=[[]] * 2, environments=envs, log_metric=_Recorder(),
                         task_name=["click-test"] * 2, seed=[100, 101])
             if batch < 2:
@@ -426,7 +429,7 @@ def test_reward_wiring_check_refuses_an_unwired_reward() -> None:
 
     import torch
 
-    from browser_control.training.trainer import check_reward_wiring
+    from browser_control.training.grpo import check_reward_wiring
 
     wired = SimpleNamespace(reward_func_names=["EpisodeMetrics", "BrowserEnvironment"],
                             reward_weights=torch.tensor([0.0, 1.0]))

@@ -9,13 +9,13 @@ from typing import NoReturn
 
 from browser_control.arg_types import ENV_VALUE_MARK
 
-# Each module defines COMMAND (its name), add_arguments(parser) and run(args) -> exit code. Modules are
+# Each module defines add_arguments(parser) and run(args) -> exit code; the key is the command's name. Modules are
 # imported lazily by name so `browser-control serve-env` never imports torch and `train` never imports
 # Playwright.
 COMMAND_MODULES = {
     "serve-env": "browser_control.env_service.cli",
     "evaluate": "browser_control.evaluation.cli",
-    "checkpoints": "browser_control.checkpoints_cli",
+    "checkpoints": "browser_control.training.checkpoints_cli",
     "train": "browser_control.training.cli",
     "demos": "browser_control.sft.demos_cli",
     "sft": "browser_control.sft.cli",

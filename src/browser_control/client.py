@@ -36,6 +36,30 @@ class EnvServiceUnavailable(RuntimeError):
     """The service cannot be reached or keeps failing: stop, do not train on zero rewards."""
 
 
+class ServiceDeathLatch:
+    """Remembers that the service was found dead, so every later call fails at once with the same error.
+
+    One implementation for every place that must not forget it: a run's shared client (each rollout would
+    otherwise wait through the whole retry backoff on its own) and an environment whose tool met the error
+    (TRL turns a tool's exception into text for the model; ``get_reward`` raises it again).
+    """
+
+    def __init__(self) -> None:
+        self.error: EnvServiceUnavailable | None = None
+
+    def trip(self, exc: EnvServiceUnavailable) -> None:
+        if self.error is None:
+            self.error = exc
+
+    def clear(self) -> None:
+        self.error = None
+
+    def raise_if_tripped(self) -> None:
+        if self.error is not None:
+            # A new exception each time: re-raising one instance splices every raise site into its traceback.
+            raise EnvServiceUnavailable(str(self.error)) from self.error
+
+
 class EnvRequestError(RuntimeError):
     """The service refused a request; ``message`` says why and ``hint`` how to fix it."""
 
@@ -136,6 +160,23 @@ class EnvClient:
         raise EnvServiceUnavailable(
             f"the environment service at {self.base_url} was not healthy within {timeout_s:.0f} s: {problem}"
         )
+
+
+# How long a liveness probe waits: it only asks whether the service process answers at all.
+PROBE_TIMEOUT_S = 5.0
+
+
+def service_answers(client: EnvClient, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the service process answers HTTP at all (any status, even 503): then it is alive and only a
+    browser or a session failed, which costs one episode; a service that does not answer ends the run."""
+    http = getattr(client, "_http", None)
+    if not isinstance(http, httpx.Client):
+        return False
+    try:
+        http.get("/health", timeout=timeout_s)
+    except httpx.HTTPError:
+        return False
+    return True
 
 
 def _json_or_text(response: httpx.Response) -> dict[str, Any]:

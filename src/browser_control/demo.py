@@ -48,8 +48,6 @@ from typing import Any, TextIO
 
 from browser_control.arg_types import positive_float, positive_int
 
-COMMAND = "demo"
-
 EXIT_FAILED = 1
 EXIT_SETUP = 2
 
@@ -520,9 +518,9 @@ def _chromium(configured: str | None) -> str | None:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """Validate everything that can be checked before a process is started."""
-    from browser_control.config import ConfigError, load_config
     from browser_control.evaluation.scripted import SCRIPTED_TASKS
     from browser_control.sft.config import load_sft_config
+    from browser_control.training.config import ConfigError, load_config
 
     _check_dependencies()
     # Placeholders for the keys the demo sets itself: the real values exist only once earlier steps ran.
@@ -734,7 +732,7 @@ class Demo:
                 ",".join(plan.tasks),
                 "--episodes",
                 str(plan.demos_per_task),
-                "--max-steps",
+                "--max-episode-steps",
                 str(plan.max_episode_steps),
                 "--browsergym-url",
                 self.url,
@@ -817,7 +815,7 @@ class Demo:
                 ",".join(plan.tasks),
                 "--episodes",
                 str(plan.eval_episodes),
-                "--max-steps",
+                "--max-episode-steps",
                 str(plan.max_episode_steps),
                 "--max-completion-tokens",
                 str(plan.max_completion_length),

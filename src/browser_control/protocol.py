@@ -6,11 +6,40 @@ format: docs/http-api.md documents it and tests/test_env_service_contract.py pin
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_SEED = 2**31 - 1
+
+# Where the service is when nothing says otherwise: `browser-control serve-env` on this machine.
+DEFAULT_BROWSERGYM_URL = "http://127.0.0.1:8000"
+# docker/compose.yaml sets it to the service's name on the Compose network.
+BROWSERGYM_URL_VARIABLE = "BROWSERGYM_URL"
+# Actions per episode when nothing says otherwise (training, SFT, demonstrations, evaluation alike). Ten,
+# because the scripted policies need up to seven (click-checkboxes); every shipped config sets its own.
+# The service itself truncates an episode only when a reset asks it to.
+DEFAULT_MAX_EPISODE_STEPS = 10
+# BrowserGym's namespace for MiniWoB task ids; the service accepts a task name with or without it.
+TASK_PREFIX = "miniwob."
+
+
+def service_url(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """Where the environment service is: an explicit address, else BROWSERGYM_URL, else the local default.
+
+    Every client resolves the address here, so an address given in code or on a command line is never
+    silently replaced by the variable. (The training config folds BROWSERGYM_URL into its own value and
+    passes that on as the explicit address: see training/config.py.)
+    """
+    environ = os.environ if environ is None else environ
+    return explicit or environ.get(BROWSERGYM_URL_VARIABLE) or DEFAULT_BROWSERGYM_URL
+
+
+def bare_task_name(name: str) -> str:
+    """'miniwob.click-test' and ' click-test' name the task 'click-test' (what the service lists)."""
+    return name.strip().removeprefix(TASK_PREFIX)
 
 
 def _json_integer(value: Any) -> Any:

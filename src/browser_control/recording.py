@@ -182,7 +182,7 @@ def trace_from_answers(
 ) -> tuple[list[TraceStep], dict[int, str | None]]:
     """Pair the model's turns with the environment's answers.
 
-    ``answers`` are the environment's :class:`~browser_control.agent.environment.StepAnswer` list, in order;
+    ``answers`` are the environment's :class:`~browser_control.rollout.episode.StepAnswer` list, in order;
     ``turns`` are ``(raw output, [ToolCall, ...])`` per assistant turn. A call whose action matches the next
     answer's action is the one that produced it; any other call never reached the environment (an unknown
     tool or bad arguments) and is recorded with that error. Returns the steps and their screenshots.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from browser_control.threadsafe_ast import parse_expression
@@ -50,7 +50,6 @@ class ActionSpec:
     params: tuple[Param, ...]
     example: str
     doc: str
-    keyword_only: frozenset[str] = field(default_factory=frozenset)
 
     def usage(self) -> str:
         parts = []

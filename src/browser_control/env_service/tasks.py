@@ -10,7 +10,7 @@ from pathlib import Path
 from browsergym.miniwob import ALL_MINIWOB_TASKS
 from browsergym.miniwob.base import AbstractMiniwobTask
 
-TASK_PREFIX = "miniwob."
+from browser_control.protocol import bare_task_name
 
 
 class UnknownTaskError(KeyError):
@@ -47,9 +47,7 @@ def task_classes() -> dict[str, type[AbstractMiniwobTask]]:
 
 def canonical_task_name(name: str) -> str:
     """Accept "click-test" or "miniwob.click-test"; raise UnknownTaskError with close matches otherwise."""
-    short = name.strip()
-    if short.startswith(TASK_PREFIX):
-        short = short[len(TASK_PREFIX) :]
+    short = bare_task_name(name)
     if short in task_classes():
         return short
     raise UnknownTaskError(name, difflib.get_close_matches(short, list(task_classes()), n=3, cutoff=0.6))

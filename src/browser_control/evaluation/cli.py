@@ -11,7 +11,7 @@ service's answer; `browser-control view --logs DIR` shows them).
 
 Without --tasks or --suite, a checkpoint is evaluated on the tasks it was trained on (from its
 training_config.yaml), anything else on the miniwob-easy suite. A checkpoint's training_config.yaml
-also sets the default --max-steps and --max-completion-tokens, so episodes get the budget they had in
+also sets the default --max-episode-steps and --max-completion-tokens, so episodes get the budget they had in
 training; every run of one evaluation uses the same settings.
 
 Examples:
@@ -42,23 +42,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from browser_control.agent.environment import DEFAULT_BROWSERGYM_URL, BrowserEnvironment
 from browser_control.arg_types import non_negative_float, non_negative_int, positive_int
+from browser_control.protocol import DEFAULT_BROWSERGYM_URL, DEFAULT_MAX_EPISODE_STEPS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from browser_control.evaluation.report import EvaluationReport
-    from browser_control.model_source import ModelSource
+    from browser_control.models.source import ModelSource
     from browser_control.recording import EpisodeRecorder
-
-COMMAND = "evaluate"
-
-
-
-
-
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,9 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tasks.add_argument("--episodes", type=positive_int, default=20, help="episodes per task")
     tasks.add_argument("--seed-offset", type=non_negative_int, default=0,
                        help="episode i uses evaluation seed 1e9 + offset + i; change it for fresh instances")
-    tasks.add_argument("--max-steps", type=positive_int, default=None,
+    tasks.add_argument("--max-episode-steps", "--max-steps", type=positive_int, default=None,
                        help="actions per episode before it is cut off (default: the checkpoint's "
-                       f"max_episode_steps, else {BrowserEnvironment.max_episode_steps})")
+                       f"max_episode_steps, else {DEFAULT_MAX_EPISODE_STEPS})")
     run = parser.add_argument_group("how to run")
     run.add_argument("--browsergym-url", default=None,
                      help=f"environment service address [BROWSERGYM_URL, else {DEFAULT_BROWSERGYM_URL}]")
@@ -132,7 +124,7 @@ def _print_suites() -> int:
 def _locate_models(specs: list[str], resolve: Callable[[str], str]) -> dict[str, ModelSource]:
     """Where each model loads from, found before any is loaded: no network wait for a model that is nowhere."""
     from browser_control.evaluation.runner import EvaluationError
-    from browser_control.model_source import ModelNotFound, locate_model
+    from browser_control.models.source import ModelNotFound, locate_model
 
     try:
         return {spec: locate_model(resolve(spec), load_adapter=True) for spec in specs}
@@ -168,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     except EvaluationError as exc:
         return _fail(str(exc))
     try:
-        from browser_control.evaluation.model_policy import (
+        from browser_control.evaluation.model_lookup import (
             base_model_of,
             resolve_model,
             trained_tasks,
@@ -206,10 +198,10 @@ def run(args: argparse.Namespace) -> int:
             if missing:
                 return _fail(f"no scripted policy for {', '.join(missing)}; scripted tasks: "
                              f"{', '.join(SCRIPTED_TASKS)} (--suite scripted)")
-        if args.max_steps is None:
+        if args.max_episode_steps is None:
             configured = (config or {}).get("max_episode_steps")
-            args.max_steps = configured if isinstance(configured, int) and configured > 0 else \
-                BrowserEnvironment.max_episode_steps
+            args.max_episode_steps = configured if isinstance(configured, int) and configured > 0 else \
+                DEFAULT_MAX_EPISODE_STEPS
         if args.max_completion_tokens is None and config:
             configured = config.get("max_completion_length")
             args.max_completion_tokens = configured if isinstance(configured, int) and configured > 0 else None
@@ -253,7 +245,7 @@ def _evaluate_all(args: argparse.Namespace, tasks: list[str], url: str,
     from browser_control.evaluation.runner import evaluate_policy
 
     common = {"tasks": tasks, "episodes": args.episodes, "seed_offset": args.seed_offset, "env_url": url,
-              "max_steps": args.max_steps, "concurrency": args.concurrency, "progress": not args.quiet,
+              "max_episode_steps": args.max_episode_steps, "concurrency": args.concurrency, "progress": not args.quiet,
               "keep_transcripts": args.transcripts, "recorder": recorder, "require_screenshots": args.screenshots}
     if args.policy == "scripted":
         from browser_control.evaluation.scripted import ScriptedPolicy

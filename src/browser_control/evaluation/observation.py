@@ -1,7 +1,7 @@
 """Read back the observation text the model sees: the goal and the accessibility tree as nodes.
 
-Scripted policies look at exactly what a model gets (``agent.prompts.format_observation`` output, as
-returned by :class:`~browser_control.agent.environment.BrowserEnvironment`), never at the DOM, so a
+Scripted policies look at exactly what a model gets (``rollout.prompts.format_observation`` output, as
+returned by :class:`~browser_control.rollout.environment.BrowserEnvironment`), never at the DOM, so a
 scripted success proves the observation carries enough information to solve the task.
 """
 

@@ -1,6 +1,6 @@
 """What the evaluation harness runs: a policy decides tool calls for a batch of live episodes.
 
-A tool call names one :class:`~browser_control.agent.environment.BrowserEnvironment` tool with its
+A tool call names one :class:`~browser_control.rollout.environment.BrowserEnvironment` tool with its
 keyword arguments, exactly what TRL's tool loop calls during training, so model decisions, scripted
 decisions and recorded demonstrations are interchangeable.
 """
@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from browser_control.agent.environment import BrowserEnvironment, action_text, tool_names
+from browser_control.rollout.environment import BrowserEnvironment, tool_names
+from browser_control.rollout.episode import action_text
 
 
 @dataclass

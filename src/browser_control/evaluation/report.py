@@ -165,7 +165,7 @@ def markdown(reports: Sequence[EvaluationReport]) -> str:
         "# Evaluation report",
         "",
         f"{s['episodes_per_task']} episodes per task, evaluation seeds {s['seeds'][0]}..{s['seeds'][1]} "
-        f"(offset {s['seed_offset']}), at most {s['max_steps']} actions per episode, "
+        f"(offset {s['seed_offset']}), at most {s.get('max_episode_steps', s.get('max_steps'))} actions per episode, "
         f"environment service {s['env_url']}.",
         "Success rates carry 95% Wilson intervals; a change is called better/worse only when the 95% "
         "interval of the difference (Newcombe) excludes zero.",

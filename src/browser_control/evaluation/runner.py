@@ -1,6 +1,6 @@
 """The evaluation loop: run a policy on MiniWoB episodes through the environment service.
 
-Episodes are played through :class:`~browser_control.agent.environment.BrowserEnvironment`, the class
+Episodes are played through :class:`~browser_control.rollout.environment.BrowserEnvironment`, the class
 TRL trains with, so a model sees the same prompt, tools and observation text as in training. Up to
 ``concurrency`` episodes are live at once: the policy decides for all of them in one call (one batched
 generation for a model) and their tool calls then run in parallel threads, because the service, not
@@ -19,12 +19,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from browser_control.agent.environment import DEFAULT_BROWSERGYM_URL, BrowserEnvironment, tool_names
-from browser_control.agent.prompts import task_prompt
 from browser_control.client import EnvClient, EnvRequestError, EnvServiceUnavailable
 from browser_control.evaluation.policy import Decision, Episode, Policy
 from browser_control.evaluation.report import EpisodeRecord, EvaluationReport, build_report
+from browser_control.protocol import DEFAULT_BROWSERGYM_URL, DEFAULT_MAX_EPISODE_STEPS, bare_task_name, service_url
 from browser_control.recording import EpisodeRecorder, EpisodeTrace, trace_from_answers, trace_id
+from browser_control.rollout.environment import BrowserEnvironment, tool_names
+from browser_control.rollout.prompts import task_prompt
 from browser_control.seeds import eval_seed
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,10 @@ class EvaluationError(RuntimeError):
 
 
 def resolve_env_url(env_url: str | None = None) -> str:
-    """An explicit address wins, then BROWSERGYM_URL, then the default local service."""
-    import os
+    """:func:`~browser_control.protocol.service_url`, checked: an http(s) URL or EvaluationError."""
     import re
 
-    url = env_url or os.environ.get("BROWSERGYM_URL") or DEFAULT_BROWSERGYM_URL
+    url = service_url(env_url)
     if not re.match(r"^https?://[^/\s]+", url):
         given = "--browsergym-url" if env_url else "BROWSERGYM_URL"
         raise EvaluationError(f"{given}={url!r}: expected an http(s) URL such as {DEFAULT_BROWSERGYM_URL}")
@@ -62,7 +62,7 @@ def check_tasks(tasks: Sequence[str], known: Sequence[str]) -> list[str]:
     known_set = set(known)
     out, problems = [], []
     for task in tasks:
-        name = task.strip().removeprefix("miniwob.")
+        name = bare_task_name(task)
         if name in known_set:
             out.append(name)
             continue
@@ -113,11 +113,11 @@ def _run_calls(episode: Episode, decision: Decision, tools: frozenset[str]) -> l
     return results
 
 
-def _ending(episode: Episode, decision: Decision, max_steps: int, turns: int) -> str | None:
-    stats = episode.env._episode
+def _ending(episode: Episode, decision: Decision, max_episode_steps: int, turns: int) -> str | None:
+    stats = episode.env.episode
     if stats.done:
         return "success" if stats.success else "failed"
-    if stats.truncated or turns >= max_steps:
+    if stats.truncated or turns >= max_episode_steps:
         # Tool failures (e.g. missing arguments) are not service steps; the turn bound stops a model that
         # only ever produces broken calls.
         return "step_limit"
@@ -142,13 +142,13 @@ def _record(recorder: EpisodeRecorder, label: str, episode: Episode, record: Epi
     if recorder.failed:
         return
     env = episode.env
-    steps, shots = trace_from_answers(env._answers, episode.turns)
-    trace = EpisodeTrace(source="evaluation", run=label, task=record.task, seed=record.seed, goal=env._goal,
+    steps, shots = trace_from_answers(env.answers, episode.turns)
+    trace = EpisodeTrace(source="evaluation", run=label, task=record.task, seed=record.seed, goal=env.goal,
                          success=record.success, ended_by=record.ended_by,
-                         first_observation=env._first_observation, steps=steps)
+                         first_observation=env.first_observation, steps=steps)
     try:
         record.trace = recorder.write_trace(trace, trace_id(label, record.task, record.seed),
-                                            {0: env._first_screenshot, **shots})
+                                            {0: env.first_screenshot, **shots})
         recorder.append(record.summary_line(label))
     except OSError as exc:
         recorder.failed = f"{type(exc).__name__}: {exc}"
@@ -163,7 +163,7 @@ def evaluate_policy(
     seed_offset: int = 0,
     env_url: str | None = None,
     *,
-    max_steps: int = BrowserEnvironment.max_episode_steps,
+    max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS,
     concurrency: int = 8,
     progress: bool = True,
     keep_transcripts: bool = False,
@@ -187,15 +187,14 @@ def evaluate_policy(
         raise EvaluationError(f"episodes must be >= 1, got {episodes}")
     if not tasks:
         raise EvaluationError("no task to evaluate")
-    if max_steps < 1 or concurrency < 1:
-        raise EvaluationError("max_steps and concurrency must be >= 1")
+    if max_episode_steps < 1 or concurrency < 1:
+        raise EvaluationError("max_episode_steps and concurrency must be >= 1")
     url = resolve_env_url(env_url)
     task_list = check_tasks(tasks, available_tasks(url))
     eval_seed(episodes - 1, seed_offset)  # fails early if the seeds would leave the evaluation range
 
     def default_factory() -> BrowserEnvironment:
-        # Own client: BrowserEnvironment alone would let BROWSERGYM_URL override an explicit address.
-        return BrowserEnvironment(max_episode_steps=max_steps, client=EnvClient(url))
+        return BrowserEnvironment(base_url=url, max_episode_steps=max_episode_steps)
 
     factory = env_factory or default_factory
     queue = deque((task, i) for task in task_list for i in range(episodes))
@@ -218,7 +217,7 @@ def evaluate_policy(
                 if starting:
                     fresh = list(pool.map(lambda s: _start(*s, seed_offset), starting))
                     for episode in fresh:
-                        if require_screenshots and episode.env._first_screenshot is None:
+                        if require_screenshots and episode.env.first_screenshot is None:
                             raise EvaluationError(
                                 f"screenshots were asked for but the environment service at {url} sends none: "
                                 "start it with --screenshots (SCREENSHOTS=1), or drop --screenshots")
@@ -234,13 +233,13 @@ def evaluate_policy(
                 for episode, decision, tool_messages in zip(active, decisions, results, strict=True):
                     if decision.calls:
                         turns[id(episode)] += 1
-                    ended_by = _ending(episode, decision, max_steps, turns[id(episode)])
+                    ended_by = _ending(episode, decision, max_episode_steps, turns[id(episode)])
                     if ended_by is None:
                         policy.observe(episode, decision, tool_messages)
                         still.append(episode)
                         continue
                     turns.pop(id(episode))
-                    stats = episode.env._episode
+                    stats = episode.env.episode
                     record = EpisodeRecord(
                         task=episode.task_name, seed=episode.seed, success=stats.success, steps=stats.steps,
                         tool_calls=len(episode.calls), invalid_actions=stats.invalid_actions + episode.tool_failures,
@@ -263,7 +262,7 @@ def evaluate_policy(
     first, last = eval_seed(0, seed_offset), eval_seed(episodes - 1, seed_offset)
     settings = {
         "tasks": task_list, "episodes_per_task": episodes, "seed_offset": seed_offset, "seeds": [first, last],
-        "max_steps": max_steps, "env_url": url, "concurrency": concurrency,
+        "max_episode_steps": max_episode_steps, "env_url": url, "concurrency": concurrency,
         **getattr(policy, "settings", {}),
     }
     return build_report(policy.label, policy.kind, task_list, records, settings, time.perf_counter() - started)

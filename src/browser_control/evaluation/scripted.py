@@ -1,9 +1,9 @@
 """Scripted policies: hand-written solutions of MiniWoB tasks that read only the observation text.
 
 Each policy sees what a model sees (the goal and the accessibility tree of
-:func:`browser_control.agent.prompts.format_observation`) and answers with a
+:func:`browser_control.rollout.prompts.format_observation`) and answers with a
 :class:`~browser_control.evaluation.policy.ToolCall` of a
-:class:`~browser_control.agent.environment.BrowserEnvironment` tool. They serve three purposes:
+:class:`~browser_control.rollout.environment.BrowserEnvironment` tool. They serve three purposes:
 
 * a known-good baseline that checks the evaluation harness end to end (``evaluate --policy scripted``);
 * proof that a task is solvable from the observation text alone;
@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 from browser_control.evaluation.observation import AxNode, PageView, parse_observation
 from browser_control.evaluation.policy import Decision, Episode, Policy, ToolCall
+from browser_control.protocol import bare_task_name
 
 Planner = Callable[[PageView], list[ToolCall]]
 
@@ -197,11 +198,6 @@ SCRIPTED_TASKS: dict[str, Planner] = {
 }
 
 
-def canonical_task(task_name: str) -> str:
-    """'miniwob.click-test' and 'click-test' name the same task."""
-    return task_name.removeprefix("miniwob.")
-
-
 def scripted_step(task_name: str, observation: str, history: Sequence[ToolCall] = ()) -> ToolCall | None:
     """The next call of the scripted policy for ``task_name``, or None when its plan is complete.
 
@@ -209,7 +205,7 @@ def scripted_step(task_name: str, observation: str, history: Sequence[ToolCall] 
     this episode. Raises KeyError for a task without a policy and ScriptedPolicyError for a page the
     policy does not understand.
     """
-    planner = SCRIPTED_TASKS[canonical_task(task_name)]
+    planner = SCRIPTED_TASKS[bare_task_name(task_name)]
     try:
         page = parse_observation(observation)
     except ValueError as exc:
@@ -244,10 +240,6 @@ class ScriptedPolicy(Policy):
 
     def __init__(self, label: str = "scripted") -> None:
         self.label = label
-
-    @staticmethod
-    def supports(task_name: str) -> bool:
-        return canonical_task(task_name) in SCRIPTED_TASKS
 
     def decide(self, episodes: Sequence[Episode]) -> list[Decision]:
         decisions = []

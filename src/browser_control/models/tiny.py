@@ -33,8 +33,8 @@ LFM2_SPECIAL_TOKENS = [
 
 def _default_corpus() -> list[str]:
     """Text that looks like what the model will read and write: prompts, trees, tool calls."""
-    from browser_control.agent.environment import tool_names
-    from browser_control.agent.prompts import SYSTEM_PROMPT
+    from browser_control.rollout.environment import tool_names
+    from browser_control.rollout.prompts import SYSTEM_PROMPT
 
     names = tool_names()
     lines = [SYSTEM_PROMPT, "List of tools: ", "Goal: Click the button.", "Page:", "RootWebArea", "focused"]
@@ -50,8 +50,8 @@ def _default_corpus() -> list[str]:
 
 def _rendered_prompt(tokenizer) -> str:  # type: ignore[no-untyped-def]
     """The system prompt with every tool schema, as the chat template renders it for each episode."""
-    from browser_control.agent.environment import bound_tools
-    from browser_control.agent.prompts import task_prompt
+    from browser_control.rollout.environment import bound_tools
+    from browser_control.rollout.prompts import task_prompt
 
     return tokenizer.apply_chat_template(task_prompt("click-test"), tools=bound_tools(), tokenize=False)
 
@@ -129,6 +129,33 @@ def lfm2_config(**fields):  # type: ignore[no-untyped-def]
     return Lfm2Config(**{"conv_dim": width, "conv_dim_out": width, "block_dim": width, **fields})
 
 
+# The tiny shape the benchmarks use (twice build_tiny_lfm2's default width): fast on a CPU, and its rollouts
+# are driven by an imprinted reply, not by what it learned.
+TINY_SHAPE = dict(
+    vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+    num_key_value_heads=2, full_attn_idxs=[1], block_multiple_of=8, max_position_embeddings=8192,
+)
+
+
+def build_lfm2(output_dir: str | Path, shape: dict, seed: int = 0, corpus: Iterable[str] | None = None,
+               vocab_size: int = 1024) -> Path:
+    """Write a randomly initialised LFM2 of ``shape`` (Lfm2Config fields, e.g. :data:`TINY_SHAPE` or
+    :data:`LFM2_350M_SHAPE`) and the local tokenizer beside it; the one builder of tests and benchmarks."""
+    import torch
+    from transformers import Lfm2ForCausalLM
+
+    output_dir = Path(output_dir)
+    tokenizer = build_tokenizer(output_dir, corpus, vocab_size)
+    torch.manual_seed(seed)
+    config = lfm2_config(**{"vocab_size": len(tokenizer), **shape}, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = Lfm2ForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(str(output_dir))
+    return output_dir
+
+
 def build_tiny_lfm2(
     output_dir: str | Path,
     hidden_size: int = 16,
@@ -140,14 +167,7 @@ def build_tiny_lfm2(
     seed: int = 0,
 ) -> Path:
     """Write a random LFM2 (attention in the last layer, short convolutions before) and its tokenizer."""
-    import torch
-    from transformers import Lfm2ForCausalLM
-
-    output_dir = Path(output_dir)
-    tokenizer = build_tokenizer(output_dir, corpus, vocab_size)
-    torch.manual_seed(seed)
-    config = lfm2_config(
-        vocab_size=len(tokenizer),
+    shape = dict(
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_hidden_layers=num_hidden_layers,
@@ -156,16 +176,9 @@ def build_tiny_lfm2(
         full_attn_idxs=[num_hidden_layers - 1],
         block_multiple_of=8,
         max_position_embeddings=8192,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
     )
-    model = Lfm2ForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(str(output_dir))
-    return output_dir
+    return build_lfm2(output_dir, shape, seed=seed, corpus=corpus, vocab_size=vocab_size)
 
 
 def imprint_reply(model_dir: str | Path, reply: str | Sequence[str], prompts: list[list[dict]],

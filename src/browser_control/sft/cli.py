@@ -24,16 +24,14 @@ import argparse
 import logging
 import sys
 
-COMMAND = "sft"
-
 EXIT_SETUP = 2
 EXIT_CHECKPOINT = 4
 
 
 def _config_keys_help() -> str:
     # Importing the config costs only pydantic + yaml: torch and trl stay unimported for --help.
-    from browser_control.config import config_keys_help
     from browser_control.sft.config import SftConfig
+    from browser_control.training.config import config_keys_help
 
     return config_keys_help(SftConfig)
 
@@ -48,11 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from browser_control.config import ConfigError
     from browser_control.sft.config import load_sft_config
     from browser_control.sft.demos import DemoError
     from browser_control.sft.trainer import SftSetupError, plan_sft, select_demos
     from browser_control.training.checkpoints import CheckpointError
+    from browser_control.training.config import ConfigError
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

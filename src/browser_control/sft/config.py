@@ -1,6 +1,6 @@
 """The SFT configuration: one YAML file -> a validated :class:`SftConfig`.
 
-Loaded with the training config's machinery (browser_control.config.load_config with ``schema=SftConfig``):
+Loaded with the training config's machinery (browser_control.training.config.load_config with ``schema=SftConfig``):
 the same precedence (defaults, file, CHECKPOINT_DIR/LOGGING_DIR, ``--set``) and the same error messages,
 unknown keys with the closest valid one. Imports only pydantic and PyYAML, so ``sft --help`` is fast.
 """
@@ -12,7 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator
 
-from browser_control.config import RunName, _Strict
+from browser_control.protocol import DEFAULT_MAX_EPISODE_STEPS, bare_task_name
+from browser_control.training.config import RunName, _Strict
 
 
 class SftConfig(_Strict):
@@ -24,8 +25,8 @@ class SftConfig(_Strict):
     max_demos_per_task: int | None = Field(
         None, ge=1, description="keep only the first N demonstrations of each task (a deliberately weak start)")
     max_episode_steps: int = Field(
-        5, ge=1, le=100, description="the action budget the demonstrations were recorded with; `evaluate` uses "
-        "it as the default --max-steps of this checkpoint")
+        DEFAULT_MAX_EPISODE_STEPS, ge=1, le=100, description="the action budget the demonstrations were recorded "
+        "with; `evaluate` uses it as the default --max-episode-steps of this checkpoint")
     # -- optimisation ------------------------------------------------------------------------------------
     num_train_epochs: float = Field(3.0, gt=0, description="passes over the demonstrations")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; set, it wins over num_train_epochs")
@@ -61,7 +62,7 @@ class SftConfig(_Strict):
     def _canonical_tasks(cls, value: list[str] | None) -> list[str] | None:
         if value is None:
             return None
-        names = [v.strip().removeprefix("miniwob.") for v in value]
+        names = [bare_task_name(v) for v in value]
         if not names or not all(names):
             raise ValueError("give task names such as [click-test, focus-text], or leave tasks unset")
         return names
@@ -76,8 +77,8 @@ class SftConfig(_Strict):
 
 def load_sft_config(path: str, overrides: list[str] | None = None,
                     environ: dict[str, str] | None = None) -> SftConfig:
-    """Read, merge and validate; raises browser_control.config.ConfigError with a message fit for a user."""
-    from browser_control.config import load_config
+    """Read, merge and validate; raises browser_control.training.config.ConfigError with a message fit for a user."""
+    from browser_control.training.config import load_config
 
     config: SftConfig = load_config(path, overrides, environ, schema=SftConfig)
     return config

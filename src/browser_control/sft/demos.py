@@ -1,7 +1,7 @@
 """Record scripted episodes as tool-call conversations, exactly as GRPO training shows them to a model.
 
-An episode is played through :class:`~browser_control.agent.environment.BrowserEnvironment`, the class
-TRL trains with: the conversation starts with :func:`~browser_control.agent.prompts.task_prompt` plus the
+An episode is played through :class:`~browser_control.rollout.environment.BrowserEnvironment`, the class
+TRL trains with: the conversation starts with :func:`~browser_control.rollout.prompts.task_prompt` plus the
 first observation appended to the user message (what TRL does with ``reset()``'s text), then one
 assistant message with ``tool_calls`` per action (TRL/transformers format: ``{"type": "function",
 "function": {"name", "arguments"}}``, arguments as a mapping) and one ``tool`` message with the text the
@@ -25,11 +25,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from browser_control.agent.environment import BrowserEnvironment, bound_tools, tool_names
-from browser_control.agent.prompts import task_prompt
-from browser_control.client import EnvClient
 from browser_control.evaluation.policy import ToolCall
 from browser_control.evaluation.scripted import SCRIPTED_TASKS, ScriptedPolicyError, scripted_step
+from browser_control.protocol import DEFAULT_MAX_EPISODE_STEPS
+from browser_control.rollout.environment import BrowserEnvironment, bound_tools, tool_names
+from browser_control.rollout.prompts import task_prompt
 from browser_control.seeds import TRAIN_SEED_RANGE, train_seed
 
 # Demonstrations start far from index 0 so the instances GRPO plays (train_seed(0), train_seed(1), ...)
@@ -61,7 +61,7 @@ class Demo:
         return {"task_name": self.task_name, "seed": self.seed, "messages": self.messages, "tools": tools}
 
 
-def play_episode(env: BrowserEnvironment, task_name: str, seed: int, max_steps: int) -> Demo:
+def play_episode(env: BrowserEnvironment, task_name: str, seed: int, max_episode_steps: int) -> Demo:
     """One scripted episode as a conversation (the scripted planner decides every call)."""
     observation = env.reset(task_name=task_name, seed=seed)
     messages: list[dict[str, Any]] = task_prompt(task_name)
@@ -69,7 +69,7 @@ def play_episode(env: BrowserEnvironment, task_name: str, seed: int, max_steps: 
     messages[-1] = {**messages[-1], "content": messages[-1]["content"] + observation}
     history: list[ToolCall] = []
     problem = None
-    while len(history) < max_steps:
+    while len(history) < max_episode_steps:
         try:
             call = scripted_step(task_name, observation, history)
         except ScriptedPolicyError as exc:
@@ -81,9 +81,9 @@ def play_episode(env: BrowserEnvironment, task_name: str, seed: int, max_steps: 
         messages.append({"role": "assistant", "content": "", "tool_calls": [call.as_message_call()]})
         observation = getattr(env, call.name)(**call.arguments)
         messages.append({"role": "tool", "name": call.name, "content": observation})
-        if env._episode.done or env._episode.truncated:
+        if env.episode.done or env.episode.truncated:
             break
-    stats = env._episode
+    stats = env.episode
     if stats.success:
         messages.append({"role": "assistant", "content": ""})
     elif problem is None:
@@ -118,7 +118,7 @@ def record_demos(
     env_url: str,
     *,
     seed_offset: int = DEFAULT_SEED_OFFSET,
-    max_steps: int = 5,
+    max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS,
     concurrency: int = 4,
     progress: bool = True,
     env_factory: Callable[[], BrowserEnvironment] | None = None,
@@ -132,8 +132,8 @@ def record_demos(
 
     if episodes_per_task < 1:
         raise DemoError(f"episodes per task must be >= 1, got {episodes_per_task}")
-    if max_steps < 1 or concurrency < 1:
-        raise DemoError("max_steps and concurrency must be >= 1")
+    if max_episode_steps < 1 or concurrency < 1:
+        raise DemoError("max_episode_steps and concurrency must be >= 1")
     if seed_offset < 0:
         raise DemoError(f"seed offset must be >= 0, got {seed_offset}")
     last = TRAIN_SEED_RANGE.start + seed_offset + episodes_per_task - 1
@@ -148,7 +148,7 @@ def record_demos(
     summary = RecordSummary(output, per_task=dict.fromkeys(names, 0))
 
     def factory() -> BrowserEnvironment:
-        return BrowserEnvironment(max_episode_steps=max_steps, client=EnvClient(env_url))
+        return BrowserEnvironment(base_url=env_url, max_episode_steps=max_episode_steps)
 
     make_env = env_factory or factory
     local = threading.local()
@@ -161,7 +161,7 @@ def record_demos(
             local.env = make_env()
             with lock:
                 envs.append(local.env)
-        return play_episode(local.env, job[0], job[1], max_steps)
+        return play_episode(local.env, job[0], job[1], max_episode_steps)
 
     tmp = output.with_name(output.name + ".partial")
     bar = tqdm(total=len(jobs), desc="demos", unit="episode", disable=not progress, dynamic_ncols=True)

@@ -6,7 +6,7 @@ service. Each solved episode becomes one JSON line: the system prompt, the task 
 observation, then assistant tool calls and tool results, exactly the conversation a GRPO rollout of
 that episode produces, plus the tool schemas. Unsolved episodes are skipped and counted.
 
-Use --max-steps equal to the max_episode_steps of the training config: the observation text says
+Use --max-episode-steps equal to the max_episode_steps of the training config: the observation text says
 "Step N of MAX", and the model should see the numbers it will see in training.
 
 Examples:
@@ -24,14 +24,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from browser_control.agent.environment import DEFAULT_BROWSERGYM_URL
 from browser_control.arg_types import non_negative_int, positive_int
-
-COMMAND = "demos"
-
-
-
-
+from browser_control.protocol import DEFAULT_BROWSERGYM_URL, DEFAULT_MAX_EPISODE_STEPS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed-offset", type=non_negative_int, default=DEFAULT_SEED_OFFSET,
                         help="episode i uses training seed OFFSET + i (the default keeps away from the seeds "
                         "GRPO plays first)")
-    parser.add_argument("--max-steps", type=positive_int, default=5,
+    parser.add_argument("--max-episode-steps", "--max-steps", type=positive_int, default=DEFAULT_MAX_EPISODE_STEPS,
                         help="actions per episode; match the training config's max_episode_steps")
     parser.add_argument("--browsergym-url", default=None,
                         help=f"environment service address [BROWSERGYM_URL, else {DEFAULT_BROWSERGYM_URL}]")
@@ -78,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             tasks = load_suite(args.suite).resolve(available_tasks(url))
         summary = record_demos(tasks, args.episodes, args.output, url, seed_offset=args.seed_offset,
-                               max_steps=args.max_steps, concurrency=args.concurrency, progress=not args.quiet)
+                               max_episode_steps=args.max_episode_steps, concurrency=args.concurrency,
+                               progress=not args.quiet)
     except (EvaluationError, DemoError) as exc:
         return _fail(str(exc))
     except (EnvServiceUnavailable, EnvRequestError) as exc:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from browser_control.models.files import METRICS_FILE, TRAINING_CONFIG_FILE
 from browser_control.sft.config import SftConfig
 from browser_control.sft.demos import DemoError, read_demos
 from browser_control.training import checkpoints as ckpt
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TRAINING_CONFIG_FILE = "training_config.yaml"  # the name `evaluate` reads (base model, tasks, step budget)
-METRICS_FILE = "metrics.json"
 IGNORE_INDEX = -100
 
 
@@ -147,7 +146,8 @@ def train_sft(config: SftConfig, callbacks: Sequence[TrainerCallback] = (), plan
     from transformers.integrations import TensorBoardCallback
     from trl import SFTConfig, SFTTrainer
 
-    from browser_control.training.trainer import TrainingSetupError, load_tokenizer
+    from browser_control.training.grpo import load_tokenizer
+    from browser_control.training.plan import TrainingSetupError
 
     try:
         tokenizer = load_tokenizer(config.model_name)

@@ -159,10 +159,11 @@ class HeldOutEvaluation(TrainerCallback):
     Evaluation seeds never overlap training seeds (browser_control.seeds).
     """
 
-    def __init__(self, every: int, tasks: list[str], episodes: int, env_url: str, max_steps: int,
+    def __init__(self, every: int, tasks: list[str], episodes: int, env_url: str, max_episode_steps: int,
                  max_completion_tokens: int, writer: Any | None, record_dir: Any | None = None):
         self.every, self.tasks, self.episodes = every, tasks, episodes
-        self.env_url, self.max_steps, self.max_completion_tokens = env_url, max_steps, max_completion_tokens
+        self.env_url, self.max_episode_steps = env_url, max_episode_steps
+        self.max_completion_tokens = max_completion_tokens
         self.writer = writer  # a SummaryWriter on the main process, None elsewhere
         # Every evaluation's episodes go to record_dir/step-N/ (browser-control view compares two steps on the
         # same held-out task instances); None records nothing.
@@ -191,7 +192,7 @@ class HeldOutEvaluation(TrainerCallback):
                 log.warning("held-out evaluation at step %d is not recorded: %s", state.global_step, exc)
         try:
             report = evaluate_policy(policy, self.tasks, self.episodes, env_url=self.env_url,
-                                     max_steps=self.max_steps, progress=False, recorder=recorder)
+                                     max_episode_steps=self.max_episode_steps, progress=False, recorder=recorder)
         except (EnvRequestError, EnvServiceUnavailable) as exc:
             # An environment fault costs this evaluation, not the run: training episodes hit by the same
             # fault are no data too. A service that no longer answers at all still ends the run.
@@ -216,7 +217,7 @@ class HeldOutEvaluation(TrainerCallback):
 
 
 def _answers(url: str) -> bool:
-    from browser_control.agent.environment import service_answers
+    from browser_control.client import service_answers
 
     with EnvClient(url) as client:
         return service_answers(client)

@@ -24,10 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# One prefix for every half-written directory, so listings and model lookups skip them alike.
+from browser_control.models.files import TMP_PREFIX as TMP_PREFIX
+
 log = logging.getLogger(__name__)
 
 RUNS_SUBDIR = "runs"
-TMP_PREFIX = ".tmp-"
 # Written by CompletionMarker (training.callbacks) after the Trainer has saved everything, by rename, so it
 # either does not exist or is whole. It lists every file with its size: a checkpoint whose files were cut
 # short or removed later no longer matches it. The Trainer's own trainer_state.json cannot prove anything:

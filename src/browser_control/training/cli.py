@@ -27,8 +27,6 @@ import argparse
 import logging
 import sys
 
-COMMAND = "train"
-
 EXIT_SETUP = 2
 EXIT_ENV_UNAVAILABLE = 3
 EXIT_CHECKPOINT = 4
@@ -36,7 +34,7 @@ EXIT_CHECKPOINT = 4
 
 def _config_keys_help() -> str:
     # Importing the config costs only pydantic + yaml: torch and trl stay unimported for --help.
-    from browser_control.config import TrainConfig, config_keys_help
+    from browser_control.training.config import TrainConfig, config_keys_help
 
     return config_keys_help(TrainConfig)
 
@@ -63,15 +61,11 @@ def _configure_logging(level: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from browser_control.client import EnvServiceUnavailable
-    from browser_control.config import ConfigError, load_config
     from browser_control.training.checkpoints import CheckpointError
-    from browser_control.training.trainer import (
-        TrainingSetupError,
-        TrainingStopped,
-        locate_model_or_fail,
-        plan_run,
-        preflight,
-    )
+    from browser_control.training.config import ConfigError, load_config
+    from browser_control.training.plan import TrainingSetupError, plan_run
+    from browser_control.training.preflight import locate_model_or_fail, preflight
+    from browser_control.training.trainer import TrainingStopped
 
     _configure_logging(args.log_level)
     try:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from browser_control.agent.prompts import task_prompt
-from browser_control.config import TaskSpec, TrainConfig
+from browser_control.rollout.prompts import task_prompt
 from browser_control.seeds import train_seed
+from browser_control.training.config import TaskSpec, TrainConfig
 
 
 def sample_tasks(tasks: list[TaskSpec], count: int, seed: int) -> list[str]:

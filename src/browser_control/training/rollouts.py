@@ -15,10 +15,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from browser_control.agent.environment import BrowserEnvironment, service_answers
-from browser_control.client import EnvClient, EnvServiceUnavailable
+from browser_control.client import EnvClient, EnvServiceUnavailable, ServiceDeathLatch, service_answers
 from browser_control.evaluation.policy import ToolCall, tool_calls_of
 from browser_control.recording import EpisodeRecorder, EpisodeTrace, trace_from_answers, trace_id
+from browser_control.rollout.environment import BrowserEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +42,16 @@ class LatchingEnvClient(EnvClient):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.fatal_error: EnvServiceUnavailable | None = None
+        self.dead = ServiceDeathLatch()
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None,
                  retry_on_session_cap: bool = False) -> dict[str, Any]:
-        if self.fatal_error is not None:
-            raise EnvServiceUnavailable(str(self.fatal_error)) from self.fatal_error
+        self.dead.raise_if_tripped()
         try:
             return super()._request(method, path, payload, retry_on_session_cap)
         except EnvServiceUnavailable as exc:
             if not service_answers(self):
-                self.fatal_error = exc
+                self.dead.trip(exc)
             raise
 
 
@@ -77,11 +76,10 @@ class EnvironmentFactory:
         return env
 
     def raise_if_dead(self) -> None:
-        if self.client.fatal_error is not None:
-            raise EnvServiceUnavailable(str(self.client.fatal_error)) from self.client.fatal_error
         for env in self.environments:
-            if env._fatal_error is not None:
-                raise EnvServiceUnavailable(str(env._fatal_error)) from env._fatal_error
+            if env.service_error is not None:
+                self.client.dead.trip(env.service_error)
+        self.client.dead.raise_if_tripped()
 
     def close(self) -> None:
         for env in self.environments:
@@ -171,7 +169,7 @@ class EpisodeMetrics:
             if env._rollouts is not None:  # concurrent calls: wait for this rollout's last action
                 env._rollouts.drain(env)
         self.factory.raise_if_dead()
-        episodes = [env._episode for env in environments]
+        episodes = [env.episode for env in environments]
         if task_name is not None and seed is not None:
             for i, (episode, name, row_seed) in enumerate(zip(episodes, task_name, seed, strict=True)):
                 if episode.task_name != name or episode.seed != int(row_seed):
@@ -222,20 +220,20 @@ class EpisodeMetrics:
         traces: dict[int, str] = {}
         for i in list(range(0, n, stride))[: self.record_episodes]:
             env = environments[i]
-            if recorder.screenshots and env._first_screenshot is None and not self._warned_no_screenshots:
+            if recorder.screenshots and env.first_screenshot is None and not self._warned_no_screenshots:
                 self._warned_no_screenshots = True
                 log.warning("record_screenshots: true but the environment service sends no screenshots; start it "
                             "with --screenshots (SCREENSHOTS=1)")
             completion = completions[i] if i < len(completions) else []
-            steps, shots = trace_from_answers(env._answers, _turns(completion))
-            stats = env._episode
+            steps, shots = trace_from_answers(env.answers, _turns(completion))
+            stats = env.episode
             trace = EpisodeTrace(source="training", run=self.run_name, task=stats.task_name, seed=stats.seed,
-                                 goal=env._goal, success=stats.success, ended_by=_ended_by(stats),
-                                 training_step=step, first_observation=env._first_observation, steps=steps)
+                                 goal=env.goal, success=stats.success, ended_by=_ended_by(stats),
+                                 training_step=step, first_observation=env.first_observation, steps=steps)
             name = trace_id(self.episode_log.stem if self.episode_log else "episodes", f"step{step:06d}", i,
                             stats.task_name, stats.seed)
             try:
-                path = recorder.write_trace(trace, name, {0: env._first_screenshot, **shots})
+                path = recorder.write_trace(trace, name, {0: env.first_screenshot, **shots})
             except OSError as exc:  # a full disk must not stop training for the sake of a recording
                 log.warning("could not record an episode in %s: %s", recorder.directory, exc)
                 break

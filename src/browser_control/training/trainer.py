@@ -3,8 +3,10 @@
 TRL runs the multi-turn episodes (one tool call per browser action, tool results masked from the loss)
 and the optimisation; this module decides what it is given and what comes out:
 
-* a plan (names, directories, resume point) and a preflight against the environment service, both
-  without torch, so ``--dry-run`` is fast and a misconfiguration fails before any model loads;
+* a plan (names, directories, resume point; training.plan) and a preflight against the environment service
+  (training.preflight), both without torch, so ``--dry-run`` is fast and a misconfiguration fails before any
+  model loads;
+* the tokenizer, GRPOConfig and LoRA config, and the reward-wiring check (training.grpo);
 * the dataset rows, the environment factory and a zero-weight metrics reward (training.rollouts);
 * collapse guards and TensorBoard (training.callbacks);
 * the final checkpoint, written atomically (training.checkpoints).
@@ -12,40 +14,34 @@ and the optimisation; this module decides what it is given and what comes out:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
-import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from browser_control.client import EnvClient, EnvRequestError
-from browser_control.config import TrainConfig
+from browser_control.models.files import METRICS_FILE, TRAINING_CONFIG_FILE
 from browser_control.training import checkpoints as ckpt
-from browser_control.training.data import build_rows, prompts_per_step
-from browser_control.training.rollouts import ENV_REWARD_NAME, METRICS_REWARD_NAME
+from browser_control.training.config import TrainConfig
+from browser_control.training.data import build_rows
+from browser_control.training.grpo import (
+    build_grpo_config,
+    build_peft_config,
+    check_lora_targets,
+    check_reward_wiring,
+    load_tokenizer,
+    resolve_bf16,
+)
+from browser_control.training.plan import EPISODE_LOG_FILE, RunPlan, TrainingSetupError, plan_run, write_run_config
+from browser_control.training.preflight import preflight
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, TrainerCallback
     from trl import GRPOTrainer
 
-    from browser_control.model_source import ModelSource
-
 log = logging.getLogger(__name__)
-
-TRAINING_CONFIG_FILE = "training_config.yaml"
-METRICS_FILE = "metrics.json"
-EPISODE_LOG_FILE = "episodes.jsonl"
-
-
-class TrainingSetupError(RuntimeError):
-    """Training cannot start as configured; the message says why and what to change."""
 
 
 class TrainingStopped(RuntimeError):
@@ -54,342 +50,6 @@ class TrainingStopped(RuntimeError):
     def __init__(self, message: str, signal_number: int):
         super().__init__(message)
         self.signal_number = signal_number
-
-
-@dataclass
-class RunPlan:
-    """Everything decided before a model is loaded; ``describe()`` is what ``--dry-run`` prints."""
-
-    config: TrainConfig
-    name: str
-    final_dir: Path
-    run_dir: Path
-    tensorboard_dir: Path
-    resume_checkpoint: Path | None
-    world_size: int
-    service: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def rollouts_per_step(self) -> int:
-        c = self.config
-        return c.per_device_train_batch_size * c.gradient_accumulation_steps * self.world_size
-
-    @property
-    def groups_per_step(self) -> int:
-        return prompts_per_step(self.config, self.world_size)
-
-    @property
-    def environments_per_process(self) -> int:
-        # TRL keeps one environment per rollout of a generation batch (steps_per_generation micro-batches).
-        return self.config.per_device_train_batch_size * self.config.gradient_accumulation_steps
-
-    def describe(self) -> str:
-        c = self.config
-        total = sum(t.weight for t in c.tasks)
-        tasks = ", ".join(f"{t.name} ({t.weight / total:.0%})" for t in c.tasks)
-        if c.use_peft:
-            mode = (f"LoRA r={c.lora_r} alpha={c.lora_alpha} dropout={c.lora_dropout} on "
-                    f"{', '.join(c.lora_target_modules)}; merged copy: {'yes' if c.merge_lora else 'no'}")
-        else:
-            mode = "full fine-tune"
-        backend = (f"vLLM colocate (gpu_memory_utilization={c.vllm_gpu_memory_utilization}, "
-                   f"max_model_length={c.vllm_max_model_length or 'model default'}, "
-                   f"sleep_mode={'on' if c.vllm_enable_sleep_mode else 'off'})"
-                   if c.use_vllm else "transformers generate")
-        lines = [
-            f"run              {self.name}",
-            f"model            {c.model_name} ({mode})",
-            f"tasks            {tasks}",
-            f"optimizer steps  {c.max_steps} x {self.rollouts_per_step} rollouts = {self.groups_per_step} "
-            f"task instances x {c.num_generations} generations (lr {c.learning_rate:g}, "
-            f"{c.lr_scheduler_type}, beta {c.beta:g}, loss {c.loss_type})",
-            f"episodes         up to {c.max_episode_steps} actions, {c.max_completion_length} completion tokens "
-            f"(tool results included), temperature {c.temperature:g}",
-            f"generation       {backend}",
-            f"environment      {c.browsergym_url}"
-            + (f" ({self.service.get('status')}, {self.service.get('sessions')}/"
-               f"{self.service.get('max_sessions')} sessions in use; this run needs "
-               f"{self.environments_per_process} per process)" if self.service else "")
-            + f", {'concurrent' if c.concurrent_env_calls else 'one-by-one'} calls",
-            f"checkpoint       {self.final_dir} (written as {ckpt.TMP_PREFIX}{self.name}, renamed when complete)",
-            f"intermediate     {self.run_dir}/checkpoint-N every {c.save_steps} steps "
-            f"(keep {c.save_total_limit or 'all'})",
-            f"resume from      {self.resume_checkpoint or 'nothing (new run)'}",
-            f"tensorboard      {self.tensorboard_dir}",
-            "recordings       " + (
-                f"{c.record_episodes} rollouts at step 1 and every {c.record_every_steps} steps, step by step in "
-                f"{self.run_dir}/traces (up to {c.record_max_mb:g} MB"
-                + (", with screenshots" if c.record_screenshots else "") + "; browser-control view shows them)"
-                if c.record_every_steps else "off (record_every_steps unset)"),
-            f"HF cache         HF_HOME={os.environ.get('HF_HOME', '(default ~/.cache/huggingface)')}"
-            f"{' HF_HUB_OFFLINE=1' if os.environ.get('HF_HUB_OFFLINE') == '1' else ''}",
-        ]
-        return "\n".join(lines)
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
-
-
-def plan_run(config: TrainConfig, now: float | None = None) -> RunPlan:
-    """Names and directories of the run, and the checkpoint a resume starts from. Touches no model."""
-    checkpoint_dir = Path(config.checkpoint_dir)
-    prefix = f"{config.model_short_name}-{config.task_label}-"
-    resume: Path | None = None
-    name = config.run_name or ckpt.run_name(config.model_short_name, config.task_label, now)
-    if config.resume_from_checkpoint is True:
-        resume = ckpt.find_resume_checkpoint(checkpoint_dir, prefix, exact_name=config.run_name)
-        name = resume.parent.name
-    elif isinstance(config.resume_from_checkpoint, str):
-        resume = ckpt.resolve_resume_path(Path(config.resume_from_checkpoint))
-        if resume.parent.parent.resolve() == ckpt.runs_dir(checkpoint_dir).resolve() and not config.run_name:
-            name = resume.parent.name  # continue that run's directories and TensorBoard curves
-    final_dir = checkpoint_dir / name
-    run_dir = ckpt.runs_dir(checkpoint_dir) / name
-    if final_dir.exists():
-        raise TrainingSetupError(
-            f"{final_dir} already exists: that run is finished. Choose another run_name, or unset it"
-        )
-    if resume is None and ckpt.intermediate_checkpoints(run_dir):
-        raise TrainingSetupError(
-            f"{run_dir} already holds checkpoints of a run named {name}: set resume_from_checkpoint: true to "
-            "continue it, or choose another run_name"
-        )
-    return RunPlan(config=config, name=name, final_dir=final_dir, run_dir=run_dir,
-                   tensorboard_dir=Path(config.logging_dir) / name, resume_checkpoint=resume,
-                   world_size=world_size())
-
-
-def wait_for_service(url: str, timeout_s: float, report_every_s: float = 10.0) -> None:
-    """Poll GET /health until it answers 200, saying what is awaited and how long is left.
-
-    A service that is still starting (Compose, or a serve-env launched a moment ago) is waited for; one
-    that never comes is reported after ``timeout_s`` (env_wait_s) with the last problem seen.
-    """
-    import httpx
-
-    from browser_control.client import EnvServiceUnavailable
-
-    started = time.monotonic()
-    deadline = started + max(timeout_s, 1.0)
-    next_report = started
-    problem = ""
-    with httpx.Client(base_url=url, timeout=min(10.0, max(timeout_s, 1.0))) as http:
-        while True:
-            try:
-                response = http.get("/health")
-                if response.status_code == 200:
-                    if problem:
-                        log.info("environment service at %s is up after %.0f s", url, time.monotonic() - started)
-                    return
-                problem = f"GET /health answered {response.status_code}"
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            now = time.monotonic()
-            if now >= deadline:
-                raise EnvServiceUnavailable(
-                    f"the environment service at {url} was not healthy within {timeout_s:.0f} s (env_wait_s): "
-                    f"{problem}. Start it with `browser-control serve-env` (or `make fine-tune-local`, which "
-                    "starts it in Docker), or set BROWSERGYM_URL / browsergym_url to where it runs"
-                )
-            if now >= next_report:
-                log.warning("waiting for the environment service at %s (%s): %.0f s left of env_wait_s=%g; "
-                            "start it with `browser-control serve-env`", url, problem, deadline - now, timeout_s)
-                next_report = now + report_every_s
-            time.sleep(min(0.5, max(deadline - time.monotonic(), 0.0)))
-
-
-def preflight(plan: RunPlan) -> None:
-    """Fail before loading a model: the service is up, knows the tasks, has room; optional packages exist."""
-    config = plan.config
-    if config.use_vllm and importlib.util.find_spec("vllm") is None:
-        raise TrainingSetupError(
-            "use_vllm: true but vLLM is not installed here. The CUDA training image ships it; elsewhere set "
-            "use_vllm: false (generation with transformers) or pip install 'trl[vllm]'"
-        )
-    if config.use_vllm:
-        from browser_control.models.vllm_setup import prepare_vllm_environment
-
-        prepare_vllm_environment()
-    if config.use_peft and importlib.util.find_spec("peft") is None:
-        raise TrainingSetupError("use_peft: true but peft is not installed: pip install peft")
-    with EnvClient(config.browsergym_url, timeout_s=config.env_timeout_s, retries=config.env_retries) as client:
-        # EnvServiceUnavailable propagates: the CLI reports it as the fatal "service unavailable" error.
-        wait_for_service(config.browsergym_url, config.env_wait_s)
-        health = client.wait_until_healthy(timeout_s=max(config.env_timeout_s, 1.0))
-        plan.service = health.model_dump()
-        available = set(client.tasks())
-        wanted = [t.name for t in config.tasks] + list(config.eval_tasks or [])
-        unknown = [name for name in dict.fromkeys(wanted) if name.removeprefix("miniwob.") not in available]
-        if unknown:
-            import difflib
-
-            hints = []
-            for name in unknown:
-                close = difflib.get_close_matches(name, sorted(available), n=3, cutoff=0.6)
-                hints.append(f"'{name}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-            raise TrainingSetupError(
-                f"tasks/eval_tasks: the environment service at {config.browsergym_url} does not know "
-                f"{', '.join(hints)}; GET {config.browsergym_url}/tasks lists all {len(available)}"
-            )
-        if health.max_sessions < plan.environments_per_process:
-            raise TrainingSetupError(
-                f"the environment service allows {health.max_sessions} sessions but this run keeps "
-                f"{plan.environments_per_process} episodes open at once (per_device_train_batch_size x "
-                "gradient_accumulation_steps): raise MAX_SESSIONS of the service or lower the batch"
-            )
-        # One real episode start proves the service can serve the first task before a model is loaded.
-        try:
-            probe = client.reset(config.tasks[0].name, seed=0, max_episode_steps=config.max_episode_steps)
-        except EnvRequestError as exc:
-            raise TrainingSetupError(f"the environment service cannot start {config.tasks[0].name}: {exc}") from exc
-        try:
-            client.close_session(probe.session_id)
-        except EnvRequestError:
-            pass  # already reaped: nothing to free
-
-
-# -- model and tokenizer ---------------------------------------------------------------------------
-
-def locate_model_or_fail(model_name: str) -> ModelSource:
-    """Where model_name loads from, or TrainingSetupError at once: never minutes of Hub retries for a typo."""
-    from browser_control.model_source import ModelNotFound, locate_model
-
-    try:
-        return locate_model(model_name)
-    except ModelNotFound as exc:
-        raise TrainingSetupError(f"model_name: {exc}") from None
-
-
-def load_tokenizer(model_name: str) -> PreTrainedTokenizerBase:
-    """The model's tokenizer, with a chat template that TRL can parse tool calls from."""
-    log.info("loading model %s", locate_model_or_fail(model_name).describe())
-    from transformers import AutoTokenizer
-    from trl.chat_template_utils import lfm2_chat_template, lfm2_v2_chat_template
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_name, padding_side="left", truncation_side="left")
-    except OSError as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise TrainingSetupError(
-            f"cannot load the tokenizer of {model_name}: {exc}\n"
-            + ("HF_HUB_OFFLINE=1: the model must already be in the cache at "
-               f"HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}; run once online to fill it"
-               if offline else "check model_name (a Hugging Face id or a local directory) and the network")
-        ) from exc
-    template = tokenizer.chat_template
-    if isinstance(template, str) and template.strip() == lfm2_chat_template.strip():
-        # LFM2's original template drops tool calls from assistant turns, so TRL refuses it; lfm2_v2 renders
-        # plain turns identically and keeps them. Saved with every checkpoint, so evaluation sees the same.
-        tokenizer.chat_template = lfm2_v2_chat_template
-        log.info("chat template: LFM2's original template replaced by TRL's lfm2_v2 (tool calls kept)")
-    return tokenizer
-
-
-def resolve_bf16(config: TrainConfig) -> bool:
-    import torch
-
-    if config.bf16 == "auto":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    return bool(config.bf16)
-
-
-def build_grpo_config(config: TrainConfig, plan: RunPlan, bf16: bool) -> Any:
-    from trl import GRPOConfig
-
-    return GRPOConfig(
-        output_dir=str(plan.run_dir),
-        run_name=plan.name,
-        seed=config.seed,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_steps,
-        max_grad_norm=config.max_grad_norm,
-        weight_decay=config.weight_decay,
-        num_generations=config.num_generations,
-        max_completion_length=config.max_completion_length,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        beta=config.beta,
-        loss_type=config.loss_type,
-        scale_rewards=config.scale_rewards,
-        mask_truncated_completions=config.mask_truncated_completions,
-        # One tool-calling round per browser action; the service also truncates at the same limit.
-        max_tool_calling_iterations=config.max_episode_steps,
-        # The metrics reward observes only; the task reward comes from BrowserEnvironment.get_reward, which
-        # TRL appends after these with weight 1.
-        reward_weights=[0.0],
-        bf16=bf16,
-        gradient_checkpointing=config.gradient_checkpointing,
-        # fp32 master weights (bf16 autocast does the speed-up): a 1e-6 update vanishes in bf16 weights.
-        # sdpa: flash-attn has no kernels for every target GPU (GB10).
-        model_init_kwargs={"dtype": "float32", "attn_implementation": "sdpa"},
-        use_vllm=config.use_vllm,
-        vllm_mode="colocate",
-        vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-        vllm_max_model_length=config.vllm_max_model_length,
-        vllm_enable_sleep_mode=config.vllm_enable_sleep_mode,
-        # Rows are already a seeded random mixture; keeping their order makes the dataset prefix-stable, so a
-        # resumed run with a larger max_steps skips exactly the instances it has seen.
-        shuffle_dataset=False,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        # TensorBoard is attached explicitly (one run directory per run under logging_dir).
-        report_to=[],
-        log_completions=False,
-    )
-
-
-def build_peft_config(config: TrainConfig) -> Any:
-    if not config.use_peft:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM")
-
-
-def check_reward_wiring(trainer: GRPOTrainer) -> None:
-    """Refuse to train unless the task reward is wired with weight 1 (and the metrics reward with 0).
-
-    A run whose reward is not connected trains happily on zeros; this makes that impossible to miss.
-    """
-    weights = dict(zip(trainer.reward_func_names, trainer.reward_weights.tolist(), strict=True))
-    if weights.get(ENV_REWARD_NAME) != 1.0 or weights.get(METRICS_REWARD_NAME) != 0.0 or len(weights) != 2:
-        raise TrainingSetupError(
-            f"reward wiring is wrong: expected {{{ENV_REWARD_NAME!r}: 1.0, {METRICS_REWARD_NAME!r}: 0.0}} "
-            f"(task success from BrowserEnvironment.get_reward), got {weights}"
-        )
-
-
-def check_lora_targets(model: Any, targets: Sequence[str]) -> None:
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in targets if t not in names]
-    if missing:
-        log.warning("lora_target_modules %s match no module of the model; they are not adapted", missing)
-
-
-# -- the run ------------------------------------------------------------------------------------------
-
-def _write_run_config(plan: RunPlan) -> None:
-    """Record the resolved config next to the intermediate checkpoints; on resume, say what changed."""
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    path = plan.run_dir / TRAINING_CONFIG_FILE
-    current = plan.config.model_dump(mode="json")
-    if path.is_file() and plan.resume_checkpoint is not None:
-        try:
-            previous = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError:
-            previous = {}
-        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-        if changed:
-            log.warning("resuming %s with changed config keys: %s", plan.name, ", ".join(changed))
-    path.write_text(plan.config.to_yaml())
 
 
 def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: RunPlan | None = None) -> Path:
@@ -409,8 +69,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
     from transformers.integrations import TensorBoardCallback
     from trl import GRPOTrainer
 
-    from browser_control.agent.concurrency import ConcurrentRolloutsMixin
     from browser_control.recording import EpisodeRecorder
+    from browser_control.rollout.concurrency import ConcurrentRolloutsMixin
     from browser_control.training.callbacks import (
         CollapseGuard,
         CompletionMarker,
@@ -420,7 +80,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
     from browser_control.training.rollouts import EnvironmentFactory, EpisodeMetrics, SaturationMonitor
 
     class BrowserGRPOTrainer(ConcurrentRolloutsMixin, GRPOTrainer):
-        """GRPOTrainer whose environment calls can run concurrently (agent/concurrency.py)."""
+        """GRPOTrainer whose environment calls can run concurrently (rollout/concurrency.py)."""
 
         save_hit_full_disk = False
 
@@ -457,7 +117,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
     if rank == 0:
         plan.tensorboard_dir.mkdir(parents=True, exist_ok=True)
         tensorboard = TensorBoardCallback(SummaryWriter(log_dir=str(plan.tensorboard_dir)))
-        _write_run_config(plan)
+        write_run_config(plan)
     else:
         tensorboard = TensorBoardCallback()  # never initialised off the main process
     stop = GracefulStop()

@@ -23,8 +23,6 @@ import logging
 import sys
 from pathlib import Path
 
-COMMAND = "view"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from browser_control.arg_types import positive_int

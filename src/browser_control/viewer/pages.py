@@ -317,7 +317,7 @@ def run_page(store: Store, recording: Recording, params: dict[str, str]) -> str:
         if isinstance(settings, dict) and settings.get("seeds"):
             body.append(
                 f'<p class="muted">evaluation seeds {esc(settings.get("seeds"))}, at most '
-                f"{esc(settings.get('max_steps'))} actions per episode</p>"
+                f"{esc(settings.get('max_episode_steps', settings.get('max_steps')))} actions per episode</p>"
             )
     body.append("<h2>Success per task (95% Wilson intervals)</h2>")
     if "chart" not in recording.cache:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from browser_control.checkpoints_cli import TMP_PREFIX, adapter_dir, checkpoint_dir
+from browser_control.models.files import TMP_PREFIX, adapter_dir, checkpoint_dir
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ Precedence, lowest first: the field defaults, the YAML file, the environment var
 the file (or ``--set``) and the key, and an unknown key names the closest valid one, because a typo that
 is silently ignored costs a whole training run.
 
-This module imports only pydantic and PyYAML: ``browser-control train --help`` and ``--dry-run`` must
-work without torch.
+This module imports only pydantic, PyYAML and the wire contract (protocol.py): ``browser-control train
+--help`` and ``--dry-run`` must work without torch.
 """
 
 from __future__ import annotations
@@ -20,6 +20,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from browser_control.protocol import (
+    BROWSERGYM_URL_VARIABLE,
+    DEFAULT_BROWSERGYM_URL,
+    DEFAULT_MAX_EPISODE_STEPS,
+    bare_task_name,
+)
+
 # LFM2's real linear layers: attention q/k/v/out_proj, the short-convolution blocks' in_proj/out_proj and
 # the SwiGLU MLP w1/w2/w3. A Llama-style list (o_proj, gate_proj, ...) silently adapts only q/k/v of the
 # 6 attention layers out of 16.
@@ -29,7 +36,7 @@ LFM2_LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj",
 # config works both on a laptop and inside the containers. HF_HOME is read by the Hugging Face libraries
 # themselves (model cache) and is only reported here.
 ENV_OVERRIDES = {
-    "BROWSERGYM_URL": "browsergym_url",
+    BROWSERGYM_URL_VARIABLE: "browsergym_url",
     "CHECKPOINT_DIR": "checkpoint_dir",
     "LOGGING_DIR": "logging_dir",
 }
@@ -64,9 +71,8 @@ class TaskSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _strip_prefix(cls, value: str) -> str:
-        value = value.strip()
         # The service accepts both spellings; one canonical form keeps checkpoint names and metric tags stable.
-        return value.removeprefix("miniwob.")
+        return bare_task_name(value)
 
 
 class TrainConfig(_Strict):
@@ -80,7 +86,7 @@ class TrainConfig(_Strict):
         min_length=1,
         description="MiniWoB tasks: [click-test] or [{name: click-test, weight: 2}, ...]",
     )
-    max_episode_steps: int = Field(5, ge=1, le=100, description="browser actions per episode")
+    max_episode_steps: int = Field(DEFAULT_MAX_EPISODE_STEPS, ge=1, le=100, description="browser actions per episode")
     # -- GRPO ------------------------------------------------------------------------------------------
     max_steps: int = Field(100, ge=1, description="optimizer steps")
     num_generations: int = Field(8, ge=2, description="rollouts per task instance (one GRPO group)")
@@ -121,7 +127,7 @@ class TrainConfig(_Strict):
     vllm_enable_sleep_mode: bool = Field(
         False, description="offload vLLM between generations (crashes on DGX Spark: keep off there)")
     # -- environment service ---------------------------------------------------------------------------
-    browsergym_url: str = Field("http://127.0.0.1:8000", description="environment service [BROWSERGYM_URL]")
+    browsergym_url: str = Field(DEFAULT_BROWSERGYM_URL, description="environment service [BROWSERGYM_URL]")
     env_timeout_s: float = Field(60.0, gt=0, description="HTTP timeout of one environment request")
     env_retries: int = Field(4, ge=0, le=20, description="retries (exponential backoff) before the service "
                              "counts as dead and training stops")
@@ -385,3 +391,31 @@ def config_keys_help(schema: type[BaseModel]) -> str:
         lines += textwrap.wrap(f"{name} [{default}]: {info.description or ''}", width=100, initial_indent="  ",
                                subsequent_indent="      ")
     return "\n".join(lines)
+
+
+def _markdown_default(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()  # as YAML writes it
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def config_table(schema: type[BaseModel]) -> str:
+    """The keys of ``schema`` as a Markdown table (key, default, meaning): the docs' table is this text.
+
+    tests/test_config.py compares the block in docs/training.md with it, so the docs cannot drift from the
+    model; regenerate with ``python -m browser_control.training.config``.
+    """
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for name, info in schema.model_fields.items():
+        default = "required" if info.is_required() else _markdown_default(info.get_default(call_default_factory=True))
+        meaning = (info.description or "").replace("|", "\\|")
+        lines.append(f"| `{name}` | {default} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(config_table(TrainConfig), end="")

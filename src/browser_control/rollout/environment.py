@@ -9,87 +9,19 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
-import httpx
+from browser_control.client import EnvClient, EnvRequestError, EnvServiceUnavailable, ServiceDeathLatch, service_answers
+from browser_control.protocol import DEFAULT_MAX_EPISODE_STEPS, service_url
+from browser_control.rollout.concurrency import ConcurrentRollouts
+from browser_control.rollout.episode import EpisodeStats, StepAnswer, action_text, format_fault
+from browser_control.rollout.prompts import format_episode_end, format_observation, format_step_limit
 
-from browser_control.agent.concurrency import ConcurrentRollouts
-from browser_control.agent.prompts import format_episode_end, format_observation, format_step_limit
-from browser_control.client import EnvClient, EnvRequestError, EnvServiceUnavailable
-
-DEFAULT_BROWSERGYM_URL = "http://127.0.0.1:8000"
-# Answers that say the request itself was wrong (and would be wrong again); any other refusal of a reset or
-# an action is the environment's failure, not the model's.
 _CALLER_ERRORS = {"invalid_request", "unknown_task"}
-# How long a liveness probe waits: it only asks whether the service process answers at all.
-PROBE_TIMEOUT_S = 5.0
-
 log = logging.getLogger(__name__)
-
-
-def browsergym_url(configured: str | None = None) -> str:
-    """BROWSERGYM_URL wins over the configured address (compose sets it to the service name)."""
-    return os.environ.get("BROWSERGYM_URL") or configured or DEFAULT_BROWSERGYM_URL
-
-
-def service_answers(client: EnvClient, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether the service process answers HTTP at all (any status, even 503): then it is alive and only a
-    browser or a session failed, which costs one episode; a service that does not answer ends the run."""
-    http = getattr(client, "_http", None)
-    if not isinstance(http, httpx.Client):
-        return False
-    try:
-        http.get("/health", timeout=timeout_s)
-    except httpx.HTTPError:
-        return False
-    return True
-
-
-def format_fault(reason: str) -> str:
-    return (f"The environment failed ({reason}); this episode is not scored. "
-            "Do not call any more tools.")
-
-
-def action_text(name: str, *args: Any) -> str:
-    """Build an action call; repr() keeps every argument a literal (the service re-checks anyway)."""
-    return f"{name}({', '.join(repr(a) for a in args)})"
-
-
-@dataclass
-class EpisodeStats:
-    task_name: str = ""
-    seed: int = 0
-    steps: int = 0
-    invalid_actions: int = 0
-    success: bool = False
-    done: bool = False
-    truncated: bool = False
-    # Set when the environment, not the model, ended the episode (browser crashed, session lost, service
-    # answering 5xx): the episode is no data, scored None rather than 0.
-    fault: str | None = None
-    env_latency_s: list[float] = field(default_factory=list)
-
-
-@dataclass
-class StepAnswer:
-    """One tool call as the environment saw it, kept for episode recordings (``browser-control view``).
-
-    Not part of :class:`EpisodeStats`, which the per-batch episode log serialises whole.
-    """
-
-    action: str
-    observation: str  # the text the model had in front of it when it chose the action
-    result: str  # the text the tool returned to the model
-    error: str = ""  # the page's last_action_error, or the service's reason for refusing the action
-    reward: float | None = None
-    done: bool = False
-    truncated: bool = False
-    reached_service: bool = True  # False when the episode was already over and nothing was sent
-    screenshot_png_b64: str | None = None
 
 
 class BrowserEnvironment:
@@ -107,14 +39,14 @@ class BrowserEnvironment:
     cannot be reset in place.
     """
 
-    max_episode_steps: int = 10
+    max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS
     base_url: str | None = None
-    # Set by a trainer with concurrent environment calls (agent/concurrency.py); None = call at once.
+    # Set by a trainer with concurrent environment calls (rollout/concurrency.py); None = call at once.
     _rollouts: ConcurrentRollouts | None = None
 
     def __init__(self, base_url: str | None = None, max_episode_steps: int | None = None,
                  client: EnvClient | None = None, faults_are_no_data: bool = False):
-        self._client = client or EnvClient(browsergym_url(base_url or self.base_url))
+        self._client = client or EnvClient(service_url(base_url or self.base_url))
         self._max_steps = max_episode_steps or self.max_episode_steps
         # Training (EnvironmentFactory) turns environment faults into no-data episodes; elsewhere they raise.
         self._faults_are_no_data = faults_are_no_data
@@ -122,7 +54,7 @@ class BrowserEnvironment:
         self._stats = EpisodeStats()
         # TRL turns a tool's exception into text for the model; a dead service must still stop training, so
         # the error is kept here and raised again by get_reward(), which TRL does not guard.
-        self._fatal_error: EnvServiceUnavailable | None = None
+        self._dead = ServiceDeathLatch()
         self._clear_trace()
 
     def _clear_trace(self, goal: str = "", observation: str = "", screenshot: str | None = None) -> None:
@@ -143,14 +75,14 @@ class BrowserEnvironment:
 
     def _reset_now(self, task_name: str, seed: int) -> str:
         started = time.perf_counter()
-        self._fatal_error = None  # the error belonged to the previous episode
+        self._dead.clear()  # the error belonged to the previous episode
         # The row's task and seed from the start: a faulted episode must still say which row it played.
         self._stats = EpisodeStats(task_name=str(task_name), seed=int(seed))
         try:
             response = self._start_episode(task_name, int(seed))
         except EnvServiceUnavailable as exc:
             if not (self._faults_are_no_data and self._service_answers()):
-                self._fatal_error = exc
+                self._dead.trip(exc)
                 raise
             return self._faulted_reset(exc)
         except EnvRequestError as exc:
@@ -186,7 +118,8 @@ class BrowserEnvironment:
 
     def _service_answers(self) -> bool:
         """Alive unless the shared client already declared the service dead, or it does not answer now."""
-        return getattr(self._client, "fatal_error", None) is None and service_answers(self._client)
+        latch = getattr(self._client, "dead", None)
+        return not (isinstance(latch, ServiceDeathLatch) and latch.error) and service_answers(self._client)
 
     def _forget_session(self) -> None:
         session_id, self._session_id = self._session_id, None
@@ -220,9 +153,7 @@ class BrowserEnvironment:
         """
         if self._rollouts is not None:
             self._rollouts.drain(self)
-        if self._fatal_error is not None:
-            # A new exception each time: re-raising one instance splices every raise site into its traceback.
-            raise EnvServiceUnavailable(str(self._fatal_error)) from self._fatal_error
+        self._dead.raise_if_tripped()
         if self._stats.fault is not None:
             return None
         return 1.0 if self._stats.success else 0.0
@@ -365,10 +296,38 @@ class BrowserEnvironment:
         """
         return self._act(action_text("keyboard_press", key))
 
-    # -- helpers ---------------------------------------------------------------------------------
+    # -- read-only view for trainers, evaluators and recorders --------------------------------------
+    # Properties, not methods: TRL turns every public method into a tool the model could call.
     @property
-    def _episode(self) -> EpisodeStats:
-        return self._stats
+    def episode(self) -> EpisodeStats:
+        """The current episode's statistics so far: a copy, so only the environment itself updates them."""
+        return replace(self._stats, env_latency_s=list(self._stats.env_latency_s))
+
+    @property
+    def goal(self) -> str:
+        return self._goal
+
+    @property
+    def first_observation(self) -> str:
+        """The text ``reset`` returned: what the model saw before its first action."""
+        return self._first_observation
+
+    @property
+    def first_screenshot(self) -> str | None:
+        """The first page as a base64 PNG; None unless the service runs with --screenshots."""
+        return self._first_screenshot
+
+    @property
+    def answers(self) -> tuple[StepAnswer, ...]:
+        """Every tool call of the episode as the environment saw it, in order (for recordings)."""
+        return tuple(self._answers)
+
+    @property
+    def service_error(self) -> EnvServiceUnavailable | None:
+        """The error that declared the service dead during this episode; ``get_reward`` raises it again."""
+        return self._dead.error
+
+    # -- helpers ---------------------------------------------------------------------------------
 
     def _act(self, action: str) -> str:
         """Run one action now, or on this environment's lane when the trainer runs rollouts concurrently."""
@@ -378,8 +337,7 @@ class BrowserEnvironment:
 
     def _act_now(self, action: str) -> str:
         """Run one action; the service's refusal or failure goes back to the model as text."""
-        if self._fatal_error is not None:
-            raise EnvServiceUnavailable(str(self._fatal_error)) from self._fatal_error
+        self._dead.raise_if_tripped()
         stats = self._stats
         if stats.fault is not None:
             return self._answered(action, format_fault("the episode was already lost"), reached_service=False)
@@ -409,7 +367,7 @@ class BrowserEnvironment:
             stats.env_latency_s.append(time.perf_counter() - started)
             if self._faults_are_no_data and self._service_answers():
                 return self._answered(action, self._fault(f"{action} failed: {exc}", exc), error=str(exc))
-            self._fatal_error = exc
+            self._dead.trip(exc)
             raise
         stats.env_latency_s.append(time.perf_counter() - started)
         stats.steps = response.step

@@ -1,1 +1,0 @@
-"""What the model sees and can do: prompts, observation text and the browser tools (one per action)."""
