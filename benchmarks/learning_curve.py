@@ -273,6 +273,7 @@ def run_pipeline(args: argparse.Namespace, url: str) -> dict[str, Any]:
         "grpo_summary": json.loads((grpo / "metrics.json").read_text()),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "results"},
         "machine": _machine(),
+        "device": _device(),
     }
 
 
@@ -318,7 +319,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for index in range(len(tasks), rows * columns):
         axes[index // columns][index % columns].axis("off")
     episodes = result["curve"][0]["episodes_per_task"]
-    fig.suptitle(f"Tiny LFM2 from scratch, goal-blind SFT then GRPO ({episodes} evaluation seeds per task, "
+    start = "goal-blind SFT" if result["settings"].get("demo_answers") == "shuffled" else "SFT"
+    fig.suptitle(f"Tiny LFM2 from scratch, {start} then GRPO ({episodes} evaluation seeds per task, "
                  "95% Wilson bands)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -366,7 +368,7 @@ def results_section(result: dict[str, Any], png: Path, results_md: Path, command
         "harness; the best per task is what a policy that ignores the goal and the page reaches.",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {result['machine']}, device {settings.get('device')}.  ",
+        f"Machine: {result['machine']}, device {result.get('device', settings.get('device'))}.  ",
         f"Model: hidden {settings.get('hidden_size')}, {settings.get('layers')} layers (attention in "
         f"{settings.get('attention_layers') or 'the last'}), vocabulary {settings.get('vocab_size')}; "
         f"{settings.get('demos')} demonstrations per task.  ",
