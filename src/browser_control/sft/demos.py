@@ -219,3 +219,44 @@ def _iter_records(path: Path) -> Iterator[dict[str, Any]]:
                     if name not in known_tools:
                         raise DemoError(f"{path}:{number}: unknown tool {name!r} in a tool call")
             yield record
+
+
+def shuffle_answers(records: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """Goal-blind demonstrations: each one's tool calls are those of another demonstration of its task.
+
+    The prompts (goal and page) stay; the assistant turns take, in order, the calls of a randomly chosen
+    demonstration of the same task. The answers keep their frequencies but say nothing about the goal or
+    the page, so a model trained on them learns the tool-call format and the answers a task takes, never
+    which one an instance asks for. A recipient with more action turns than its donor stops early (its
+    extra turns become the empty stop turn). Tool results are left as recorded: the SFT loss masks them.
+    """
+    import copy
+    import random
+
+    rng = random.Random(seed)
+    out = copy.deepcopy(list(records))
+    by_task: dict[str, list[int]] = {}
+    for index, record in enumerate(out):
+        by_task.setdefault(record["task_name"], []).append(index)
+
+    def turns(record: dict[str, Any]) -> list[Any]:
+        return [m["tool_calls"] for m in record["messages"] if m.get("role") == "assistant" and m.get("tool_calls")]
+
+    donors_calls = {index: turns(record) for index, record in enumerate(out)}
+    for indices in by_task.values():
+        donors = indices[:]
+        rng.shuffle(donors)
+        for index, donor in zip(indices, donors, strict=True):
+            calls = iter(copy.deepcopy(donors_calls[donor]))
+            messages = []
+            for message in out[index]["messages"]:
+                if message.get("role") == "assistant" and message.get("tool_calls"):
+                    replacement = next(calls, None)
+                    if replacement is None:
+                        messages.append({"role": "assistant", "content": ""})
+                        break
+                    message = {**message, "tool_calls": replacement}
+                messages.append(message)
+            out[index]["messages"] = messages
+    return out
+

@@ -166,6 +166,15 @@ class TrainConfig(_Strict):
         0.05, ge=0, description="warn when the mean token entropy falls below this (policy collapse)")
     saturation_patience: int = Field(
         5, ge=1, description="warn when every group of a task had identical rewards this many steps running")
+    # -- task curriculum (training/curriculum.py) --------------------------------------------------------
+    curriculum: bool = Field(
+        False, description="draw each group's task by how much it can still teach (the moving share of its "
+        "groups whose rewards were not all equal) instead of by the fixed weights; needs two tasks or more")
+    curriculum_ema: float = Field(
+        0.3, gt=0, le=1, description="weight of the newest generation batch in that moving share (1 = no memory)")
+    curriculum_min_share: float = Field(
+        0.05, ge=0, lt=1, description="floor on each task's sampling probability, so that none starves; "
+        "at most 1/number of tasks")
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -189,6 +198,13 @@ class TrainConfig(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"tasks: {', '.join(duplicates)} listed twice; use one entry with a weight")
+        if self.curriculum and len(self.tasks) < 2:
+            raise ValueError("curriculum: true needs at least two tasks to choose between")
+        if self.curriculum and len(self.tasks) * self.curriculum_min_share > 1:
+            raise ValueError(
+                f"curriculum_min_share = {self.curriculum_min_share} for {len(self.tasks)} tasks: the floors "
+                f"alone exceed 1; use at most {1 / len(self.tasks):.3g}"
+            )
         world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps * world_size
         if batch % self.num_generations:

@@ -60,6 +60,8 @@ class RunPlan:
         c = self.config
         total = sum(t.weight for t in c.tasks)
         tasks = ", ".join(f"{t.name} ({t.weight / total:.0%})" for t in c.tasks)
+        if c.curriculum:
+            tasks += f"; curriculum from these (moving share {c.curriculum_ema:g}, floor {c.curriculum_min_share:.0%})"
         if c.use_peft:
             mode = (
                 f"LoRA r={c.lora_r} alpha={c.lora_alpha} dropout={c.lora_dropout} on "

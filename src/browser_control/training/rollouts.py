@@ -135,8 +135,9 @@ class EpisodeMetrics:
     def __init__(self, factory: EnvironmentFactory, monitor: SaturationMonitor,
                  step_getter: Callable[[], int] = lambda: 0, episode_log: Path | None = None,
                  recorder: EpisodeRecorder | None = None, record_every: int | None = None,
-                 record_episodes: int = 4, run_name: str = "training"):
+                 record_episodes: int = 4, run_name: str = "training", curriculum: Any = None):
         self.factory = factory
+        self.curriculum = curriculum  # training.curriculum.Curriculum: fed every batch's groups
         self.monitor = monitor
         self.step_getter = step_getter
         self.episode_log = episode_log
@@ -203,6 +204,9 @@ class EpisodeMetrics:
         for task, saturated in self.monitor.update(by_task, step).items():
             log_metric(f"collapse/saturated/{task}", 1.0 if saturated else 0.0)
         log_metric("collapse/saturated_tasks", float(len(self.monitor.saturated)))
+        if self.curriculum is not None:
+            for key, value in self.curriculum.observe(groups).items():
+                log_metric(key, value)
         # None = "not scored by this function": TRL turns it into NaN, which its weighted nansum and
         # its metric averages skip, so this function changes neither the reward nor reward_std.
         return [None] * len(completions)

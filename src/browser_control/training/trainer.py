@@ -77,6 +77,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
         GracefulStop,
         HeldOutEvaluation,
     )
+    from browser_control.training.curriculum import Curriculum
     from browser_control.training.rollouts import EnvironmentFactory, EpisodeMetrics, SaturationMonitor
 
     class BrowserGRPOTrainer(ConcurrentRolloutsMixin, GRPOTrainer):
@@ -97,7 +98,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
         raise TrainingSetupError("use_vllm: true needs a CUDA GPU; none is visible (set use_vllm: false on CPU)")
 
     tokenizer = load_tokenizer(config.model_name)
-    dataset = Dataset.from_list(build_rows(config, plan.world_size))
+    curriculum = Curriculum.from_config(config, plan.world_size) if config.curriculum else None
+    dataset = Dataset.from_list(curriculum.rows() if curriculum else build_rows(config, plan.world_size))
     factory = EnvironmentFactory(config.browsergym_url, config.max_episode_steps,
                                  timeout_s=config.env_timeout_s, retries=config.env_retries)
     monitor = SaturationMonitor(config.saturation_patience)
@@ -110,6 +112,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
         recorder=EpisodeRecorder(plan.run_dir, max_bytes=int(config.record_max_mb * 1e6),
                                  screenshots=config.record_screenshots) if config.record_every_steps else None,
         record_every=config.record_every_steps, record_episodes=config.record_episodes, run_name=plan.name,
+        curriculum=curriculum,
     )
     guard = CollapseGuard(config.entropy_warning_threshold, monitor)
     # The guard comes first so the collapse scalars it adds to a step's logs reach TensorBoard with it.
@@ -147,6 +150,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
             )
         trainer_ref.append(trainer)
         check_reward_wiring(trainer)
+        if curriculum is not None:
+            curriculum.install(trainer, plan.resume_checkpoint)
         trainer.enable_weight_sync_timing()
         if config.concurrent_env_calls:
             rollouts = trainer.enable_concurrent_rollouts()
