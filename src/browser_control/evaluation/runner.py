@@ -39,11 +39,16 @@ def resolve_env_url(env_url: str | None = None) -> str:
     import os
     import re
 
+    from browser_control.env_pool import PoolConfigError, pick_healthy_url
+
     url = env_url or os.environ.get("BROWSERGYM_URL") or DEFAULT_BROWSERGYM_URL
+    given = "--browsergym-url" if env_url else "BROWSERGYM_URL"
     if not re.match(r"^https?://[^/\s]+", url):
-        given = "--browsergym-url" if env_url else "BROWSERGYM_URL"
         raise EvaluationError(f"{given}={url!r}: expected an http(s) URL such as {DEFAULT_BROWSERGYM_URL}")
-    return url
+    try:
+        return pick_healthy_url(url)  # a pool of replicas: an evaluation runs on one healthy replica
+    except PoolConfigError as exc:
+        raise EvaluationError(f"{given}={url!r}: {exc}") from None
 
 
 def available_tasks(env_url: str, timeout_s: float = 10.0) -> list[str]:

@@ -11,9 +11,10 @@ Examples:
   browser-control train --config configs/lfm2_350m_local_full.yaml --set resume_from_checkpoint=true
 
 Environment variables (they override the config file; --set overrides them):
-  BROWSERGYM_URL   environment service address  -> browsergym_url
+  BROWSERGYM_URL   environment service address  -> browsergym_url (several replicas: comma-separated)
   CHECKPOINT_DIR   checkpoint directory         -> checkpoint_dir
   LOGGING_DIR      TensorBoard directory        -> logging_dir
+  NUM_PROCESSES    processes (GPUs)             -> num_processes (>1: accelerate launch, data parallel)
   HF_HOME          Hugging Face model cache (with HF_HUB_OFFLINE=1 a cached model loads with no network)
 
 Exit status: 0 done, 2 bad configuration or setup, 3 environment service unavailable, 4 checkpoint not
@@ -82,11 +83,19 @@ def run(args: argparse.Namespace) -> int:
         plan = plan_run(config)
         source = locate_model_or_fail(config.model_name)  # seconds, before waiting on the service
         preflight(plan)
+        from browser_control.training.launch import launch, launch_command, launch_environment, needs_launch
+
+        command = launch_command(config, args.config, args.overrides, plan.name, args.log_level) \
+            if needs_launch(config) else None
         if args.dry_run:
             print(plan.describe())
             print(f"model found      {source.describe()}")
+            if command:
+                print(f"processes        {config.num_processes} ({config.distributed}): {' '.join(command)}")
             print("dry run: configuration valid, model found and environment service ready; nothing was trained")
             return 0
+        if command:  # the ranks train; this process waits for them and passes their exit status on
+            return launch(command, launch_environment())
         from browser_control.training.trainer import train
 
         final = train(config, plan=plan)

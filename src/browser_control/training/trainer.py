@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from browser_control.client import EnvClient, EnvRequestError
+from browser_control.client import EnvRequestError
 from browser_control.config import TrainConfig
+from browser_control.env_pool import EnvPool, make_client
 from browser_control.training import checkpoints as ckpt
 from browser_control.training.data import build_rows, prompts_per_step
 from browser_control.training.rollouts import ENV_REWARD_NAME, METRICS_REWARD_NAME
@@ -144,6 +145,9 @@ def plan_run(config: TrainConfig, now: float | None = None) -> RunPlan:
         resume = ckpt.resolve_resume_path(Path(config.resume_from_checkpoint))
         if resume.parent.parent.resolve() == ckpt.runs_dir(checkpoint_dir).resolve() and not config.run_name:
             name = resume.parent.name  # continue that run's directories and TensorBoard curves
+    if world_size() > 1 and not config.run_name and config.resume_from_checkpoint is not True:
+        raise TrainingSetupError("several processes need one run_name (each would date its own): set num_processes "
+                                 "instead of launching yourself, or set run_name")
     final_dir = checkpoint_dir / name
     run_dir = ckpt.runs_dir(checkpoint_dir) / name
     if final_dir.exists():
@@ -157,7 +161,7 @@ def plan_run(config: TrainConfig, now: float | None = None) -> RunPlan:
         )
     return RunPlan(config=config, name=name, final_dir=final_dir, run_dir=run_dir,
                    tensorboard_dir=Path(config.logging_dir) / name, resume_checkpoint=resume,
-                   world_size=world_size())
+                   world_size=int(os.environ.get("WORLD_SIZE") or config.num_processes))
 
 
 def wait_for_service(url: str, timeout_s: float, report_every_s: float = 10.0) -> None:
@@ -211,12 +215,17 @@ def preflight(plan: RunPlan) -> None:
         from browser_control.models.vllm_setup import prepare_vllm_environment
 
         prepare_vllm_environment()
+    if config.distributed != "ddp" and importlib.util.find_spec("deepspeed") is None:
+        raise TrainingSetupError(f"distributed: {config.distributed} needs DeepSpeed: pip install deepspeed, or ddp")
     if config.use_peft and importlib.util.find_spec("peft") is None:
         raise TrainingSetupError("use_peft: true but peft is not installed: pip install peft")
-    with EnvClient(config.browsergym_url, timeout_s=config.env_timeout_s, retries=config.env_retries) as client:
+    with make_client(config.browsergym_url, timeout_s=config.env_timeout_s, retries=config.env_retries) as client:
         # EnvServiceUnavailable propagates: the CLI reports it as the fatal "service unavailable" error.
-        wait_for_service(config.browsergym_url, config.env_wait_s)
-        health = client.wait_until_healthy(timeout_s=max(config.env_timeout_s, 1.0))
+        if isinstance(client, EnvPool):  # replicas: wait for one, give the others a grace, skip the rest
+            health = client.wait_until_healthy(timeout_s=config.env_wait_s)
+        else:
+            wait_for_service(config.browsergym_url, config.env_wait_s)
+            health = client.wait_until_healthy(timeout_s=max(config.env_timeout_s, 1.0))
         plan.service = health.model_dump()
         available = set(client.tasks())
         wanted = [t.name for t in config.tasks] + list(config.eval_tasks or [])
@@ -232,11 +241,12 @@ def preflight(plan: RunPlan) -> None:
                 f"tasks/eval_tasks: the environment service at {config.browsergym_url} does not know "
                 f"{', '.join(hints)}; GET {config.browsergym_url}/tasks lists all {len(available)}"
             )
-        if health.max_sessions < plan.environments_per_process:
+        if health.max_sessions < plan.environments_per_process * plan.world_size:
             raise TrainingSetupError(
                 f"the environment service allows {health.max_sessions} sessions but this run keeps "
-                f"{plan.environments_per_process} episodes open at once (per_device_train_batch_size x "
-                "gradient_accumulation_steps): raise MAX_SESSIONS of the service or lower the batch"
+                f"{plan.environments_per_process * plan.world_size} episodes open at once "
+                "(per_device_train_batch_size x gradient_accumulation_steps x processes): raise MAX_SESSIONS of "
+                "the service, add replicas (docs/scaling.md) or lower the batch"
             )
         # One real episode start proves the service can serve the first task before a model is loaded.
         try:
@@ -297,6 +307,8 @@ def resolve_bf16(config: TrainConfig) -> bool:
 def build_grpo_config(config: TrainConfig, plan: RunPlan, bf16: bool) -> Any:
     from trl import GRPOConfig
 
+    from browser_control.training.launch import deepspeed_config
+
     return GRPOConfig(
         output_dir=str(plan.run_dir),
         run_name=plan.name,
@@ -339,6 +351,7 @@ def build_grpo_config(config: TrainConfig, plan: RunPlan, bf16: bool) -> Any:
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
+        deepspeed=deepspeed_config(config),  # zero1/zero2 (training/launch.py); None = DDP or one process
         # TensorBoard is attached explicitly (one run directory per run under logging_dir).
         report_to=[],
         log_completions=False,
@@ -448,7 +461,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
         step_getter=lambda: trainer_ref[0].state.global_step + 1 if trainer_ref else 0,
         episode_log=plan.run_dir / (EPISODE_LOG_FILE if rank == 0 else f"episodes-rank{rank}.jsonl"),
         recorder=EpisodeRecorder(plan.run_dir, max_bytes=int(config.record_max_mb * 1e6),
-                                 screenshots=config.record_screenshots) if config.record_every_steps else None,
+                                 screenshots=config.record_screenshots)
+        if config.record_every_steps and rank == 0 else None,
         record_every=config.record_every_steps, record_episodes=config.record_episodes, run_name=plan.name,
     )
     guard = CollapseGuard(config.entropy_warning_threshold, monitor)
@@ -462,7 +476,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
         tensorboard = TensorBoardCallback()  # never initialised off the main process
     stop = GracefulStop()
     held_out = []
-    if config.eval_steps:
+    if config.eval_steps and rank == 0:  # the other ranks wait for it at the next step's gather
         held_out.append(HeldOutEvaluation(
             config.eval_steps, config.eval_tasks or [t.name for t in config.tasks], config.eval_episodes,
             config.browsergym_url, config.max_episode_steps, config.max_completion_length,
@@ -504,7 +518,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
             trainer.train(resume_from_checkpoint=str(plan.resume_checkpoint) if plan.resume_checkpoint else None)
         except BaseException as exc:
             disk_full = trainer.save_hit_full_disk or ckpt.is_disk_full(exc)
-            removed = ckpt.remove_incomplete_checkpoints(plan.run_dir)
+            removed = ckpt.remove_incomplete_checkpoints(plan.run_dir) if rank == 0 else []
             if removed:
                 log.error("removed incomplete intermediate checkpoints: %s", ", ".join(map(str, removed)))
             if disk_full:

@@ -1,0 +1,155 @@
+"""Training with several processes (training/launch.py) against a pool of environment replicas.
+
+The configs that are safe with tool-calling rollouts are accepted, the others refused when the config is
+read; and a real 2-process data-parallel run (accelerate launch, gloo on CPU, the tiny model) trains
+against 2 service replicas and writes its outputs once.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from browser_control.config import ConfigError, load_config
+from browser_control.training.launch import deepspeed_config, launch_command, needs_launch
+from tests.conftest import ServiceProcess, subprocess_env, tiny_training_config
+
+
+def _write(tmp_path: Path, **overrides: Any) -> Path:
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(tiny_training_config(**overrides)))
+    return path
+
+
+@pytest.mark.parametrize("value", ["ddp", "zero1", "ZeRO-2"])
+def test_data_parallel_and_zero_1_2_are_accepted(tmp_path: Path, value: str) -> None:
+    config = load_config(_write(tmp_path, distributed=value, num_processes=2), environ={})
+    assert config.distributed in ("ddp", "zero1", "zero2")
+
+
+@pytest.mark.parametrize(("value", "why"), [("zero3", "ZeRO-3 shards the weights"), ("fsdp", "FSDP shards"),
+                                            ("tp", "tensor parallelism"), ("pipeline", "expected one of")])
+def test_sharded_weights_and_tensor_parallel_are_refused_with_the_reason(tmp_path: Path, value: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=f"distributed: .*{why}"):
+        load_config(_write(tmp_path), [f"distributed={value}"], environ={})
+
+
+@pytest.mark.parametrize("environ", [
+    {"ACCELERATE_USE_FSDP": "true"},
+    {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
+    {"ACCELERATE_USE_MEGATRON_LM": "1"},
+])
+def test_an_accelerate_config_that_shards_the_weights_is_refused_too(tmp_path: Path, environ: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="hang"):
+        load_config(_write(tmp_path), environ=environ)
+
+
+def test_the_batch_must_hold_whole_groups_across_all_processes(tmp_path: Path) -> None:
+    # 3 rollouts per process x 2 processes = 6, a multiple of 2 generations but not of 4
+    with pytest.raises(ConfigError, match=r"\* num_processes = 6 must be a multiple of num_generations = 4"):
+        load_config(_write(tmp_path, per_device_train_batch_size=3, num_generations=4, num_processes=2), environ={})
+
+
+def test_num_processes_comes_from_the_environment_and_launches_accelerate(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    config = load_config(path, environ={"NUM_PROCESSES": "2", "BROWSERGYM_URL": "http://a:1,http://b:2/"})
+    assert config.num_processes == 2 and config.browsergym_url == "http://a:1,http://b:2"
+    assert needs_launch(config, environ={})
+    assert not needs_launch(config, environ={"WORLD_SIZE": "2", "RANK": "1"})  # a rank trains, never relaunches
+    command = launch_command(config, str(path), ["max_steps=1"], "run-x", port=29999)
+    assert command[1:3] == ["-m", "accelerate.commands.launch"]
+    assert command[command.index("--num_processes") + 1] == "2"
+    tail = command[command.index("-m", 3):]
+    assert tail == ["-m", "browser_control", "train", "--config", str(path), "--set", "max_steps=1",
+                    "--set", "run_name=run-x", "--log-level", "info"]
+    assert deepspeed_config(config) is None
+    zero2 = deepspeed_config(config.model_copy(update={"distributed": "zero2"}))
+    assert zero2 is not None and zero2["zero_optimization"]["stage"] == 2
+
+
+def test_ranks_launched_by_hand_must_share_a_run_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from browser_control.training.trainer import TrainingSetupError, plan_run
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = load_config(_write(tmp_path, checkpoint_dir=str(tmp_path / "c")))
+    with pytest.raises(TrainingSetupError, match="one run_name"):
+        plan_run(config)
+    assert plan_run(config.model_copy(update={"run_name": "shared"})).name == "shared"
+
+
+def test_vllm_runs_colocated_with_tensor_parallel_1_on_every_rank(tmp_path: Path) -> None:
+    from browser_control.training.trainer import build_grpo_config, plan_run
+
+    config = load_config(_write(tmp_path, checkpoint_dir=str(tmp_path / "c")), environ={})
+    args = build_grpo_config(config, plan_run(config), bf16=False)
+    assert args.vllm_mode == "colocate" and args.vllm_tensor_parallel_size == 1
+
+
+# -- a real 2-process run -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def replica_b(chromium: str | None, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    service = ServiceProcess("--max-sessions", "16", "--workers", "1",
+                             log_path=tmp_path_factory.mktemp("replica_b") / "b.log", chromium=chromium)
+    try:
+        service.wait_healthy(120)
+        yield service
+    finally:
+        service.stop()
+
+
+def _requests(log_text: str, path: str) -> int:
+    return sum(1 for line in log_text.splitlines() if f'"path": "{path}"' in line)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.timeout(900)
+def test_two_processes_train_against_two_replicas_and_write_once(
+    clicking_model: Path, env_service: ServiceProcess, replica_b: ServiceProcess, tmp_path: Path
+) -> None:
+    a_before = _requests(env_service.log_path.read_text(errors="replace"), "/reset")
+    b_before = _requests(replica_b.log(), "/reset")
+    path = _write(tmp_path, model_name=str(clicking_model), num_processes=2, max_steps=2, save_steps=1,
+                  record_every_steps=1, record_episodes=2, eval_steps=2, eval_episodes=1)
+    env = subprocess_env(BROWSERGYM_URL=f"{env_service.url},{replica_b.url}",
+                         CHECKPOINT_DIR=str(tmp_path / "checkpoints"), LOGGING_DIR=str(tmp_path / "logs"),
+                         OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "browser_control", "train", "--config", str(path)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=840)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert "accelerate.commands.launch" in proc.stderr and "--num_processes 2" in proc.stderr
+
+    # One finished checkpoint, one run directory, one TensorBoard event file: written once, by rank 0.
+    checkpoints = tmp_path / "checkpoints"
+    (final,) = [p for p in checkpoints.iterdir() if p.name != "runs"]
+    assert (final / "model.safetensors").is_file() and (final / "metrics.json").is_file()
+    (run_dir,) = list((checkpoints / "runs").iterdir())
+    assert run_dir.name == final.name
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert all((p / "checkpoint-complete.json").is_file() for p in run_dir.glob("checkpoint-*"))
+    (tensorboard,) = list((tmp_path / "logs").iterdir())
+    assert tensorboard.name == final.name and len(list(tensorboard.glob("events.out.tfevents.*"))) == 1
+    # The held-out evaluation ran once (rank 0 records it), the training recordings come from rank 0 only.
+    assert [p.name for p in (run_dir / "eval").iterdir()] == ["step-000002"]
+    assert all("rank" not in p.name for p in (run_dir / "traces").iterdir())
+
+    # Every rank played its own rollouts: 2 steps x 4 rollouts per rank, different task instances.
+    rows = {}
+    for name in ("episodes.jsonl", "episodes-rank1.jsonl"):
+        lines = [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
+        assert [line["step"] for line in lines] == [1, 2]
+        rows[name] = [(e["task_name"], e["seed"]) for line in lines for e in line["episodes"]]
+        assert len(rows[name]) == 8
+    assert not set(rows["episodes.jsonl"]) & set(rows["episodes-rank1.jsonl"])
+
+    # ...against both replicas.
+    a_resets = _requests(env_service.log_path.read_text(errors="replace"), "/reset") - a_before
+    b_resets = _requests(replica_b.log(), "/reset") - b_before
+    assert a_resets > 0 and b_resets > 0, (a_resets, b_resets)
