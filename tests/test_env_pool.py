@@ -23,8 +23,9 @@ pytestmark = [pytest.mark.browser]
 
 
 def _replica(chromium: str | None, tmp_path: Path, name: str) -> ServiceProcess:
-    service = ServiceProcess("--max-sessions", "16", "--workers", "1", log_path=tmp_path / f"{name}.log",
-                             chromium=chromium)
+    service = ServiceProcess(
+        "--max-sessions", "16", "--workers", "1", log_path=tmp_path / f"{name}.log", chromium=chromium
+    )
     try:
         service.wait_healthy(120)
     except Exception:

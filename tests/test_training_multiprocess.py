@@ -33,18 +33,28 @@ def test_data_parallel_and_zero_1_2_are_accepted(tmp_path: Path, value: str) -> 
     assert config.distributed in ("ddp", "zero1", "zero2")
 
 
-@pytest.mark.parametrize(("value", "why"), [("zero3", "ZeRO-3 shards the weights"), ("fsdp", "FSDP shards"),
-                                            ("tp", "tensor parallelism"), ("pipeline", "expected one of")])
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("zero3", "ZeRO-3 shards the weights"),
+        ("fsdp", "FSDP shards"),
+        ("tp", "tensor parallelism"),
+        ("pipeline", "expected one of"),
+    ],
+)
 def test_sharded_weights_and_tensor_parallel_are_refused_with_the_reason(tmp_path: Path, value: str, why: str) -> None:
     with pytest.raises(ConfigError, match=f"distributed: .*{why}"):
         load_config(_write(tmp_path), [f"distributed={value}"], environ={})
 
 
-@pytest.mark.parametrize("environ", [
-    {"ACCELERATE_USE_FSDP": "true"},
-    {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
-    {"ACCELERATE_USE_MEGATRON_LM": "1"},
-])
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"ACCELERATE_USE_FSDP": "true"},
+        {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
+        {"ACCELERATE_USE_MEGATRON_LM": "1"},
+    ],
+)
 def test_an_accelerate_config_that_shards_the_weights_is_refused_too(tmp_path: Path, environ: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match="hang"):
         load_config(_write(tmp_path), environ=environ)
@@ -65,9 +75,20 @@ def test_num_processes_comes_from_the_environment_and_launches_accelerate(tmp_pa
     command = launch_command(config, str(path), ["max_steps=1"], "run-x", port=29999)
     assert command[1:3] == ["-m", "accelerate.commands.launch"]
     assert command[command.index("--num_processes") + 1] == "2"
-    tail = command[command.index("-m", 3):]
-    assert tail == ["-m", "browser_control", "train", "--config", str(path), "--set", "max_steps=1",
-                    "--set", "run_name=run-x", "--log-level", "info"]
+    tail = command[command.index("-m", 3) :]
+    assert tail == [
+        "-m",
+        "browser_control",
+        "train",
+        "--config",
+        str(path),
+        "--set",
+        "max_steps=1",
+        "--set",
+        "run_name=run-x",
+        "--log-level",
+        "info",
+    ]
     assert deepspeed_config(config) is None
     zero2 = deepspeed_config(config.model_copy(update={"distributed": "zero2"}))
     assert zero2 is not None and zero2["zero_optimization"]["stage"] == 2
@@ -93,10 +114,17 @@ def test_vllm_runs_colocated_with_tensor_parallel_1_on_every_rank(tmp_path: Path
 
 # -- a real 2-process run -------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def replica_b(chromium: str | None, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    service = ServiceProcess("--max-sessions", "16", "--workers", "1",
-                             log_path=tmp_path_factory.mktemp("replica_b") / "b.log", chromium=chromium)
+    service = ServiceProcess(
+        "--max-sessions",
+        "16",
+        "--workers",
+        "1",
+        log_path=tmp_path_factory.mktemp("replica_b") / "b.log",
+        chromium=chromium,
+    )
     try:
         service.wait_healthy(120)
         yield service
@@ -116,13 +144,33 @@ def test_two_processes_train_against_two_replicas_and_write_once(
 ) -> None:
     a_before = _requests(env_service.log_path.read_text(errors="replace"), "/reset")
     b_before = _requests(replica_b.log(), "/reset")
-    path = _write(tmp_path, model_name=str(clicking_model), num_processes=2, max_steps=2, save_steps=1,
-                  record_every_steps=1, record_episodes=2, eval_steps=2, eval_episodes=1)
-    env = subprocess_env(BROWSERGYM_URL=f"{env_service.url},{replica_b.url}",
-                         CHECKPOINT_DIR=str(tmp_path / "checkpoints"), LOGGING_DIR=str(tmp_path / "logs"),
-                         OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "browser_control", "train", "--config", str(path)], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=840)
+    path = _write(
+        tmp_path,
+        model_name=str(clicking_model),
+        num_processes=2,
+        max_steps=2,
+        save_steps=1,
+        record_every_steps=1,
+        record_episodes=2,
+        eval_steps=2,
+        eval_episodes=1,
+    )
+    env = subprocess_env(
+        BROWSERGYM_URL=f"{env_service.url},{replica_b.url}",
+        CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
+        LOGGING_DIR=str(tmp_path / "logs"),
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "browser_control", "train", "--config", str(path)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=840,
+    )
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert "accelerate.commands.launch" in proc.stderr and "--num_processes 2" in proc.stderr
 
