@@ -8,6 +8,7 @@ against 2 service replicas and writes its outputs once.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,7 @@ def test_two_processes_train_against_two_replicas_and_write_once(
     )
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert "accelerate.commands.launch" in proc.stderr and "--num_processes 2" in proc.stderr
+    assert len(re.findall(r"^checkpoint: ", proc.stdout, re.M)) == 1, proc.stdout
 
     # One finished checkpoint, one run directory, one TensorBoard event file: written once, by rank 0.
     checkpoints = tmp_path / "checkpoints"

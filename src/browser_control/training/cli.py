@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 COMMAND = "train"
@@ -112,5 +113,6 @@ def run(args: argparse.Namespace) -> int:
     except EnvServiceUnavailable as exc:
         print(f"error: environment service unavailable, training stopped: {exc}", file=sys.stderr)
         return EXIT_ENV_UNAVAILABLE
-    print(f"checkpoint: {final}")
+    if os.environ.get("RANK", "0") in ("", "0"):  # one line for a multi-process run too: rank 0 wrote it
+        print(f"checkpoint: {final}")
     return 0
