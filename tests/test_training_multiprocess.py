@@ -8,9 +8,12 @@ against 2 service replicas and writes its outputs once.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,93 +116,156 @@ def test_vllm_runs_colocated_with_tensor_parallel_1_on_every_rank(tmp_path: Path
     assert args.vllm_mode == "colocate" and args.vllm_tensor_parallel_size == 1
 
 
-# -- a real 2-process run -------------------------------------------------------------------------------------
+# -- why DDP is safe: ranks may play different numbers of generation turns ---------------------------------
 
 
-@pytest.fixture(scope="module")
-def replica_b(chromium: str | None, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    service = ServiceProcess(
-        "--max-sessions",
-        "16",
-        "--workers",
-        "1",
-        log_path=tmp_path_factory.mktemp("replica_b") / "b.log",
-        chromium=chromium,
+def _ragged_rank(rank: int, port: int, model_dir: str, out_dir: str) -> None:
+    """One DDP rank: rank 0 plays 1 generation turn, rank 1 plays 3, as TRL's tool loop lets them; then the
+    step's collectives (gradient all-reduce, the reward gather)."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+        ACCELERATE_USE_CPU="true",
     )
-    try:
-        service.wait_healthy(120)
-        yield service
-    finally:
-        service.stop()
+    from datetime import timedelta
+
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+    from transformers import AutoModelForCausalLM
+    from trl.models import unwrap_model_for_generation
+
+    torch.set_num_threads(1)
+    # A hang would show as a timeout error here, not as a test stuck until its own timeout.
+    accelerator = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=120))])
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.5))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    for _ in range(1 + 2 * rank):  # the generation path of GRPOTrainer._generate_single_turn (DDP)
+        with unwrap_model_for_generation(model, accelerator) as unwrapped, torch.no_grad():
+            ids = unwrapped.generate(ids, max_new_tokens=2, do_sample=False)
+    loss = model(ids, labels=ids).loss
+    accelerator.backward(loss)
+    optimizer.step()
+    lengths = accelerator.gather(torch.tensor([float(ids.shape[1])]))
+    weights = sum(p.detach().double().sum().item() for p in accelerator.unwrap_model(model).parameters())
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"lengths": lengths.tolist(), "weights": weights}))
+
+
+@pytest.mark.timeout(300)
+def test_ddp_ranks_may_play_different_numbers_of_generation_turns(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    from browser_control.models.tiny import build_tiny_lfm2
+    from tests.conftest import free_port
+
+    model_dir = build_tiny_lfm2(tmp_path / "model")
+    mp.spawn(_ragged_rank, args=(free_port(), str(model_dir), str(tmp_path)), nprocs=2, join=True)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert results[0]["lengths"] == results[1]["lengths"] == [6.0, 10.0]  # 1 and 3 turns of 2 tokens
+    assert results[0]["weights"] == pytest.approx(results[1]["weights"], rel=1e-12)  # gradients were averaged
+
+
+# -- a real 2-process run -------------------------------------------------------------------------------------
 
 
 def _requests(log_text: str, path: str) -> int:
     return sum(1 for line in log_text.splitlines() if f'"path": "{path}"' in line)
 
 
+def _steps_logged(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.timeout(900)
-def test_two_processes_train_against_two_replicas_and_write_once(
-    clicking_model: Path, env_service: ServiceProcess, replica_b: ServiceProcess, tmp_path: Path
+def test_two_processes_train_against_two_replicas_write_once_and_survive_losing_one(
+    clicking_model: Path, env_service: ServiceProcess, chromium: str | None, tmp_path: Path
 ) -> None:
-    a_before = _requests(env_service.log_path.read_text(errors="replace"), "/reset")
-    b_before = _requests(replica_b.log(), "/reset")
-    path = _write(
-        tmp_path,
-        model_name=str(clicking_model),
-        num_processes=2,
-        max_steps=2,
-        save_steps=1,
-        record_every_steps=1,
-        record_episodes=2,
-        eval_steps=2,
-        eval_episodes=1,
-    )
-    env = subprocess_env(
-        BROWSERGYM_URL=f"{env_service.url},{replica_b.url}",
-        CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
-        LOGGING_DIR=str(tmp_path / "logs"),
-        OMP_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-        HF_HUB_OFFLINE="1",
-    )
-    proc = subprocess.run(
-        [sys.executable, "-m", "browser_control", "train", "--config", str(path)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=840,
-    )
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    assert "accelerate.commands.launch" in proc.stderr and "--num_processes 2" in proc.stderr
-    assert len(re.findall(r"^checkpoint: ", proc.stdout, re.M)) == 1, proc.stdout
+    """2 ranks (accelerate launch, gloo on CPU) against replicas A and B; B is killed after step 1."""
+    replica_b = ServiceProcess("--max-sessions", "16", "--workers", "1", log_path=tmp_path / "b.log", chromium=chromium)
+    try:
+        replica_b.wait_healthy(120)
+        a_before = _requests(env_service.log_path.read_text(errors="replace"), "/reset")
+        path = _write(
+            tmp_path,
+            model_name=str(clicking_model),
+            num_processes=2,
+            max_steps=3,
+            save_steps=3,
+            record_every_steps=1,
+            record_episodes=2,
+            eval_steps=3,
+            eval_episodes=1,
+        )
+        env = subprocess_env(
+            BROWSERGYM_URL=f"{env_service.url},{replica_b.url}",
+            CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
+            LOGGING_DIR=str(tmp_path / "logs"),
+            OMP_NUM_THREADS="1",
+            TOKENIZERS_PARALLELISM="false",
+            HF_HUB_OFFLINE="1",
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "browser_control", "train", "--config", str(path)],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # Once both ranks have played step 1, replica B goes away as a crashed container would.
+        runs = tmp_path / "checkpoints" / "runs"
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            logs = [_steps_logged(d / n) for d in runs.glob("*") for n in ("episodes.jsonl", "episodes-rank1.jsonl")]
+            if len(logs) == 2 and all(logs):
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before replica B could be killed"
+        b_resets = _requests(replica_b.log(), "/reset")
+        os.killpg(replica_b.proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if "proc" in locals() and proc.poll() is None:
+            proc.kill()
+        replica_b.stop()
+    assert proc.returncode == 0, err[-6000:]
+    assert "accelerate.commands.launch" in err and "--num_processes 2" in err
+    assert len(re.findall(r"^checkpoint: ", out, re.M)) == 1, out
+
+    # Both replicas served sessions; B's loss was seen and said, and the run went on without it.
+    assert b_resets > 0
+    assert _requests(env_service.log_path.read_text(errors="replace"), "/reset") - a_before > 0
+    assert f"environment replica {replica_b.url} fails its health check" in err
 
     # One finished checkpoint, one run directory, one TensorBoard event file: written once, by rank 0.
     checkpoints = tmp_path / "checkpoints"
     (final,) = [p for p in checkpoints.iterdir() if p.name != "runs"]
     assert (final / "model.safetensors").is_file() and (final / "metrics.json").is_file()
-    (run_dir,) = list((checkpoints / "runs").iterdir())
+    (run_dir,) = list(runs.iterdir())
     assert run_dir.name == final.name
-    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
-    assert all((p / "checkpoint-complete.json").is_file() for p in run_dir.glob("checkpoint-*"))
+    assert [p.name for p in run_dir.glob("checkpoint-*")] == ["checkpoint-3"]
+    assert (run_dir / "checkpoint-3" / "checkpoint-complete.json").is_file()
     (tensorboard,) = list((tmp_path / "logs").iterdir())
     assert tensorboard.name == final.name and len(list(tensorboard.glob("events.out.tfevents.*"))) == 1
-    # The held-out evaluation ran once (rank 0 records it), the training recordings come from rank 0 only.
-    assert [p.name for p in (run_dir / "eval").iterdir()] == ["step-000002"]
+    # The held-out evaluation ran once (rank 0 records it); training recordings come from rank 0 only.
+    assert [p.name for p in (run_dir / "eval").iterdir()] == ["step-000003"]
     assert all("rank" not in p.name for p in (run_dir / "traces").iterdir())
 
-    # Every rank played its own rollouts: 2 steps x 4 rollouts per rank, different task instances.
+    # Every rank played its own rollouts: 3 steps x 4 per rank, different task instances; the last step,
+    # played after B was gone, lost no episode.
     rows = {}
     for name in ("episodes.jsonl", "episodes-rank1.jsonl"):
-        lines = [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
-        assert [line["step"] for line in lines] == [1, 2]
+        lines = _steps_logged(run_dir / name)
+        assert [line["step"] for line in lines] == [1, 2, 3]
         rows[name] = [(e["task_name"], e["seed"]) for line in lines for e in line["episodes"]]
-        assert len(rows[name]) == 8
+        assert len(rows[name]) == 12
+        assert [e["fault"] for e in lines[-1]["episodes"]] == [None] * 4
     assert not set(rows["episodes.jsonl"]) & set(rows["episodes-rank1.jsonl"])
-
-    # ...against both replicas.
-    a_resets = _requests(env_service.log_path.read_text(errors="replace"), "/reset") - a_before
-    b_resets = _requests(replica_b.log(), "/reset") - b_before
-    assert a_resets > 0 and b_resets > 0, (a_resets, b_resets)

@@ -64,6 +64,14 @@ def _configure_logging(level: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    code = _run(args)
+    from browser_control.training.launch import record_rank_status
+
+    record_rank_status(code)  # a rank of a multi-process run: its launcher passes the meaningful code on
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     from browser_control.client import EnvServiceUnavailable
     from browser_control.config import ConfigError, load_config
     from browser_control.training.checkpoints import CheckpointError

@@ -18,11 +18,49 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from browser_control.config import TrainConfig
 
 log = logging.getLogger(__name__)
+
+# Where each rank leaves its exit status for the launching process: torchrun itself only says that a rank
+# failed, while the CLI's codes say how (2 setup, 3 environment service unavailable, 4 checkpoint, ...).
+RANK_STATUS_ENV = "BROWSER_CONTROL_RANK_STATUS_DIR"
+
+
+def record_rank_status(code: int, environ: dict[str, str] | None = None) -> None:
+    environ = dict(os.environ if environ is None else environ)
+    directory, rank = environ.get(RANK_STATUS_ENV), environ.get("RANK")
+    if not directory or rank is None:
+        return
+    try:
+        Path(directory, f"rank-{int(rank)}").write_text(str(int(code)))
+    except (OSError, ValueError):
+        pass  # the launcher then reports torchrun's own status
+
+
+def launched_status(directory: Path, launcher_code: int) -> int:
+    """The exit status of the run: the first rank's own failure code, else what the launcher returned.
+
+    A rank stopped by a signal (128+N) is usually the launcher ending it after another rank failed, so a
+    code below 128 wins over it.
+    """
+    codes = []
+    for path in sorted(directory.glob("rank-*"), key=lambda p: int(p.name.split("-")[1])):
+        try:
+            codes.append(int(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    failures = [c for c in codes if c != 0]
+    own = [c for c in failures if c < 128]
+    if own:
+        return own[0]
+    if failures:
+        return failures[0]
+    return launcher_code
 
 
 def in_launched_process(environ: dict[str, str] | None = None) -> bool:
@@ -118,6 +156,8 @@ def launch(command: list[str], env: dict[str, str]) -> int:
     ranks after 30 s, which can cut a checkpoint save short.
     """
     log.info("starting %s", " ".join(command))
+    status_dir = tempfile.TemporaryDirectory(prefix="browser-control-ranks-")
+    env = {**env, RANK_STATUS_ENV: status_dir.name}
     proc = subprocess.Popen(command, env=env, start_new_session=True)
     received: list[int] = []
 
@@ -141,9 +181,11 @@ def launch(command: list[str], env: dict[str, str]) -> int:
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         returncode = proc.wait()
+        status = launched_status(Path(status_dir.name), returncode)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    if received:
+        status_dir.cleanup()
+    if received and status in (0, returncode):
         return 128 + received[0]
-    return returncode
+    return status
