@@ -170,3 +170,23 @@ def test_a_session_unknown_to_the_pool_is_410_so_the_environment_starts_a_new_on
         assert lost.value.status == 410 and lost.value.error == "session_lost"
         with pytest.raises(EnvRequestError, match="404"):
             pool.close_session("no-such-session")
+
+
+def test_a_full_replica_passes_the_new_session_to_the_next_and_counts_stay_right(
+    env_url: str, chromium: str | None, tmp_path: Path
+) -> None:
+    small = ServiceProcess("--max-sessions", "1", "--workers", "1", log_path=tmp_path / "small.log", chromium=chromium)
+    try:
+        small.wait_healthy(120)
+        with _pool(small.url, env_url, rank=0) as pool:
+            first = pool.reset("click-test", seed=1).session_id  # the small replica: its one place
+            second = pool.reset("click-test", seed=2).session_id  # the other: fewer sessions there
+            third = pool.reset("click-test", seed=3).session_id  # tie, the small one's turn: full (503 session_cap)
+            assert [pool._bound[s].url for s in (first, second, third)] == [small.url, env_url, env_url]
+            assert pool.sessions_by_replica() == {small.url: 1, env_url: 2}
+            assert pool.healthy_urls() == [small.url, env_url]  # full is not unhealthy
+            for session in (first, second, third):
+                pool.close_session(session)
+            assert pool.sessions_by_replica() == {small.url: 0, env_url: 0}
+    finally:
+        small.stop()

@@ -140,6 +140,7 @@ class EnvPool:
         self.recheck_s = recheck_s
         self.probe_timeout_s = probe_timeout_s
         self._lock = threading.Lock()
+        self._first_probe = threading.Lock()
         self._bound: dict[str, Replica] = {}
         self._next = (process_rank() if rank is None else rank) % len(self.replicas)
         self.fatal_error: EnvServiceUnavailable | None = None
@@ -183,11 +184,27 @@ class EnvPool:
         return problem is None
 
     def _refresh(self) -> None:
-        """Probe the replicas never probed, and the skipped ones whose last probe is older than recheck_s."""
+        """Probe the replicas never probed, and the skipped ones whose last probe is older than recheck_s.
+
+        Many rollout lanes call this at once: the first probe of each replica is waited for by all of them
+        (nobody may conclude that no replica is up before it is known), while a re-probe of a skipped
+        replica is claimed by one lane and the others go on without it (a silent host takes the probe's
+        whole timeout).
+        """
+        if any(r.up is None for r in self.replicas):
+            with self._first_probe:
+                for replica in self.replicas:
+                    if replica.up is None:
+                        self.check(replica)
         now = time.monotonic()
-        for replica in self.replicas:
-            if replica.up is None or (not replica.up and now - replica.checked_at >= self.recheck_s):
-                self.check(replica)
+        due = []
+        with self._lock:
+            for replica in self.replicas:
+                if replica.up is False and now - replica.checked_at >= self.recheck_s:
+                    replica.checked_at = now  # claimed
+                    due.append(replica)
+        for replica in due:
+            self.check(replica)
 
     def answers(self, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
         """Whether any replica's process answers HTTP at all (any status): the pool is alive."""
@@ -288,14 +305,14 @@ class EnvPool:
             tried.add(replica.url)
             try:
                 response = replica.client.reset(task_name, seed=seed, max_episode_steps=max_episode_steps)
-            except EnvServiceUnavailable as exc:
-                last = exc
-                self._failed(replica, exc)
-                continue
-            except EnvRequestError:
+            except (EnvServiceUnavailable, EnvRequestError) as exc:
                 with self._lock:
                     replica.sessions -= 1  # _choose counted it
-                raise
+                if isinstance(exc, EnvRequestError):
+                    raise
+                last = exc  # dead, full (session_cap) or broken: the next replica may take it
+                self._failed(replica, exc)
+                continue
             with self._lock:
                 self._bound[response.session_id] = replica
                 replica.created += 1
