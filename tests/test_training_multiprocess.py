@@ -98,6 +98,13 @@ def test_num_processes_comes_from_the_environment_and_launches_accelerate(tmp_pa
     assert zero2 is not None and zero2["zero_optimization"]["stage"] == 2
 
 
+def test_a_bad_entry_of_a_replica_list_is_named(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"BROWSERGYM_URL=.* in the environment: browsergym_url: 'b:2' is not an http"
+    ):
+        load_config(_write(tmp_path), environ={"BROWSERGYM_URL": "http://a:1,b:2"})
+
+
 def test_ranks_launched_by_hand_must_share_a_run_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from browser_control.training.trainer import TrainingSetupError, plan_run
 

@@ -190,7 +190,9 @@ class TrainConfig(_Strict):
         try:
             return ",".join(parse_urls(value))
         except PoolConfigError as exc:
-            raise ValueError(f"{exc} (several replicas: comma-separated)") from None
+            if "," not in value:
+                raise ValueError("expected an http(s) URL such as http://browsergym:8000") from None
+            raise ValueError(f"{exc} (a pool of replicas: http(s) URLs separated by commas)") from None
 
     @field_validator("distributed")
     @classmethod
