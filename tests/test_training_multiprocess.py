@@ -105,6 +105,47 @@ def test_a_bad_entry_of_a_replica_list_is_named(tmp_path: Path) -> None:
         load_config(_write(tmp_path), environ={"BROWSERGYM_URL": "http://a:1,b:2"})
 
 
+@pytest.mark.browser
+def test_dry_run_prints_the_launch_and_checks_the_pool_for_every_rank(
+    clicking_model: Path,
+    env_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from browser_control.cli import main
+
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "BROWSERGYM_URL", "NUM_PROCESSES"):
+        monkeypatch.delenv(var, raising=False)
+    path = _write(
+        tmp_path,
+        model_name=str(clicking_model),
+        checkpoint_dir=str(tmp_path / "c"),
+        browsergym_url=f"{env_url},{env_url}/",
+        num_processes=2,
+    )
+    assert main(["train", "--config", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(
+        r"^processes +2 \(ddp\): .*accelerate\.commands\.launch .*--num_processes 2 .*"
+        r"--set run_name=clicker\S*-click-test-\d{8}-\d{6}",
+        out,
+        re.M,
+    ), out
+    assert "sessions in use; this run needs 4 per process" in out
+    assert not (tmp_path / "c").exists()  # nothing was started
+    # 2 processes x 4 rollouts do not fit a pool of 4 places
+    path = _write(
+        tmp_path,
+        model_name=str(clicking_model),
+        browsergym_url=env_url,
+        num_processes=2,
+        per_device_train_batch_size=40,
+    )
+    assert main(["train", "--config", str(path), "--dry-run"]) == 2
+    assert "keeps 80 episodes open at once" in capsys.readouterr().err
+
+
 def test_ranks_launched_by_hand_must_share_a_run_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from browser_control.training.trainer import TrainingSetupError, plan_run
 
