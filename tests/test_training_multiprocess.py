@@ -203,6 +203,7 @@ def _ragged_rank(rank: int, port: int, model_dir: str, out_dir: str) -> None:
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"lengths": lengths.tolist(), "weights": weights}))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ddp_ranks_may_play_different_numbers_of_generation_turns(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
