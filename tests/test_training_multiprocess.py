@@ -318,3 +318,89 @@ def test_two_processes_train_against_two_replicas_write_once_and_survive_losing_
         assert len(rows[name]) == 12
         assert [e["fault"] for e in lines[-1]["episodes"]] == [None] * 4
     assert not set(rows["episodes.jsonl"]) & set(rows["episodes-rank1.jsonl"])
+
+
+def test_the_run_exits_with_the_first_ranks_own_failure_not_the_launchers(tmp_path: Path) -> None:
+    from browser_control.training.launch import RANK_STATUS_ENV, launched_status, record_rank_status
+
+    assert launched_status(tmp_path, 1) == 1  # no rank got as far as recording: the launcher's code
+    for rank, code in ((0, 143), (1, 3)):  # rank 1 lost the environment, rank 0 was then stopped
+        record_rank_status(code, environ={RANK_STATUS_ENV: str(tmp_path), "RANK": str(rank)})
+    assert launched_status(tmp_path, 1) == 3
+    record_rank_status(0, environ={"RANK": "0"})  # outside a launch: nothing is written, nothing fails
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank-0", "rank-1"]
+
+
+def _kill_tree(proc: subprocess.Popen[str]) -> None:
+    """The launcher and the ranks (in a process group of their own) of a run that did not end by itself."""
+    import psutil
+
+    if proc.poll() is not None:
+        return
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        child.kill()
+    proc.kill()
+    proc.wait(30)
+
+
+def _rank_process(launcher_pid: int, rank: int) -> Any:
+    import psutil
+
+    for child in psutil.Process(launcher_pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank) and "browser_control" in " ".join(child.cmdline()):
+                return child
+        except psutil.Error:
+            continue
+    raise AssertionError(f"no process of rank {rank} under {launcher_pid}")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.timeout(900)
+def test_a_stop_signal_reaching_one_rank_stops_every_rank_after_the_same_step_with_a_checkpoint(
+    clicking_model: Path, env_url: str, tmp_path: Path
+) -> None:
+    """`docker compose stop` reaches the ranks through the launcher, not necessarily at the same moment. Here
+    only rank 1 gets SIGTERM: rank 0 must stop after the same step, or it would wait forever at the next
+    gather for a rank that is gone."""
+    path = _write(
+        tmp_path, model_name=str(clicking_model), num_processes=2, max_steps=50, save_steps=50, record_every_steps=None
+    )
+    env = subprocess_env(
+        BROWSERGYM_URL=env_url,
+        CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
+        LOGGING_DIR=str(tmp_path / "logs"),
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "browser_control", "train", "--config", str(path)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    runs = tmp_path / "checkpoints" / "runs"
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            logs = [_steps_logged(d / n) for d in runs.glob("*") for n in ("episodes.jsonl", "episodes-rank1.jsonl")]
+            if len(logs) == 2 and all(logs):
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        _rank_process(proc.pid, 1).send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        _kill_tree(proc)
+    assert proc.returncode == 143, err[-6000:]
+    (run_dir,) = list(runs.iterdir())
+    (saved,) = list(run_dir.glob("checkpoint-*"))
+    assert (saved / "checkpoint-complete.json").is_file()
+    step = int(saved.name.split("-")[1])
+    for name in ("episodes.jsonl", "episodes-rank1.jsonl"):
+        assert [line["step"] for line in _steps_logged(run_dir / name)] == list(range(1, step + 1))
+    assert err.count(f"stopped by signal 15 at step {step} of 50") == 2
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name != "runs"]  # no final checkpoint
