@@ -22,6 +22,10 @@ VIEW_PORT ?= 8050
 NO_BUILD ?=
 # FORCE=1: checkpoint-download replaces ./checkpoints/NAME.
 FORCE ?=
+# GPUS=N: fine-tune on N GPUs (accelerate launch, data parallel); ENV_REPLICAS=N: N environment services.
+GPUS ?=
+ENV_REPLICAS ?=
+SCALE_ARGS = $(if $(GPUS),--gpus '$(GPUS)') $(if $(ENV_REPLICAS),--env-replicas '$(ENV_REPLICAS)')
 
 .PHONY: help
 help: ## List the targets
@@ -65,16 +69,16 @@ docker-build: docker-check ## Build the browsergym, training and tensorboard ima
 	$(COMPOSE) --profile tensorboard build
 
 .PHONY: fine-tune-local
-fine-tune-local: ## Train on this machine's GPUs with configs/CONFIG (default lfm2_350m_local.yaml)
-	bash scripts/train.sh --config '$(CONFIG)' $(if $(NO_BUILD),--no-build)
+fine-tune-local: ## Train with configs/CONFIG (default lfm2_350m_local.yaml); GPUS=N, ENV_REPLICAS=N to scale
+	bash scripts/train.sh --config '$(CONFIG)' $(if $(NO_BUILD),--no-build) $(SCALE_ARGS)
 
 .PHONY: fine-tune-local-full
 fine-tune-local-full: ## fine-tune-local with configs/lfm2_350m_local_full.yaml (full fine-tune)
-	bash scripts/train.sh --config lfm2_350m_local_full.yaml $(if $(NO_BUILD),--no-build)
+	bash scripts/train.sh --config lfm2_350m_local_full.yaml $(if $(NO_BUILD),--no-build) $(SCALE_ARGS)
 
 .PHONY: fine-tune-local-lora
 fine-tune-local-lora: ## fine-tune-local with configs/lfm2_350m_local_lora.yaml (LoRA adapters)
-	bash scripts/train.sh --config lfm2_350m_local_lora.yaml $(if $(NO_BUILD),--no-build)
+	bash scripts/train.sh --config lfm2_350m_local_lora.yaml $(if $(NO_BUILD),--no-build) $(SCALE_ARGS)
 
 .PHONY: tensorboard
 tensorboard: docker-check ## Start TensorBoard on the training logs and print its URL

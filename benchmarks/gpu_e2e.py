@@ -129,6 +129,7 @@ class GpuMemoryPoller:
 
     def __init__(self) -> None:
         self.peak_mib: int | None = None
+        self.per_gpu_mib: list[int] = []  # several GPUs (num_processes > 1): each one's peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -138,7 +139,10 @@ class GpuMemoryPoller:
                 used = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
                                       capture_output=True, text=True, timeout=10).stdout.split()
                 if used:
-                    self.peak_mib = max(self.peak_mib or 0, int(used[0]))
+                    values = [int(u) for u in used]
+                    before = self.per_gpu_mib or [0] * len(values)
+                    self.per_gpu_mib = [max(a, b) for a, b in zip(values, before, strict=True)]
+                    self.peak_mib = max(self.per_gpu_mib)
             except (OSError, subprocess.SubprocessError, ValueError):
                 return
             self._stop.wait(0.5)
@@ -178,7 +182,8 @@ def train(name: str, model: Path, url: str, work: Path, out: Path, extra: list[s
     wall = time.perf_counter() - started
     (out / f"train-{name}.stdout").write_text(proc.stdout)
     result: dict = {"run": name, "config": config, "overrides": overrides + extra, "exit": proc.returncode,
-                    "wall_s": round(wall, 1), "nvidia_smi_peak_mib": memory.peak_mib}
+                    "wall_s": round(wall, 1), "nvidia_smi_peak_mib": memory.peak_mib,
+                    "nvidia_smi_peak_mib_per_gpu": memory.per_gpu_mib}
     match = re.search(r"^checkpoint: (.+)$", proc.stdout, re.M)
     result["checkpoint"] = match.group(1) if match else None
     scalars = read_scalars(logdir) if logdir.exists() else {}

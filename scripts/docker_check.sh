@@ -57,9 +57,17 @@ image_exists() {
 }
 
 # Starts the environment service (building its image when missing) and waits until /health answers.
+# With a number N > 1, starts N replicas (BROWSERGYM_REPLICAS, read by compose.yaml, so that a later
+# `compose run training` keeps them); each publishes one port of BROWSERGYM_PORT..+N-1 on loopback.
 start_browsergym() {
+  local replicas=${1:-1}
   image_exists "$BC_BROWSERGYM_IMAGE" || compose build browsergym
-  echo "starting the environment service and waiting for its health check ..." >&2
+  if ((replicas > 1)); then
+    local first=${BROWSERGYM_PORT:-8000}
+    first=${first%%-*}
+    export BROWSERGYM_REPLICAS=$replicas BROWSERGYM_PORT="$first-$((first + replicas - 1))"
+  fi
+  echo "starting the environment service ($replicas replica(s)) and waiting for its health check ..." >&2
   if ! compose up --detach --wait --wait-timeout 300 browsergym; then
     compose logs --tail 80 browsergym >&2 || true
     die "the environment service did not become healthy (its log is above); see README.md, Troubleshooting."

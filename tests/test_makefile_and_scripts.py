@@ -40,7 +40,9 @@ import json, os, subprocess, sys
 args = sys.argv[1:]
 with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
     log.write(json.dumps({{"argv": args, "CONFIG": os.environ.get("CONFIG"),
-                          "BROWSERGYM_SCREENSHOTS": os.environ.get("BROWSERGYM_SCREENSHOTS")}}) + "\n")
+                          "BROWSERGYM_SCREENSHOTS": os.environ.get("BROWSERGYM_SCREENSHOTS"),
+                          "BROWSERGYM_REPLICAS": os.environ.get("BROWSERGYM_REPLICAS"),
+                          "BROWSERGYM_PORT": os.environ.get("BROWSERGYM_PORT")}}) + "\n")
 mode = os.environ.get("FAKE_DOCKER_MODE", "ok")
 
 if args[:1] == ["info"]:
@@ -207,6 +209,9 @@ def test_fine_tune_targets_pick_their_configs() -> None:
     assert "scripts/train.sh --config 'lfm2_350m_local.yaml'" in _dry_run("fine-tune-local")
     assert "--config 'miniwob_multitask.yaml'" in _dry_run("fine-tune-local", "CONFIG=miniwob_multitask.yaml")
     assert "--no-build" in _dry_run("fine-tune-local", "NO_BUILD=1")
+    scaled = _dry_run("fine-tune-local", "GPUS=2", "ENV_REPLICAS=2")
+    assert "--gpus '2'" in scaled and "--env-replicas '2'" in scaled
+    assert "--gpus" not in _dry_run("fine-tune-local")
     assert "--config lfm2_350m_local_full.yaml" in _dry_run("fine-tune-local-full")
     assert "--config lfm2_350m_local_lora.yaml" in _dry_run("fine-tune-local-lora")
 
@@ -372,6 +377,23 @@ def test_train_builds_waits_for_health_runs_and_returns_the_trainers_exit_code(d
     ]
     run = next(c for c in docker.calls() if "run" in c["argv"])
     assert run["CONFIG"] == config
+
+
+def test_train_on_gpus_against_replicas_passes_the_count_and_every_replicas_address(docker: FakeDocker) -> None:
+    config = _a_config()
+    result = docker.run("scripts/train.sh", "--config", config, "--gpus", "2", "--env-replicas", "3",
+                        BROWSERGYM_PORT="9000")
+    assert result.returncode == 0, result.stderr
+    up = next(c for c in docker.calls() if c["argv"][3:4] == ["up"])
+    assert (up["BROWSERGYM_REPLICAS"], up["BROWSERGYM_PORT"]) == ("3", "9000-9002")
+    run = next(c for c in docker.calls() if c["argv"][3:4] == ["run"])
+    assert run["BROWSERGYM_REPLICAS"] == "3"  # compose run starts the dependencies: same count
+    assert run["argv"][3:] == ["run", "--rm", "-e", "NUM_PROCESSES=2", "-e", "BROWSERGYM_URL="
+                               + ",".join(f"http://browser-control-browsergym-{i}:8000" for i in (1, 2, 3)),
+                               "training"]
+    for bad in (["--gpus", "0"], ["--env-replicas", "two"], ["--gpus"]):
+        refused = docker.run("scripts/train.sh", "--config", config, *bad)
+        assert refused.returncode == 1 and bad[0] in refused.stderr
 
 
 def test_train_no_build_uses_existing_images_and_succeeds(docker: FakeDocker) -> None:

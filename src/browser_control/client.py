@@ -169,6 +169,9 @@ PROBE_TIMEOUT_S = 5.0
 def service_answers(client: EnvClient, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     """Whether the service process answers HTTP at all (any status, even 503): then it is alive and only a
     browser or a session failed, which costs one episode; a service that does not answer ends the run."""
+    pool_answers = getattr(client, "answers", None)  # an EnvPool (env_pool.py): any replica answering counts
+    if callable(pool_answers):
+        return bool(pool_answers(timeout_s))
     http = getattr(client, "_http", None)
     if not isinstance(http, httpx.Client):
         return False

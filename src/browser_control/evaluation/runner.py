@@ -39,11 +39,16 @@ def resolve_env_url(env_url: str | None = None) -> str:
     """:func:`~browser_control.protocol.service_url`, checked: an http(s) URL or EvaluationError."""
     import re
 
+    from browser_control.env_pool import PoolConfigError, pick_healthy_url
+
     url = service_url(env_url)
+    given = "--browsergym-url" if env_url else "BROWSERGYM_URL"
     if not re.match(r"^https?://[^/\s]+", url):
-        given = "--browsergym-url" if env_url else "BROWSERGYM_URL"
         raise EvaluationError(f"{given}={url!r}: expected an http(s) URL such as {DEFAULT_BROWSERGYM_URL}")
-    return url
+    try:
+        return pick_healthy_url(url)  # a pool of replicas: an evaluation runs on one healthy replica
+    except PoolConfigError as exc:
+        raise EvaluationError(f"{given}={url!r}: {exc}") from None
 
 
 def available_tasks(env_url: str, timeout_s: float = 10.0) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -146,9 +147,27 @@ class GracefulStop(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
-        if self.signal_number is not None:
+        stop = self.signal_number is not None
+        if args.world_size > 1:
+            # Every rank must stop after the same step: one that went on would wait forever for the others
+            # at its next gather. A signal may reach the ranks at different moments, so they agree here.
+            stop = _any_rank(stop, args.device)
+            if stop and self.signal_number is None:
+                self.signal_number = signal.SIGTERM
+        if stop:
             control.should_save = True
             control.should_training_stop = True
+
+
+def _any_rank(flag: bool, device: Any) -> bool:
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 class HeldOutEvaluation(TrainerCallback):
@@ -190,20 +209,23 @@ class HeldOutEvaluation(TrainerCallback):
                 recorder = EpisodeRecorder(Path(self.record_dir) / f"step-{state.global_step:06d}", fresh=True)
             except OSError as exc:  # a recording is not worth stopping training for
                 log.warning("held-out evaluation at step %d is not recorded: %s", state.global_step, exc)
+        from browser_control.env_pool import pick_healthy_url
+
+        env_url = pick_healthy_url(self.env_url)  # a pool: one healthy replica plays the evaluation
         try:
-            report = evaluate_policy(policy, self.tasks, self.episodes, env_url=self.env_url,
+            report = evaluate_policy(policy, self.tasks, self.episodes, env_url=env_url,
                                      max_episode_steps=self.max_episode_steps, progress=False, recorder=recorder)
         except (EnvRequestError, EnvServiceUnavailable) as exc:
             # An environment fault costs this evaluation, not the run: training episodes hit by the same
             # fault are no data too. A service that no longer answers at all still ends the run.
-            if isinstance(exc, EnvServiceUnavailable) and not _answers(self.env_url):
+            if isinstance(exc, EnvServiceUnavailable) and not _answers(env_url):
                 raise
             self.skipped.append(state.global_step)
             log.warning("held-out evaluation at step %d skipped: the environment failed (%s)",
                         state.global_step, exc)
             return
         except EvaluationError as exc:
-            if not _answers(self.env_url):  # the service died: the run stops as it does in training (exit 3)
+            if not _answers(env_url):  # the service died: the run stops as it does in training (exit 3)
                 raise EnvServiceUnavailable(str(exc)) from exc
             raise
         metrics = report.metrics("eval")

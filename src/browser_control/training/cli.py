@@ -11,9 +11,10 @@ Examples:
   browser-control train --config configs/lfm2_350m_local_full.yaml --set resume_from_checkpoint=true
 
 Environment variables (they override the config file; --set overrides them):
-  BROWSERGYM_URL   environment service address  -> browsergym_url
+  BROWSERGYM_URL   environment service address  -> browsergym_url (several replicas: comma-separated)
   CHECKPOINT_DIR   checkpoint directory         -> checkpoint_dir
   LOGGING_DIR      TensorBoard directory        -> logging_dir
+  NUM_PROCESSES    processes (GPUs)             -> num_processes (>1: accelerate launch, data parallel)
   HF_HOME          Hugging Face model cache (with HF_HUB_OFFLINE=1 a cached model loads with no network)
 
 Exit status: 0 done, 2 bad configuration or setup, 3 environment service unavailable, 4 checkpoint not
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 EXIT_SETUP = 2
@@ -60,6 +62,14 @@ def _configure_logging(level: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    code = _run(args)
+    from browser_control.training.launch import record_rank_status
+
+    record_rank_status(code)  # a rank of a multi-process run: its launcher passes the meaningful code on
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     from browser_control.client import EnvServiceUnavailable
     from browser_control.training.checkpoints import CheckpointError
     from browser_control.training.config import ConfigError, load_config
@@ -76,11 +86,19 @@ def run(args: argparse.Namespace) -> int:
         plan = plan_run(config)
         source = locate_model_or_fail(config.model_name)  # seconds, before waiting on the service
         preflight(plan)
+        from browser_control.training.launch import launch, launch_command, launch_environment, needs_launch
+
+        command = launch_command(config, args.config, args.overrides, plan.name, args.log_level) \
+            if needs_launch(config) else None
         if args.dry_run:
             print(plan.describe())
             print(f"model found      {source.describe()}")
+            if command:
+                print(f"processes        {config.num_processes} ({config.distributed}): {' '.join(command)}")
             print("dry run: configuration valid, model found and environment service ready; nothing was trained")
             return 0
+        if command:  # the ranks train; this process waits for them and passes their exit status on
+            return launch(command, launch_environment())
         from browser_control.training.trainer import train
 
         final = train(config, plan=plan)
@@ -97,5 +115,6 @@ def run(args: argparse.Namespace) -> int:
     except EnvServiceUnavailable as exc:
         print(f"error: environment service unavailable, training stopped: {exc}", file=sys.stderr)
         return EXIT_ENV_UNAVAILABLE
-    print(f"checkpoint: {final}")
+    if os.environ.get("RANK", "0") in ("", "0"):  # one line for a multi-process run too: rank 0 wrote it
+        print(f"checkpoint: {final}")
     return 0

@@ -39,6 +39,7 @@ ENV_OVERRIDES = {
     BROWSERGYM_URL_VARIABLE: "browsergym_url",
     "CHECKPOINT_DIR": "checkpoint_dir",
     "LOGGING_DIR": "logging_dir",
+    "NUM_PROCESSES": "num_processes",
 }
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -127,13 +128,23 @@ class TrainConfig(_Strict):
     vllm_enable_sleep_mode: bool = Field(
         False, description="offload vLLM between generations (crashes on DGX Spark: keep off there)")
     # -- environment service ---------------------------------------------------------------------------
-    browsergym_url: str = Field(DEFAULT_BROWSERGYM_URL, description="environment service [BROWSERGYM_URL]")
+    browsergym_url: str = Field(
+        DEFAULT_BROWSERGYM_URL,
+        description="environment service [BROWSERGYM_URL]; several replicas: comma-separated URLs (a pool)")
     env_timeout_s: float = Field(60.0, gt=0, description="HTTP timeout of one environment request")
     env_retries: int = Field(4, ge=0, le=20, description="retries (exponential backoff) before the service "
                              "counts as dead and training stops")
     env_wait_s: float = Field(120.0, ge=0, description="how long to wait for the service at start")
     concurrent_env_calls: bool = Field(
         True, description="run the browser calls of all rollouts concurrently (TRL runs them one by one)")
+    # -- several GPUs (training/launch.py, docs/scaling.md) ---------------------------------------------
+    num_processes: int = Field(
+        1, ge=1, le=64, description="training processes, one per GPU, data parallel: more than 1 starts the "
+        "trainer under `accelerate launch` [NUM_PROCESSES]")
+    distributed: str = Field(
+        "ddp", description="how the processes share the model: ddp (a full copy each), zero1 or zero2 (DeepSpeed "
+        "shards optimizer states / and gradients); zero3, fsdp and tensor parallel are refused (they hang "
+        "with tool-calling rollouts)")
     # -- outputs ---------------------------------------------------------------------------------------
     checkpoint_dir: str = Field("checkpoints", description="final and intermediate checkpoints [CHECKPOINT_DIR]")
     logging_dir: str = Field("runs", description="TensorBoard runs, one sub-directory per run [LOGGING_DIR]")
@@ -188,9 +199,26 @@ class TrainConfig(_Strict):
     @field_validator("browsergym_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("expected an http(s) URL such as http://browsergym:8000")
-        return value.rstrip("/")
+        # Several addresses, comma-separated: a pool of service replicas (env_pool.py).
+        from browser_control.env_pool import PoolConfigError, parse_urls
+
+        try:
+            return ",".join(parse_urls(value))
+        except PoolConfigError as exc:
+            if "," not in value:
+                raise ValueError("expected an http(s) URL such as http://browsergym:8000") from None
+            raise ValueError(f"{exc} (a pool of replicas: http(s) URLs separated by commas)") from None
+
+    @field_validator("distributed")
+    @classmethod
+    def _safe_distribution(cls, value: str) -> str:
+        value = value.strip().lower().replace("-", "").replace("_", "")
+        if value in SAFE_DISTRIBUTED:
+            return value
+        reason = REFUSED_DISTRIBUTED.get(value)
+        if reason is None:
+            raise ValueError(f"expected one of {', '.join(SAFE_DISTRIBUTED)}")
+        raise ValueError(f"{value} is refused: {reason}")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -205,12 +233,15 @@ class TrainConfig(_Strict):
                 f"curriculum_min_share = {self.curriculum_min_share} for {len(self.tasks)} tasks: the floors "
                 f"alone exceed 1; use at most {1 / len(self.tasks):.3g}"
             )
-        world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        # Inside a launch WORLD_SIZE says how many processes there are; before it, num_processes will.
+        launched = os.environ.get("WORLD_SIZE")
+        world_size = int(launched or self.num_processes)
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps * world_size
         if batch % self.num_generations:
             raise ValueError(
                 f"per_device_train_batch_size * gradient_accumulation_steps"
-                f"{' * WORLD_SIZE' if world_size > 1 else ''} = {batch} must be a multiple of "
+                f"{(' * WORLD_SIZE' if launched else ' * num_processes') if world_size > 1 else ''} = {batch} "
+                f"must be a multiple of "
                 f"num_generations = {self.num_generations}: a GRPO group must fit in one optimizer step"
             )
         if self.use_vllm and self.vllm_max_model_length is not None and (
@@ -374,6 +405,26 @@ def validate_config(data: dict[str, Any], source: str = "config", schema: type[B
         raise ConfigError("\n".join(_describe_errors(errors, source, schema, origins))) from None
 
 
+# Which ways of sharing the model across processes are safe with tool-calling rollouts. TRL plays the turns
+# of an episode in a loop that runs while any rollout of THIS process still calls a tool, so the processes
+# run different numbers of generation turns. Anything that makes a generation turn a collective operation
+# then pairs one process's turn with another's different turn, or waits for a turn that never comes: the
+# run hangs. DDP and ZeRO-1/2 keep a full copy of the weights on every process, so generation (transformers
+# or a vLLM engine colocated per process, tensor_parallel_size 1) involves no other process; the
+# collectives (gradients, reward gathering, weight sync) come once per step on every process.
+SAFE_DISTRIBUTED = ("ddp", "zero1", "zero2")
+REFUSED_DISTRIBUTED = {
+    "zero3": "ZeRO-3 shards the weights, so every generation turn gathers them from all processes; with tool "
+             "calls the processes run different numbers of turns and the gathers hang (rank 0's held-out "
+             "evaluation too). Use zero2 (optimizer states and gradients sharded) or ddp",
+    "fsdp": "FSDP shards the weights, so every generation turn gathers them from all processes; with tool calls "
+            "the processes run different numbers of turns and the gathers hang. Use zero2 or ddp",
+    "tp": "vLLM tensor parallelism gathers the prompts of a process group on every generation turn; with tool "
+          "calls the processes run different numbers of turns and hang. Each process runs its own colocated "
+          "vLLM (tensor_parallel_size 1); use ddp",
+}
+REFUSED_DISTRIBUTED["tensorparallel"] = REFUSED_DISTRIBUTED["tp"]
+
 # Set by torchrun / accelerate for distributed runs; read as numbers by the config and the trainer.
 LAUNCHER_VARIABLES = {"WORLD_SIZE": 1, "RANK": 0, "LOCAL_RANK": 0}
 
@@ -392,6 +443,15 @@ def check_launcher_environment(environ: dict[str, str] | None = None) -> None:
         if number is None or number < minimum:
             raise ConfigError(f"{variable}={value!r} in the environment: expected a whole number >= {minimum} "
                               "(torchrun and accelerate set it; unset it for a single-process run)")
+    # An accelerate config of the user's own can shard the weights behind the config's back: refuse it too.
+    flag = {k: (environ.get(k) or "").strip().lower() in ("1", "true", "yes") for k in
+            ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_MEGATRON_LM")}
+    if flag["ACCELERATE_USE_FSDP"]:
+        raise ConfigError(f"ACCELERATE_USE_FSDP in the environment: {REFUSED_DISTRIBUTED['fsdp']}")
+    if flag["ACCELERATE_USE_MEGATRON_LM"]:
+        raise ConfigError(f"ACCELERATE_USE_MEGATRON_LM in the environment: {REFUSED_DISTRIBUTED['tp']}")
+    if flag["ACCELERATE_USE_DEEPSPEED"] and (environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or "").strip() == "3":
+        raise ConfigError(f"ACCELERATE_DEEPSPEED_ZERO_STAGE=3 in the environment: {REFUSED_DISTRIBUTED['zero3']}")
 
 
 def config_keys_help(schema: type[BaseModel]) -> str:

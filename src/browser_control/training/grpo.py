@@ -56,6 +56,8 @@ def resolve_bf16(config: TrainConfig) -> bool:
 def build_grpo_config(config: TrainConfig, plan: RunPlan, bf16: bool) -> Any:
     from trl import GRPOConfig
 
+    from browser_control.training.launch import deepspeed_config
+
     return GRPOConfig(
         output_dir=str(plan.run_dir),
         run_name=plan.name,
@@ -98,6 +100,7 @@ def build_grpo_config(config: TrainConfig, plan: RunPlan, bf16: bool) -> Any:
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
+        deepspeed=deepspeed_config(config),  # zero1/zero2 (training/launch.py); None = DDP or one process
         # TensorBoard is attached explicitly (one run directory per run under logging_dir).
         report_to=[],
         log_completions=False,

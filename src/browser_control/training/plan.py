@@ -132,6 +132,11 @@ def plan_run(config: TrainConfig, now: float | None = None) -> RunPlan:
         resume = ckpt.resolve_resume_path(Path(config.resume_from_checkpoint))
         if resume.parent.parent.resolve() == ckpt.runs_dir(checkpoint_dir).resolve() and not config.run_name:
             name = resume.parent.name  # continue that run's directories and TensorBoard curves
+    if world_size() > 1 and not config.run_name and config.resume_from_checkpoint is not True:
+        raise TrainingSetupError(
+            "several processes need one run_name (each would date its own): set num_processes "
+            "instead of launching yourself, or set run_name"
+        )
     final_dir = checkpoint_dir / name
     run_dir = ckpt.runs_dir(checkpoint_dir) / name
     if final_dir.exists():
@@ -150,7 +155,7 @@ def plan_run(config: TrainConfig, now: float | None = None) -> RunPlan:
         run_dir=run_dir,
         tensorboard_dir=Path(config.logging_dir) / name,
         resume_checkpoint=resume,
-        world_size=world_size(),
+        world_size=int(os.environ.get("WORLD_SIZE") or config.num_processes),
     )
 
 

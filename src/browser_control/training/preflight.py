@@ -9,7 +9,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from browser_control.client import EnvClient, EnvRequestError
+from browser_control.client import EnvRequestError
+from browser_control.env_pool import EnvPool, make_client
 from browser_control.protocol import bare_task_name
 from browser_control.training.plan import RunPlan, TrainingSetupError
 
@@ -76,12 +77,17 @@ def preflight(plan: RunPlan) -> None:
         from browser_control.models.vllm_setup import prepare_vllm_environment
 
         prepare_vllm_environment()
+    if config.distributed != "ddp" and importlib.util.find_spec("deepspeed") is None:
+        raise TrainingSetupError(f"distributed: {config.distributed} needs DeepSpeed: pip install deepspeed, or ddp")
     if config.use_peft and importlib.util.find_spec("peft") is None:
         raise TrainingSetupError("use_peft: true but peft is not installed: pip install peft")
-    with EnvClient(config.browsergym_url, timeout_s=config.env_timeout_s, retries=config.env_retries) as client:
+    with make_client(config.browsergym_url, timeout_s=config.env_timeout_s, retries=config.env_retries) as client:
         # EnvServiceUnavailable propagates: the CLI reports it as the fatal "service unavailable" error.
-        wait_for_service(config.browsergym_url, config.env_wait_s)
-        health = client.wait_until_healthy(timeout_s=max(config.env_timeout_s, 1.0))
+        if isinstance(client, EnvPool):  # replicas: wait for one, give the others a grace, skip the rest
+            health = client.wait_until_healthy(timeout_s=config.env_wait_s)
+        else:
+            wait_for_service(config.browsergym_url, config.env_wait_s)
+            health = client.wait_until_healthy(timeout_s=max(config.env_timeout_s, 1.0))
         plan.service = health.model_dump()
         available = set(client.tasks())
         wanted = [t.name for t in config.tasks] + list(config.eval_tasks or [])
@@ -97,11 +103,12 @@ def preflight(plan: RunPlan) -> None:
                 f"tasks/eval_tasks: the environment service at {config.browsergym_url} does not know "
                 f"{', '.join(hints)}; GET {config.browsergym_url}/tasks lists all {len(available)}"
             )
-        if health.max_sessions < plan.environments_per_process:
+        if health.max_sessions < plan.environments_per_process * plan.world_size:
             raise TrainingSetupError(
                 f"the environment service allows {health.max_sessions} sessions but this run keeps "
-                f"{plan.environments_per_process} episodes open at once (per_device_train_batch_size x "
-                "gradient_accumulation_steps): raise MAX_SESSIONS of the service or lower the batch"
+                f"{plan.environments_per_process * plan.world_size} episodes open at once "
+                "(per_device_train_batch_size x gradient_accumulation_steps x processes): raise MAX_SESSIONS of "
+                "the service, add replicas (docs/scaling.md) or lower the batch"
             )
         # One real episode start proves the service can serve the first task before a model is loaded.
         try:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from browser_control.client import EnvClient, EnvServiceUnavailable, ServiceDeathLatch, service_answers
+from browser_control.env_pool import EnvPool, is_pool
 from browser_control.evaluation.policy import ToolCall, tool_calls_of
 from browser_control.recording import EpisodeRecorder, EpisodeTrace, trace_from_answers, trace_id
 from browser_control.rollout.environment import BrowserEnvironment
@@ -66,7 +67,10 @@ class EnvironmentFactory:
                  backoff_s: float = 0.5):
         self.base_url = base_url
         self.max_episode_steps = max_episode_steps
-        self.client = LatchingEnvClient(base_url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)
+        # Several comma-separated addresses: a pool of replicas (env_pool.py), which latches on its own.
+        self.client: LatchingEnvClient | EnvPool = (
+            EnvPool(base_url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s) if is_pool(base_url)
+            else LatchingEnvClient(base_url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s))
         self.environments: list[BrowserEnvironment] = []
 
     def __call__(self) -> BrowserEnvironment:

@@ -110,7 +110,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
         step_getter=lambda: trainer_ref[0].state.global_step + 1 if trainer_ref else 0,
         episode_log=plan.run_dir / (EPISODE_LOG_FILE if rank == 0 else f"episodes-rank{rank}.jsonl"),
         recorder=EpisodeRecorder(plan.run_dir, max_bytes=int(config.record_max_mb * 1e6),
-                                 screenshots=config.record_screenshots) if config.record_every_steps else None,
+                                 screenshots=config.record_screenshots)
+        if config.record_every_steps and rank == 0 else None,
         record_every=config.record_every_steps, record_episodes=config.record_episodes, run_name=plan.name,
         curriculum=curriculum,
     )
@@ -125,7 +126,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
         tensorboard = TensorBoardCallback()  # never initialised off the main process
     stop = GracefulStop()
     held_out = []
-    if config.eval_steps:
+    if config.eval_steps and rank == 0:  # the other ranks wait for it at the next step's gather
         held_out.append(HeldOutEvaluation(
             config.eval_steps, config.eval_tasks or [t.name for t in config.tasks], config.eval_episodes,
             config.browsergym_url, config.max_episode_steps, config.max_completion_length,
@@ -169,7 +170,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
             trainer.train(resume_from_checkpoint=str(plan.resume_checkpoint) if plan.resume_checkpoint else None)
         except BaseException as exc:
             disk_full = trainer.save_hit_full_disk or ckpt.is_disk_full(exc)
-            removed = ckpt.remove_incomplete_checkpoints(plan.run_dir)
+            removed = ckpt.remove_incomplete_checkpoints(plan.run_dir) if rank == 0 else []
             if removed:
                 log.error("removed incomplete intermediate checkpoints: %s", ", ".join(map(str, removed)))
             if disk_full:
