@@ -10,11 +10,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import socket
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -195,14 +197,27 @@ def test_learning_curve_writes_results_under_its_output_unless_asked(
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    point = {"grpo_step": 0, "success": {"click-test": 0.5}, "overall": 0.5}
+
+    def point(step: int, successes: int) -> dict[str, Any]:
+        rate = successes / 20
+        return {
+            "grpo_step": step,
+            "success": {"click-test": rate},
+            "successes": {"click-test": successes},
+            "interval": {"click-test": (rate - 0.2, rate + 0.2)},
+            "overall": rate,
+            "episodes_per_task": 20,
+        }
+
     result = {
         "tasks": ["click-test"],
-        "curve": [point, {**point, "grpo_step": 4, "overall": 0.75, "success": {"click-test": 0.75}}],
+        "curve": [point(0, 10), point(4, 15)],
         "timings_s": {"demos_s": 1, "sft_s": 2, "grpo_s": 3, "evaluation_s": 4},
         "total_s": 10,
         "machine": "test",
+        "settings": {"demo_answers": "shuffled"},
     }
+    row = re.compile(r"\| click-test \| - \| 50% \[30, 70\] \| 75% \[55, 95\] \| \+25 \[")
     out = tmp_path / "out"
     out.mkdir()
     png = out / "learning_curve.png"
@@ -212,8 +227,8 @@ def test_learning_curve_writes_results_under_its_output_unless_asked(
     shipped.write_text("# Benchmark results\n\n## Other\n\nkept\n")
     section = module.publish(result, png, "python benchmarks/learning_curve.py")
     assert section == out / "RESULTS-learning.md"
-    assert "| click-test | 50% | 75% | +25 |" in section.read_text()
-    assert "| click-test | 50% | 75% | +25 |" in capsys.readouterr().out
+    assert row.search(section.read_text()) and "| overall | | 50% | 75% | +25 | |" in section.read_text()
+    assert row.search(capsys.readouterr().out)
     assert shipped.read_text() == "# Benchmark results\n\n## Other\n\nkept\n"  # untouched without --results
     module.publish(result, png, "python benchmarks/learning_curve.py --results RESULTS.md", results=shipped)
     text = shipped.read_text()
