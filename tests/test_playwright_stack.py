@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import traceback
 
 from browser_control.env_service import playwright_stack
 
@@ -19,6 +20,14 @@ def test_fast_stack_gives_the_same_frames_lines_and_functions_as_inspect() -> No
     assert fast[0].function == "_capture" and fast[0].filename == __file__
 
 
+def test_fast_extract_stack_gives_the_same_summary_as_traceback() -> None:
+    fast, slow = _capture(playwright_stack.fast_extract_stack), _capture(traceback.extract_stack)
+    assert [(f.filename, f.lineno, f.name) for f in fast] == [(f.filename, f.lineno, f.name) for f in slow]
+    assert fast[-1].name == "_capture"
+    # Source lines are read only when the summary is formatted, as Playwright does for a driver error.
+    assert traceback.format_list(fast) == traceback.format_list(slow)
+
+
 def test_installed_into_playwright_and_api_names_still_reach_error_messages(env_url: str) -> None:
     import httpx
     from playwright._impl import _connection, _sync_base
@@ -28,6 +37,9 @@ def test_installed_into_playwright_and_api_names_still_reach_error_messages(env_
     assert _connection.inspect.stack is playwright_stack.fast_stack
     assert _sync_base.inspect.stack is playwright_stack.fast_stack
     assert _connection.inspect.FrameInfo is inspect.FrameInfo  # everything else is the real module
+    assert _connection.traceback.extract_stack is playwright_stack.fast_extract_stack
+    assert _sync_base.traceback.extract_stack is playwright_stack.fast_extract_stack
+    assert _connection.traceback.StackSummary is traceback.StackSummary
     # Through the real service: a Playwright timeout still names the API that failed.
     with httpx.Client(base_url=env_url, timeout=60) as http:
         sid = http.post("/reset", json={"task_name": "click-test", "seed": 1}).json()["session_id"]

@@ -655,16 +655,26 @@ class BrowserSession:
             if self._marked is None:
                 self._settle_and_mark(wait=False)
             marked = self._marked
-            axtree = {"nodes": self._cdp_session().send("Accessibility.getFullAXTree", {})["nodes"]}
+            cdp = self._cdp_session()
+            axtree = {"nodes": playwright_stack.cdp_send(cdp, "Accessibility.getFullAXTree")["nodes"]}
             _attach_bids(axtree)
             self._marked = None
-            if marked is None or self._page.evaluate(page_scripts.MUTATION_COUNT) == marked["mutations"]:
+            if marked is None or self._mutation_count(cdp) == marked["mutations"]:
                 break
             # The page changed the DOM after the bids were given (a timer fired in between), so an
             # element could be in the tree without a bid: mark again and take the tree again.
             log.debug("re-marking a page that changed after marking", extra={"session_id": self.session_id})
         clickable = set(marked["clickable"]) if marked else set()
         return axtree, clickable
+
+    @staticmethod
+    def _mutation_count(cdp: playwright.sync_api.CDPSession) -> int | None:
+        """The page's mutation count, read over the kept DevTools session: a bare expression costs fewer
+        round trips and less work in every process than ``page.evaluate``'s wrapped call."""
+        answer = playwright_stack.cdp_send(
+            cdp, "Runtime.evaluate", {"expression": page_scripts.MUTATION_COUNT_EXPRESSION, "returnByValue": True}
+        )
+        return None if "exceptionDetails" in answer else answer.get("result", {}).get("value")
 
     def _frames_axtree(self) -> tuple[dict[str, Any], set[str]]:
         """BrowserGym's own marking and extraction, for pages with iframes (none of MiniWoB's tasks)."""
