@@ -12,7 +12,8 @@ The same calls also keep a ``traceback.extract_stack()`` (twice per sync call: o
 per protocol message), only ever formatted when the driver answers with an error. ``extract_stack``
 stats every source file of the stack (``linecache.checkcache``) and reads its lines: with 16 sessions
 that was about a seventh of the service's Python samples (py-spy). :func:`fast_extract_stack` records
-the same frames and reads a source line only if the stack is formatted.
+the same frames and reads a source line only if the stack is formatted, and Playwright is given only the
+innermost frames, the only ones it ever formats.
 """
 
 from __future__ import annotations
@@ -39,7 +40,19 @@ def fast_stack(context: int = 1) -> list[inspect.FrameInfo]:
 
 def fast_extract_stack(f: types.FrameType | None = None, limit: int | None = None) -> traceback.StackSummary:
     """``traceback.extract_stack()`` without touching source files until the summary is formatted."""
-    frame = sys._getframe(1) if f is None else f
+    return _summary(sys._getframe(1) if f is None else f, limit)
+
+
+# Playwright formats only the innermost frames of a kept stack: ``format_list(stack_trace)[-10:]``.
+PLAYWRIGHT_STACK_FRAMES = 10
+
+
+def playwright_extract_stack(f: types.FrameType | None = None, limit: int | None = None) -> traceback.StackSummary:
+    """What Playwright 1.44 gets for ``traceback.extract_stack()``: the innermost frames it ever formats."""
+    return _summary(sys._getframe(1) if f is None else f, PLAYWRIGHT_STACK_FRAMES if limit is None else limit)
+
+
+def _summary(frame: types.FrameType | None, limit: int | None) -> traceback.StackSummary:
     frames = []
     while frame is not None and (limit is None or len(frames) < limit):
         code = frame.f_code
@@ -49,8 +62,38 @@ def fast_extract_stack(f: types.FrameType | None = None, limit: int | None = Non
     return traceback.StackSummary.from_list(frames)
 
 
+def replace_guids_with_channels(self: Any, payload: Any) -> Any:
+    """Playwright 1.44's ``Connection._replace_guids_with_channels`` with the same result, made cheap.
+
+    It copies every answer from the driver, looking for ``{"guid": ...}`` of known objects; the original
+    makes a Python call per value, which for the accessibility tree (thousands of nodes) was the single
+    largest item of the service's Python samples. Here scalars are copied without a call.
+    """
+    objects = self._objects
+
+    def walk(value: Any) -> Any:
+        kind = type(value)
+        if kind is dict:
+            guid = value.get("guid")
+            if guid is not None and guid in objects:
+                return objects[guid]._channel
+            return {k: walk(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
+        if kind is list:
+            return [walk(v) if type(v) in _CONTAINERS else v for v in value]
+        if isinstance(value, (dict, list)):  # subclasses: never in parsed JSON, kept exact anyway
+            return original_replace_guids_with_channels(self, value)
+        return value
+
+    return walk(payload)
+
+
+_CONTAINERS = (dict, list)
+original_replace_guids_with_channels: Any = None
+
+
 def install() -> bool:
-    """Route Playwright's stack captures through :func:`fast_stack`; True when applied."""
+    """Route Playwright's stack captures through :func:`fast_stack` and :func:`playwright_extract_stack`,
+    and its answer decoding through :func:`replace_guids_with_channels`; True when applied."""
     from importlib.metadata import version
 
     from playwright._impl import _connection, _sync_base
@@ -64,9 +107,13 @@ def install() -> bool:
     tb_shim = types.SimpleNamespace(
         **{name: getattr(traceback, name) for name in dir(traceback) if not name.startswith("__")}
     )
-    tb_shim.extract_stack = fast_extract_stack
+    tb_shim.extract_stack = playwright_extract_stack
     _connection.traceback = tb_shim
     _sync_base.traceback = tb_shim
+    global original_replace_guids_with_channels
+    if original_replace_guids_with_channels is None:
+        original_replace_guids_with_channels = _connection.Connection._replace_guids_with_channels
+        _connection.Connection._replace_guids_with_channels = replace_guids_with_channels
     return True
 
 
