@@ -132,9 +132,13 @@ def browsergym_action_set() -> HighLevelActionSet:
 
 def browsergym_code(action: ParsedAction) -> str:
     """The Python that BrowserGym will exec() for a whitelisted action."""
+    return _browsergym_code_for(action.canonical())
+
+
+def _browsergym_code_for(canonical: str) -> str:
     # BrowserGym's action parser calls ast.literal_eval: it shares the process-wide lock with ours.
     with AST_LOCK:
-        return browsergym_action_set().to_python_code(action.canonical())
+        return browsergym_action_set().to_python_code(canonical)
 
 
 @functools.cache
@@ -144,14 +148,29 @@ def _action_definitions() -> tuple[str, types.CodeType]:
     return source, compile(source, "<browsergym actions>", "exec")
 
 
-def _execute_action(code: str, page: playwright.sync_api.Page, **helpers: Callable[[str], None]) -> None:
-    """BrowserGym's execute_python_code, minus recompiling the definitions on every step (3 ms of CPU)."""
-    source, definitions = _action_definitions()
+@functools.lru_cache(maxsize=4096)
+def _compiled_action(canonical: str) -> types.CodeType:
+    """The action part of BrowserGym's code for a canonical action text, compiled.
+
+    BrowserGym's code is a pure function of the text (a fixed action set), and the same few actions come
+    back all the time (``click('13')``); its pyparsing-based parser was a fifth of a step's Python CPU.
+    Failures are not cached: an action BrowserGym refuses is refused again the next time.
+    """
+    code = _browsergym_code_for(canonical)
+    source, _definitions = _action_definitions()
     if not code.startswith(source):
         raise RuntimeError("BrowserGym's action code no longer starts with its function definitions")
+    return compile(code[len(source) :], "<action>", "exec")
+
+
+def _execute_action(
+    action: types.CodeType, page: playwright.sync_api.Page, **helpers: Callable[[str], None]
+) -> None:
+    """BrowserGym's execute_python_code, minus recompiling the definitions on every step (3 ms of CPU)."""
+    _source, definitions = _action_definitions()
     namespace: dict[str, Any] = {"page": page, **helpers, "DEMO_MODE": get_global_demo_mode()}
     exec(definitions, namespace)
-    exec(compile(code[len(source) :], "<action>", "exec"), namespace)
+    exec(action, namespace)
 
 
 class BrowserUnavailableError(RuntimeError):
@@ -583,7 +602,7 @@ class BrowserSession:
                 "session_id to start a new episode"
             )
         # Only the canonical re-serialisation of a whitelisted, literal-only call reaches exec().
-        code = browsergym_code(action)
+        code = _compiled_action(action.canonical())
         error = ""
         try:
             _execute_action(
