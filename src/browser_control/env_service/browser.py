@@ -613,7 +613,11 @@ class BrowserSession:
             )
         except Exception as exc:  # the model's action failed on the page: tell the model why
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
-            if isinstance(exc, playwright.sync_api.Error) and self._browser_lost(exc):
+            # A killed Playwright driver fails the action with a plain Exception ("Connection closed
+            # while reading from the driver"); the worker marked its Playwright dead before the kill.
+            # Observing now would wait for ever on that Playwright's stopped event loop.
+            gone = not self.worker.owns(self._context)
+            if gone or (isinstance(exc, playwright.sync_api.Error) and self._browser_lost(exc)):
                 # Not the model's mistake: the page is gone, so there is no next observation to show.
                 raise SessionLostError(
                     "this session's page crashed or its browser stopped during the action; POST /reset "
