@@ -21,7 +21,16 @@ import psutil
 
 from browser_control.env_service.actions import parse_action
 from browser_control.env_service.browser import BrowserOptions, BrowserSession, BrowserWorker
-from browser_control.env_service.tasks import miniwob_base_url, task_classes
+from browser_control.env_service.tasks import task_classes
+
+try:
+    from browser_control.env_service.tasks import serve_miniwob_pages
+except ImportError:  # a tree from before the page server: its pages are file:// URLs
+    from browser_control.env_service.tasks import miniwob_base_url
+
+    def serve_miniwob_pages():  # type: ignore[no-redef]
+        return miniwob_base_url(), None
+
 
 TASK = "click-checkboxes"
 
@@ -68,7 +77,9 @@ def main() -> int:
     parser.add_argument("--chromium-executable", default=os.environ.get("CHROMIUM_EXECUTABLE"))
     args = parser.parse_args()
     worker = BrowserWorker(0, BrowserOptions(chromium_executable=args.chromium_executable))
-    task_cls, base = task_classes()[TASK], miniwob_base_url()
+    # The pages come from where the service takes them (its page server unless MINIWOB_URL is set).
+    base, page_server = serve_miniwob_pages()
+    task_cls = task_classes()[TASK]
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; CPU ms per operation\n")
     print("| operation | wall ms | python | driver | renderer | chromium other | total |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -92,6 +103,8 @@ def main() -> int:
         worker.submit(job).result()
     finally:
         worker.stop()
+        if page_server is not None:
+            page_server.stop()
     return 0
 
 

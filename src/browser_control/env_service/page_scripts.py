@@ -233,7 +233,7 @@ async ([bidAttr, capMs]) => {
 }
 """
 
-MUTATION_COUNT = "() => window.__bcActivity ? window.__bcActivity.mutations : -1"
+MUTATION_COUNT_EXPRESSION = "window.__bcActivity ? window.__bcActivity.mutations : -1"
 
 # Removes the bid carriers from the ARIA attributes (before BrowserGym's own marking adds its own).
 UNMARK = """

@@ -21,7 +21,7 @@ from browser_control.env_service.browser import (
     SessionLostError,
     StepResult,
 )
-from browser_control.env_service.tasks import canonical_task_name, miniwob_base_url, task_classes
+from browser_control.env_service.tasks import canonical_task_name, serve_miniwob_pages, task_classes
 from browser_control.protocol import MAX_SEED
 
 log = logging.getLogger("browser_control.env_service")
@@ -46,7 +46,7 @@ class SessionManager:
     def __init__(self, workers: int, max_sessions: int, session_ttl_s: float, options: BrowserOptions):
         self.max_sessions = max_sessions
         self.session_ttl_s = session_ttl_s
-        self.base_url = miniwob_base_url()
+        self.base_url, self._page_server = serve_miniwob_pages()
         self._workers = [BrowserWorker(i, options) for i in range(workers)]
         self._sessions: dict[str, _Handle] = {}
 
@@ -71,6 +71,8 @@ class SessionManager:
         for session_id in list(self._sessions):
             await self.close(session_id, missing_ok=True)
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self._workers))
+        if self._page_server is not None:
+            await asyncio.to_thread(self._page_server.stop)
 
     async def health(self, timeout_s: float = 10.0) -> tuple[bool, str]:
         try:
