@@ -174,13 +174,16 @@ def exported(llama_tools: Path, clicking_model: Path, tmp_path_factory: pytest.T
         env={**os.environ, "PYTHONPATH": str(REPO / "src")},
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    print(done.stderr + done.stdout)
     return {"checkpoint": checkpoint, "stdout": done.stdout, "stderr": done.stderr}
 
 
-def _llama(path: Path):  # type: ignore[no-untyped-def]
+def _llama(path: Path, logits_all: bool = False):  # type: ignore[no-untyped-def]
     import llama_cpp
 
-    return llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_threads=1, n_batch=512, verbose=False)
+    return llama_cpp.Llama(
+        model_path=str(path), n_ctx=2048, n_threads=1, n_batch=512, logits_all=logits_all, verbose=False
+    )
 
 
 def _llama_greedy(llama, prompt_ids: list[int], limit: int) -> list[int]:  # type: ignore[no-untyped-def]
@@ -226,12 +229,13 @@ def test_export_writes_every_type_beside_the_checkpoint_with_sizes(exported: dic
         size = (checkpoint / "gguf" / name).stat().st_size
         line = next(li for li in exported["stdout"].splitlines() if name in li)
         assert gguf.human_size(size) in line
-    assert "[1/4] converting" in exported["stderr"] and "[4/4] quantizing to Q4_K_M" in exported["stderr"]
+    assert "[1/5] converting" in exported["stderr"] and "[4/5] quantizing to Q4_K_M" in exported["stderr"]
+    assert "[5/5] checking 4 file(s)" in exported["stderr"]
 
 
 @pytest.mark.llama_cpp
 def test_f16_file_gives_transformers_greedy_tool_call(exported: dict[str, Any], reference: dict[str, Any]) -> None:
-    from trl.chat_template_utils import parse_response
+    from trl.chat_template_utils import add_response_schema, parse_response
 
     from browser_control.agent.environment import bound_tools
 
@@ -248,7 +252,8 @@ def test_f16_file_gives_transformers_greedy_tool_call(exported: dict[str, Any], 
     assert answer == reference["answer"]
     tokenizer = reference["tokenizer"]
     assert tokenizer.decode(answer) == CLICK_REPLY + "<|im_end|>"
-    parsed = parse_response(tokenizer, answer, tools=bound_tools())
+    add_response_schema(tokenizer)  # TRL's LFM2 tool-call parser, as training and evaluation use it
+    parsed = parse_response(tokenizer, answer, prefix=reference["ids"], tools=bound_tools())
     assert parsed["tool_calls"][0]["function"] == {"name": "click", "arguments": {"bid": "13"}}
 
 
@@ -302,7 +307,7 @@ def test_a_lora_checkpoint_is_merged_first(
     with torch.no_grad():
         want = merged.eval()(torch.tensor([ids])).logits[0, -1].numpy()
         unmerged = base(torch.tensor([ids])).logits[0, -1].numpy()
-    llama = _llama(lora / "gguf" / "tiny-lora-F16.gguf")
+    llama = _llama(lora / "gguf" / "tiny-lora-F16.gguf", logits_all=True)
     try:
         llama.eval(ids)
         got = np.array(llama.scores[llama.n_tokens - 1])

@@ -358,10 +358,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              description="List finished checkpoints, newest first.")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     export = sub.add_parser("export", help="copy a checkpoint, merge a LoRA run, or write GGUF files for llama.cpp",
-                            description="Export a checkpoint to a directory that loads with from_pretrained "
-                            "(and vLLM, when it is a full model), or (--format gguf) to GGUF files for llama.cpp. "
-                            "GGUF needs llama-cpp-python and llama.cpp's converter: "
-                            "python -m browser_control.export.llama_cpp_setup installs both (docs/evaluation.md).",
+                            description="Export a checkpoint to a directory that loads with from_pretrained\n"
+                            "(and vLLM, when it is a full model), or (--format gguf) to GGUF files for llama.cpp,\n"
+                            "written to .tmp-* names and renamed once llama.cpp has loaded them. GGUF needs\n"
+                            "llama-cpp-python and llama.cpp's converter; one command installs both (it compiles\n"
+                            "llama.cpp once, minutes): python -m browser_control.export.llama_cpp_setup\n"
+                            "Details: docs/evaluation.md (GGUF).",
                             formatter_class=argparse.RawDescriptionHelpFormatter,
                             epilog="examples:\n"
                             "  browser-control checkpoints export NAME --merge-lora --output merged/NAME\n"
@@ -378,6 +380,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "--format gguf always merges")
     export.add_argument("--quant", default="q8_0", metavar="Q[,Q...]",
                         help="gguf: f16, q8_0, q5_k_m, q4_k_m, several separated by commas, or all [q8_0]")
+    export.add_argument("--pre-tokenizer", default=None, metavar="NAME",
+                        help="gguf: llama.cpp's pre-tokenizer for a tokenizer its converter does not know (lfm2, "
+                        "gpt-2, ...); the export checks that llama.cpp then tokenizes like the checkpoint")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -391,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
 
             merge = (lambda dst: merge_lora(checkpoint, dst)) if _kind(checkpoint) == "lora" else None
             return export_command(checkpoint, args.output, args.quant, corrupt=model_files_problem(checkpoint),
-                                  merge=merge)
+                                  merge=merge, pre_tokenizer=args.pre_tokenizer)
         if args.output is None:
             raise CheckpointCliError("export needs --output DIR (a new directory) for --format hf")
         done = export_checkpoint(checkpoint, args.output, args.merge_lora)

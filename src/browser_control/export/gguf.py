@@ -20,6 +20,7 @@ proves it. Any other unknown tokenizer is refused.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -159,6 +160,10 @@ def estimated_bytes(params: int, quants: Sequence[str]) -> int:
     return int(need * 1.05) + (1 << 20)
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
 def human_size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -200,26 +205,30 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _run_worker(step: str, args: list[str], workspace: Path) -> dict[str, Any]:
-    """Run one worker step; its progress goes to this terminal. A failure raises with the worker's reason."""
-    result = workspace / f"{step}.result.json"
-    result.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "browser_control.export.gguf_worker", "--result", str(result), step, *args]
-    proc = subprocess.Popen(cmd, env=_child_env())
-    try:
-        code = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    try:
-        outcome = json.loads(result.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        outcome = {
-            "ok": False,
-            "error": f"the {step} step ended with exit status {code} and no result (killed? out of memory?)",
-            "disk_full": False,
-        }
+def _run_worker(step: str, args: list[str]) -> dict[str, Any]:
+    """Run one worker step; its progress goes to this terminal. A failure raises with the worker's reason.
+
+    The result file lives in the system's temporary directory, not beside the output: it must be
+    writable when the output's disk is the one that filled up.
+    """
+    with tempfile.TemporaryDirectory(prefix="browser-control-gguf-") as tmp:
+        result = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "browser_control.export.gguf_worker", "--result", str(result), step, *args]
+        proc = subprocess.Popen(cmd, env=_child_env())
+        try:
+            code = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        try:
+            outcome = json.loads(result.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            outcome = {
+                "ok": False,
+                "error": f"the {step} step ended with exit status {code} and no result (killed? out of memory?)",
+                "disk_full": False,
+            }
     if not outcome.get("ok"):
         raise _StepFailed(step, outcome.get("error") or "unknown error", bool(outcome.get("disk_full")))
     return outcome
@@ -229,6 +238,32 @@ class _StepFailed(RuntimeError):
     def __init__(self, step: str, error: str, disk_full: bool):
         super().__init__(f"{step}: {error}")
         self.step, self.error, self.disk_full = step, error, disk_full
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _nearly_full(directory: Path) -> bool:
+    """Whether a write under ``directory`` failed for want of space: torch and safetensors report a full
+    disk in their own error types, without an errno. Asked before the partial files are removed."""
+    free = _free_bytes(directory)
+    return free is not None and free < (1 << 20)
+
+
+def _discard(workspace: Path, created_dir: Path | None) -> None:
+    """Remove the temporary files, and the output directory when this export created it and it is empty."""
+    shutil.rmtree(workspace, ignore_errors=True)
+    if created_dir is not None:
+        try:
+            created_dir.rmdir()
+        except OSError:
+            pass  # not empty: other files were there or arrived meanwhile
 
 
 def _free_bytes(directory: Path) -> int | None:
@@ -247,6 +282,7 @@ def export_gguf(
     prepare: Callable[[Path], None] | None = None,
     check_space: bool = True,
     threads: int = 0,
+    pre_tokenizer: str | None = None,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> list[GgufFile]:
     """Write ``out_dir/{name}-{QUANT}.gguf`` for each quantization; returns the files written.
@@ -254,7 +290,9 @@ def export_gguf(
     ``prepare(dir)``, when given, writes the full model to convert into ``dir`` first (a LoRA checkpoint
     merged into its base model); ``model_dir`` is then only named in messages. ``check_space`` refuses
     before any write when the disk obviously cannot hold the files (the write itself also reports a full
-    disk). ``threads`` for the quantizer, 0 = all cores.
+    disk). ``threads`` for the quantizer, 0 = all cores. ``pre_tokenizer`` names llama.cpp's pre-tokenizer
+    for a tokenizer the converter does not recognise (default: ``gpt-2`` for a GPT-2 byte-level BPE, else
+    none); the tokenization check decides whether the choice was right.
     """
     quants = parse_quants(list(quants))
     if prepare is None:
@@ -269,9 +307,10 @@ def export_gguf(
             "remove it or choose another --output directory"
         )
     converter = require_tools()
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     workspace = Path(tempfile.mkdtemp(prefix=f".tmp-gguf-{name}-", dir=out_dir))
-    steps = len(quants) + (2 if prepare else 1) - (1 if "f16" in quants else 0)
+    steps = len(quants) + (3 if prepare else 2) - (1 if "f16" in quants else 0)
     step = 0
 
     def announce(what: str) -> None:
@@ -296,11 +335,11 @@ def export_gguf(
         if check_space and free is not None and free < need:
             raise GgufExportError(
                 f"not enough disk space in {out_dir}: the export needs about {human_size(need)} "
-                f"({params / 1e6:.1f}M parameters), {human_size(free)} is free"
+                f"({_count(params)} parameters), {human_size(free)} is free"
             )
-        pre = pre_tokenizer_for(source)
+        pre = pre_tokenizer or pre_tokenizer_for(source)
         f16 = workspace / file_name(name, "f16")
-        announce(f"converting {params / 1e6:.1f}M parameters to F16 (llama.cpp convert_hf_to_gguf.py)")
+        announce(f"converting {_count(params)} parameters to F16 (llama.cpp convert_hf_to_gguf.py)")
         _run_worker(
             "convert",
             [
@@ -314,10 +353,8 @@ def export_gguf(
                 "f16",
                 *(["--pre-tokenizer", pre] if pre else []),
             ],
-            workspace,
         )
-        texts_file = workspace / "texts.json"
-        texts_file.write_text(json.dumps(check_texts(source)), encoding="utf-8")
+        texts = json.dumps(check_texts(source))
         written: dict[str, Path] = {}
         notes: dict[str, str] = {}
         for quant in quants:
@@ -329,15 +366,15 @@ def export_gguf(
             outcome = _run_worker(
                 "quantize",
                 ["--source", str(f16), "--output", str(path), "--quant", quant, "--threads", str(threads)],
-                workspace,
             )
             if outcome.get("fallback"):
                 notes[quant] = outcome["fallback"].split("WARNING: ", 1)[-1]
             written[quant] = path
+        announce(
+            f"checking {len(written)} file(s): llama.cpp loads each and must tokenize a MiniWoB prompt like {name}"
+        )
         for path in written.values():
-            outcome = _run_worker(
-                "check", ["--gguf", str(path), "--model", str(source), "--texts", str(texts_file)], workspace
-            )
+            outcome = _run_worker("check", ["--gguf", str(path), "--model", str(source), "--texts", texts])
             mismatch = outcome.get("mismatch")
             if mismatch:
                 raise GgufExportError(
@@ -350,21 +387,35 @@ def export_gguf(
         for quant, path in written.items():
             os.replace(path, targets[quant])
             files.append(GgufFile(quant, targets[quant], targets[quant].stat().st_size))
+    except GgufExportError:
+        _discard(workspace, out_dir if created else None)
+        raise
     except _StepFailed as exc:
-        free = _free_bytes(out_dir)
-        if exc.disk_full or (free is not None and free < (1 << 20)):
+        full = exc.disk_full or _nearly_full(out_dir)
+        _discard(workspace, out_dir if created else None)
+        if full:
             raise GgufExportError(
                 f"disk full while writing GGUF files in {out_dir} ({exc.step}); the partial "
                 "files were removed: free some space and run the export again"
             ) from None
-        raise GgufExportError(f"the GGUF {exc.step} step failed: {exc.error}") from None
-    except OSError as exc:
-        raise GgufExportError(
-            f"writing GGUF files in {out_dir} failed: {exc}; the partial files were removed"
-            + (" (disk full)" if exc.errno == 28 else "")
-        ) from None
-    finally:
-        shutil.rmtree(workspace, ignore_errors=True)
+        hint = ""
+        if "pre-tokenizer was not recognized" in exc.error:
+            hint = (
+                ": llama.cpp's converter does not know this tokenizer. If you know which llama.cpp pre-tokenizer "
+                "matches it, name it with --pre-tokenizer (e.g. lfm2, gpt-2, llama-bpe); the export then checks "
+                "that llama.cpp tokenizes like the checkpoint"
+            )
+        raise GgufExportError(f"the GGUF {exc.step} step failed: {exc.error}{hint}") from None
+    except BaseException as exc:
+        full = _is_disk_full(exc) or (isinstance(exc, Exception) and _nearly_full(out_dir))
+        _discard(workspace, out_dir if created else None)
+        if full:
+            raise GgufExportError(
+                f"disk full while writing GGUF files in {out_dir}; the partial files were removed: "
+                "free some space and run the export again"
+            ) from exc
+        raise
+    shutil.rmtree(workspace, ignore_errors=True)
     for quant, note in notes.items():
         log(f"note: {quant.upper()}: {note} (tensors whose rows are not a multiple of the block size)")
     log(f"done in {time.monotonic() - started:.0f} s")
@@ -378,6 +429,7 @@ def export_command(
     *,
     corrupt: str | None,
     merge: Callable[[Path], None] | None,
+    pre_tokenizer: str | None = None,
 ) -> int:
     """``checkpoints export --format gguf``: export, print the files with their sizes, return the exit code.
 
@@ -389,7 +441,7 @@ def export_command(
         quants = parse_quants(quant_spec)
         if corrupt:
             raise GgufExportError(f"{checkpoint.name} is corrupt: {corrupt}")
-        files = export_gguf(checkpoint, out_dir, checkpoint.name, quants, prepare=merge)
+        files = export_gguf(checkpoint, out_dir, checkpoint.name, quants, prepare=merge, pre_tokenizer=pre_tokenizer)
     except GgufExportError as exc:
         print(f"browser-control checkpoints: error: {exc}", file=sys.stderr)
         return 2

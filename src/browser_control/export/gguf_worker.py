@@ -28,6 +28,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+_GGML_LOG_LEVEL_ERROR = 4  # enum ggml_log_level in ggml.h
 # llama.cpp's file types for the quantizations we offer (enum llama_ftype in llama.h).
 FTYPES = {"f16": 1, "q8_0": 7, "q4_k_m": 15, "q5_k_m": 17}
 
@@ -139,6 +140,12 @@ def check(gguf_file: Path, model: Path, texts: list[str]) -> dict[str, Any]:
     import llama_cpp
     from transformers import AutoTokenizer
 
+    @llama_cpp.llama_log_callback
+    def errors_only(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        if level == _GGML_LOG_LEVEL_ERROR:  # the rest is llama.cpp describing a healthy load
+            sys.stderr.write(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(errors_only, ctypes.c_void_p())
     llama = llama_cpp.Llama(model_path=str(gguf_file), n_ctx=64, n_threads=1, verbose=False)
     reference = AutoTokenizer.from_pretrained(str(model))
     mismatch = None
@@ -183,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     chk = sub.add_parser("check")
     chk.add_argument("--gguf", type=Path, required=True)
     chk.add_argument("--model", type=Path, required=True)
-    chk.add_argument("--texts", type=Path, required=True, help="JSON list of texts to tokenize")
+    chk.add_argument("--texts", required=True, help="JSON list of texts to tokenize")
     args = parser.parse_args(argv)
     try:
         if args.step == "convert":
@@ -192,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.step == "quantize":
             outcome = quantize(args.source, args.output, args.quant, args.threads)
         else:
-            outcome = check(args.gguf, args.model, json.loads(args.texts.read_text(encoding="utf-8")))
+            outcome = check(args.gguf, args.model, json.loads(args.texts))
     except SystemExit as exc:  # the converter's own refusals: it has logged why
         code = exc.code if isinstance(exc.code, int) else 1
         if code == 0:
