@@ -9,11 +9,12 @@ skip, except where BROWSER_CONTROL_REQUIRE_LLAMA_CPP=1 (CI), where they fail.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,27 +156,12 @@ def exported(llama_tools: Path, clicking_model: Path, tmp_path_factory: pytest.T
     """The clicking model exported once to all four types through the command line."""
     checkpoint = tmp_path_factory.mktemp("ckpt") / "tiny-clicker"
     shutil.copytree(clicking_model, checkpoint)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "browser_control",
-            "checkpoints",
-            "export",
-            str(checkpoint),
-            "--format",
-            "gguf",
-            "--quant",
-            "all",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    print(done.stderr + done.stdout)
-    return {"checkpoint": checkpoint, "stdout": done.stdout, "stderr": done.stderr}
+    stdout, stderr = io.StringIO(), io.StringIO()
+    # In this process (llama.cpp's steps still run in their own): the command's lines are what is checked.
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["checkpoints", "export", str(checkpoint), "--format", "gguf", "--quant", "all"])
+    assert code == 0, stdout.getvalue() + stderr.getvalue()
+    return {"checkpoint": checkpoint, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
 
 
 def _llama(path: Path, logits_all: bool = False):  # type: ignore[no-untyped-def]
@@ -280,6 +266,7 @@ def test_an_existing_file_is_never_overwritten(exported: dict[str, Any], capsys:
     assert target.stat().st_mtime_ns == before.st_mtime_ns
 
 
+@pytest.mark.slow
 @pytest.mark.llama_cpp
 def test_a_lora_checkpoint_is_merged_first(
     llama_tools: Path, clicking_model: Path, reference: dict[str, Any], tmp_path: Path
@@ -343,6 +330,7 @@ def test_a_disk_too_small_is_refused_before_writing(llama_tools: Path, clicking_
     assert _leftovers(small_disk / "gguf") == []
 
 
+@pytest.mark.slow
 @pytest.mark.llama_cpp
 def test_a_disk_that_fills_while_writing_leaves_nothing(
     llama_tools: Path, clicking_model: Path, small_disk: Path
@@ -391,3 +379,14 @@ def test_make_checkpoint_export_refuses_unknown_names_and_passes_failures(docker
     assert result.returncode == 1 and "--quant needs one of" in result.stderr
     result = docker.run("scripts/export_gguf.sh", "ckpt-a", FAKE_RUN_EXIT="2")
     assert result.returncode == 2 and "GGUF export failed with exit code 2" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.llama_cpp
+def test_a_wrong_pre_tokenizer_is_caught_and_no_file_kept(
+    llama_tools: Path, clicking_model: Path, tmp_path: Path
+) -> None:
+    # llama-bpe splits " 3" into " " and "3", which this tokenizer merges: the check must see it.
+    with pytest.raises(gguf.GgufExportError, match=r"llama.cpp tokenizes differently .* 'llama-bpe'.* none was kept"):
+        gguf.export_gguf(clicking_model, tmp_path / "gguf", "tiny", ["f16"], pre_tokenizer="llama-bpe")
+    assert not (tmp_path / "gguf").exists()

@@ -172,9 +172,10 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def check_texts(model_dir: Path) -> list[str]:
-    """Texts whose tokens llama.cpp must reproduce: a MiniWoB prompt in the checkpoint's chat format with
-    every tool, a tool call, and text that exercises the pre-tokenizer (spaces, digits, unicode, quotes)."""
+def check_cases(model_dir: Path) -> list[dict[str, Any]]:
+    """Texts llama.cpp must split into the checkpoint tokenizer's tokens, with those tokens: a MiniWoB
+    prompt in the checkpoint's chat format with every tool, a tool call, and text that exercises the
+    pre-tokenizer (spaces, digits, unicode, quotes)."""
     from transformers import AutoTokenizer
 
     from browser_control.agent.environment import bound_tools
@@ -193,7 +194,7 @@ def check_texts(model_dir: Path) -> list[str]:
                 task_prompt("click-test"), tools=bound_tools(), add_generation_prompt=True, tokenize=False
             ),
         )
-    return texts
+    return [{"text": text, "ids": tokenizer.encode(text, add_special_tokens=False)} for text in texts]
 
 
 def _child_env() -> dict[str, str]:
@@ -354,7 +355,7 @@ def export_gguf(
                 *(["--pre-tokenizer", pre] if pre else []),
             ],
         )
-        texts = json.dumps(check_texts(source))
+        cases = json.dumps(check_cases(source))
         written: dict[str, Path] = {}
         notes: dict[str, str] = {}
         for quant in quants:
@@ -373,9 +374,16 @@ def export_gguf(
         announce(
             f"checking {len(written)} file(s): llama.cpp loads each and must tokenize a MiniWoB prompt like {name}"
         )
-        for path in written.values():
-            outcome = _run_worker("check", ["--gguf", str(path), "--model", str(source), "--texts", texts])
-            mismatch = outcome.get("mismatch")
+        checked = _run_worker(
+            "check",
+            [
+                *(a for path in written.values() for a in ("--gguf", str(path))),
+                "--cases",
+                cases,
+            ],
+        )
+        for outcome in checked["files"].values():
+            mismatch = outcome["mismatch"]
             if mismatch:
                 raise GgufExportError(
                     f"llama.cpp tokenizes differently from {name}'s tokenizer (pre-tokenizer "

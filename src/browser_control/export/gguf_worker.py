@@ -8,7 +8,7 @@ that the parent reads; progress bars go to stderr.
   convert   llama.cpp's convert_hf_to_gguf.py, run unmodified, from the llama-cpp-python source
             distribution (see browser_control.export.llama_cpp_setup).
   quantize  llama.cpp's llama_model_quantize through llama-cpp-python's ctypes bindings.
-  check     loads a GGUF file with llama.cpp and compares its tokenizer with the checkpoint's.
+  check     loads GGUF files with llama.cpp and compares their tokens with the checkpoint tokenizer's.
 
 Not meant to be called by hand: ``browser-control checkpoints export --format gguf`` drives it.
 """
@@ -131,14 +131,14 @@ def quantize(source: Path, output: Path, quant: str, threads: int) -> dict[str, 
 
 
 # -- check ----------------------------------------------------------------------------------------
-def check(gguf_file: Path, model: Path, texts: list[str]) -> dict[str, Any]:
-    """Load ``gguf_file`` with llama.cpp and tokenize ``texts`` with it and with the checkpoint's tokenizer.
+def check(gguf_files: list[Path], cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Load each file with llama.cpp and tokenize every case's ``text``: it must give the case's ``ids``
+    (the checkpoint tokenizer's tokens, computed by the parent, which has that tokenizer loaded).
 
-    The model is loaded whole (not vocab-only), so a file with wrong tensor shapes or types fails here.
-    Returns the first text whose tokens differ, if any, and the file's metadata.
+    Each model is loaded whole (not vocab-only), so a file with wrong tensor shapes or types fails here.
+    Returns, per file, the first text whose tokens differ (None when all agree) and the file's metadata.
     """
     import llama_cpp
-    from transformers import AutoTokenizer
 
     @llama_cpp.llama_log_callback
     def errors_only(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
@@ -146,26 +146,28 @@ def check(gguf_file: Path, model: Path, texts: list[str]) -> dict[str, Any]:
             sys.stderr.write(text.decode("utf-8", "replace"))
 
     llama_cpp.llama_log_set(errors_only, ctypes.c_void_p())
-    llama = llama_cpp.Llama(model_path=str(gguf_file), n_ctx=64, n_threads=1, verbose=False)
-    reference = AutoTokenizer.from_pretrained(str(model))
-    mismatch = None
-    for text in texts:
-        ours = llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-        theirs = reference.encode(text, add_special_tokens=False)
-        if list(ours) != list(theirs):
-            at = next(
-                (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours), len(theirs))
-            )
-            mismatch = {
-                "text": text[:200],
-                "index": at,
-                "llama_cpp": list(ours[at : at + 8]),
-                "transformers": list(theirs[at : at + 8]),
-            }
-            break
-    metadata = dict(llama.metadata)
-    llama.close()
-    return {"mismatch": mismatch, "metadata": {k: v for k, v in metadata.items() if "chat_template" not in k}}
+    files = {}
+    for gguf_file in gguf_files:
+        llama = llama_cpp.Llama(model_path=str(gguf_file), n_ctx=64, n_threads=1, verbose=False)
+        mismatch = None
+        for case in cases:
+            ours, theirs = llama.tokenize(case["text"].encode("utf-8"), add_bos=False, special=True), case["ids"]
+            if list(ours) != list(theirs):
+                at = next(
+                    (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
+                    min(len(ours), len(theirs)),
+                )
+                mismatch = {
+                    "text": case["text"][:200],
+                    "index": at,
+                    "llama_cpp": list(ours[at : at + 8]),
+                    "transformers": list(theirs[at : at + 8]),
+                }
+                break
+        metadata = {k: v for k, v in llama.metadata.items() if "chat_template" not in k}
+        llama.close()
+        files[str(gguf_file)] = {"mismatch": mismatch, "metadata": metadata}
+    return {"files": files}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,9 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     quant.add_argument("--quant", choices=sorted(FTYPES), required=True)
     quant.add_argument("--threads", type=int, default=0)
     chk = sub.add_parser("check")
-    chk.add_argument("--gguf", type=Path, required=True)
-    chk.add_argument("--model", type=Path, required=True)
-    chk.add_argument("--texts", required=True, help="JSON list of texts to tokenize")
+    chk.add_argument("--gguf", type=Path, required=True, action="append", help="a file to check (repeatable)")
+    chk.add_argument("--cases", required=True, help='JSON list of {"text": ..., "ids": [...]} to tokenize')
     args = parser.parse_args(argv)
     try:
         if args.step == "convert":
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.step == "quantize":
             outcome = quantize(args.source, args.output, args.quant, args.threads)
         else:
-            outcome = check(args.gguf, args.model, json.loads(args.texts))
+            outcome = check(args.gguf, json.loads(args.cases))
     except SystemExit as exc:  # the converter's own refusals: it has logged why
         code = exc.code if isinstance(exc.code, int) else 1
         if code == 0:
