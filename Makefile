@@ -26,6 +26,8 @@ FORCE ?=
 GPUS ?=
 ENV_REPLICAS ?=
 SCALE_ARGS = $(if $(GPUS),--gpus '$(GPUS)') $(if $(ENV_REPLICAS),--env-replicas '$(ENV_REPLICAS)')
+# checkpoint-export: f16, q8_0, q5_k_m, q4_k_m, a comma-separated list or all (empty: q8_0).
+QUANT ?=
 
 .PHONY: help
 help: ## List the targets
@@ -97,6 +99,10 @@ checkpoints: ## List the checkpoints in the volume: name, size, date
 .PHONY: checkpoint-download
 checkpoint-download: ## Copy NAME=<checkpoint> into ./checkpoints/NAME and verify it (SHA-256)
 	bash scripts/download_checkpoint.sh '$(NAME)' $(if $(FORCE),--force)
+
+.PHONY: checkpoint-export
+checkpoint-export: ## Write GGUF files of NAME=<checkpoint> for llama.cpp [QUANT=q8_0|f16|q5_k_m|q4_k_m|all] beside it
+	bash scripts/export_gguf.sh '$(NAME)' $(if $(QUANT),--quant '$(QUANT)')
 
 .PHONY: evaluate
 evaluate: ## Evaluate NAME=<checkpoint> [SUITE=.. EPISODES=.. SCREENSHOTS=1]; the report goes beside the checkpoint

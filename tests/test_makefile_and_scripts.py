@@ -23,14 +23,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 VENV_BIN = Path(sys.executable).parent
-DOCKER_SCRIPTS = ["docker_check.sh", "train.sh", "download_checkpoint.sh", "evaluate.sh", "verify_gpu.sh"]
+DOCKER_SCRIPTS = ["docker_check.sh", "train.sh", "download_checkpoint.sh", "evaluate.sh", "verify_gpu.sh",
+                  "export_gguf.sh"]
 ALL_SCRIPTS = sorted(p.name for p in SCRIPTS.glob("*.sh"))
 
 # The targets a user is told about (issue: "what the user actually runs").
 REQUIRED_TARGETS = [
     "help", "dev-setup", "test", "test-fast", "lint", "docker-build", "fine-tune-local", "fine-tune-local-full",
     "fine-tune-local-lora", "tensorboard", "view", "checkpoints", "checkpoint-download", "evaluate", "docker-down",
-    "verify-gpu",
+    "verify-gpu", "checkpoint-export",
 ]
 
 FAKE_DOCKER = r'''#!{python}
@@ -297,7 +298,8 @@ def test_script_rejects_an_unknown_option(script: str, docker: FakeDocker) -> No
 # -- scripts: without Docker --------------------------------------------------------------------------------
 
 def _docker_args(script: str) -> list[str]:
-    return {"download_checkpoint.sh": ["ckpt-a"], "evaluate.sh": ["ckpt-a"]}.get(script, [])
+    return {"download_checkpoint.sh": ["ckpt-a"], "evaluate.sh": ["ckpt-a"], "export_gguf.sh": ["ckpt-a"]}.get(
+        script, [])
 
 
 @pytest.mark.parametrize("script", DOCKER_SCRIPTS)

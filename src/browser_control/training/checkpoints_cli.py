@@ -16,6 +16,10 @@ Examples:
 
   # evaluate the export against the base model
   browser-control evaluate --model LiquidAI/LFM2-350M --model exported/run1 --suite miniwob-easy
+
+  # GGUF files for llama.cpp (a LoRA run is merged first), written to NAME/gguf/ beside the weights
+  browser-control checkpoints export NAME --format gguf --quant q8_0
+  browser-control checkpoints export NAME --format gguf --quant f16,q5_k_m,q4_k_m --output gguf/
 """
 
 from __future__ import annotations
@@ -244,13 +248,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing = sub.add_parser("list", help="checkpoints with kind, size, date and final metrics",
                              description="List finished checkpoints, newest first.")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
-    export = sub.add_parser("export", help="copy a checkpoint, or merge a LoRA run into a full model",
-                            description="Export a checkpoint to a directory that loads with from_pretrained "
-                            "(and vLLM, when it is a full model).")
+    export = sub.add_parser("export", help="copy a checkpoint, merge a LoRA run, or write GGUF files for llama.cpp",
+                            description="Export a checkpoint to a directory that loads with from_pretrained\n"
+                            "(and vLLM, when it is a full model), or (--format gguf) to GGUF files for llama.cpp,\n"
+                            "written to .tmp-* names and renamed once llama.cpp has loaded them. GGUF needs\n"
+                            "llama-cpp-python and llama.cpp's converter; one command installs both (it compiles\n"
+                            "llama.cpp once, minutes): python -m browser_control.export.llama_cpp_setup\n"
+                            "Details: docs/evaluation.md (GGUF).",
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="examples:\n"
+                            "  browser-control checkpoints export NAME --merge-lora --output merged/NAME\n"
+                            "  browser-control checkpoints export NAME --format gguf --quant q8_0\n"
+                            "  browser-control checkpoints export NAME --format gguf --quant all --output gguf/")
     export.add_argument("name", help="checkpoint name in the checkpoint directory, or a path")
-    export.add_argument("--output", type=Path, required=True, metavar="DIR", help="new directory to write")
+    export.add_argument("--format", choices=("hf", "gguf"), default="hf",
+                        help="hf: a transformers model directory; gguf: llama.cpp files [hf]")
+    export.add_argument("--output", type=Path, default=None, metavar="DIR",
+                        help="hf: new directory to write (required); gguf: directory for the .gguf files "
+                        "[CHECKPOINT/gguf]")
     export.add_argument("--merge-lora", action="store_true",
-                        help="merge a LoRA adapter into its base model (peft merge_and_unload)")
+                        help="merge a LoRA adapter into its base model (peft merge_and_unload); "
+                        "--format gguf always merges")
+    export.add_argument("--quant", default="q8_0", metavar="Q[,Q...]",
+                        help="gguf: f16, q8_0, q5_k_m, q4_k_m, several separated by commas, or all [q8_0]")
+    export.add_argument("--pre-tokenizer", default=None, metavar="NAME",
+                        help="gguf: llama.cpp's pre-tokenizer for a tokenizer its converter does not know (lfm2, "
+                        "gpt-2, ...); the export checks that llama.cpp then tokenizes like the checkpoint")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -259,6 +282,14 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "list":
             return _list(root, args.json)
         checkpoint = find_checkpoint(args.name, root)
+        if args.format == "gguf":
+            from browser_control.export.gguf import export_command
+
+            merge = (lambda dst: merge_lora(checkpoint, dst)) if _kind(checkpoint) == "lora" else None
+            return export_command(checkpoint, args.output, args.quant, corrupt=model_files_problem(checkpoint),
+                                  merge=merge, pre_tokenizer=args.pre_tokenizer)
+        if args.output is None:
+            raise CheckpointCliError("export needs --output DIR (a new directory) for --format hf")
         done = export_checkpoint(checkpoint, args.output, args.merge_lora)
     except CheckpointCliError as exc:
         print(f"browser-control checkpoints: error: {exc}", file=sys.stderr)

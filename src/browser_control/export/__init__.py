@@ -1,0 +1,1 @@
+"""Export checkpoints to other runtimes' formats (GGUF for llama.cpp)."""
