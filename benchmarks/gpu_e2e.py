@@ -46,9 +46,18 @@ WRONG = "<|tool_call_start|>[click(bid='12')]<|tool_call_end|>"
 RUNS: dict[str, tuple[str, list[str]]] = {
     "debug": ("lfm2_350m_local.yaml", ["eval_steps=5", "eval_episodes=8", "eval_tasks=[click-test]"]),
     "debug-transformers": ("lfm2_350m_local.yaml", ["use_vllm=false"]),
-    "debug-lora": ("lfm2_350m_local_lora.yaml", ["tasks=[click-test]", "max_steps=10", "max_episode_steps=3",
-                                                  "per_device_train_batch_size=8", "max_completion_length=1024",
-                                                  "save_steps=5", "warmup_steps=0"]),
+    "debug-lora": (
+        "lfm2_350m_local_lora.yaml",
+        [
+            "tasks=[click-test]",
+            "max_steps=10",
+            "max_episode_steps=3",
+            "per_device_train_batch_size=8",
+            "max_completion_length=1024",
+            "save_steps=5",
+            "warmup_steps=0",
+        ],
+    ),
     "debug-64": ("lfm2_350m_local.yaml", ["per_device_train_batch_size=64", "max_steps=4", "save_steps=100"]),
     "debug-16": ("lfm2_350m_local.yaml", ["per_device_train_batch_size=16", "max_steps=6", "save_steps=100"]),
     # vLLM settings measured against the debug run: sleep mode, a shorter context, the model's own context,
@@ -56,17 +65,27 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "debug-sleep": ("lfm2_350m_local.yaml", ["vllm_enable_sleep_mode=true", "max_steps=6", "save_steps=100"]),
     "debug-len4k": ("lfm2_350m_local.yaml", ["vllm_max_model_length=4096", "max_steps=6", "save_steps=100"]),
     "debug-len-model": ("lfm2_350m_local.yaml", ["vllm_max_model_length=null", "max_steps=6", "save_steps=100"]),
-    "debug-share10": ("lfm2_350m_local.yaml", ["vllm_gpu_memory_utilization=0.1", "max_steps=6",
-                                               "save_steps=100"]),
+    "debug-share10": ("lfm2_350m_local.yaml", ["vllm_gpu_memory_utilization=0.1", "max_steps=6", "save_steps=100"]),
     "multitask": ("miniwob_multitask.yaml", ["max_steps=4", "save_steps=100", "warmup_steps=0"]),
 }
 # Scalars read back from TensorBoard for the table (TRL's names plus ours).
-KEYS = ("train/step_time", "train/time/rollout_s", "train/time/env_wait_s", "train/time/generation_s",
-        "train/time/weight_sync_s", "train/gpu/peak_allocated_gib", "train/reward", "train/reward_std",
-        "train/frac_reward_zero_std", "train/sampling/sampling_logp_difference/mean",
-        "train/sampling/importance_sampling_ratio/mean", "train/sampling/importance_sampling_ratio/min",
-        "train/sampling/importance_sampling_ratio/max", "train/tools/call_frequency",
-        "train/completions/mean_length")
+KEYS = (
+    "train/step_time",
+    "train/time/rollout_s",
+    "train/time/env_wait_s",
+    "train/time/generation_s",
+    "train/time/weight_sync_s",
+    "train/gpu/peak_allocated_gib",
+    "train/reward",
+    "train/reward_std",
+    "train/frac_reward_zero_std",
+    "train/sampling/sampling_logp_difference/mean",
+    "train/sampling/importance_sampling_ratio/mean",
+    "train/sampling/importance_sampling_ratio/min",
+    "train/sampling/importance_sampling_ratio/max",
+    "train/tools/call_frequency",
+    "train/completions/mean_length",
+)
 
 
 def log(message: str) -> None:
@@ -74,8 +93,13 @@ def log(message: str) -> None:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
-               PYTHONUNBUFFERED="1", TRL_EXPERIMENTAL_SILENCE="1", HF_HUB_OFFLINE="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
+        PYTHONUNBUFFERED="1",
+        TRL_EXPERIMENTAL_SILENCE="1",
+        HF_HUB_OFFLINE="1",
+    )
     env.update(extra)
     return env
 
@@ -95,8 +119,11 @@ def build_model(path: Path, url: str, tiny: bool) -> dict:
 
     def click(messages: list[dict], bid: str) -> list[dict]:
         call = {"type": "function", "function": {"name": "click", "arguments": {"bid": bid}}}
-        return [*messages, {"role": "assistant", "content": "", "tool_calls": [call]},
-                {"role": "tool", "name": "click", "content": env.click(bid=bid)}]
+        return [
+            *messages,
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "name": "click", "content": env.click(bid=bid)},
+        ]
 
     prompts, episode_over = [], []
     for seed in range(3):
@@ -119,9 +146,13 @@ def build_model(path: Path, url: str, tiny: bool) -> dict:
         imprint_reply(path, replies, prompts, **settings)
         ends_turns = False
     params = sum(p.numel() for p in Lfm2ForCausalLM(config).parameters())
-    return {"model": str(path), "params_m": round(params / 1e6, 1), "ends_turn_after_episode": ends_turns,
-            "build_and_imprint_s":
-            round(time.perf_counter() - started, 1), "shape": "tiny" if tiny else "LFM2-350M (random weights)"}
+    return {
+        "model": str(path),
+        "params_m": round(params / 1e6, 1),
+        "ends_turn_after_episode": ends_turns,
+        "build_and_imprint_s": round(time.perf_counter() - started, 1),
+        "shape": "tiny" if tiny else "LFM2-350M (random weights)",
+    }
 
 
 class GpuMemoryPoller:
@@ -136,8 +167,12 @@ class GpuMemoryPoller:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                used = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                      capture_output=True, text=True, timeout=10).stdout.split()
+                used = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout.split()
                 if used:
                     values = [int(u) for u in used]
                     before = self.per_gpu_mib or [0] * len(values)
@@ -172,8 +207,15 @@ def train(name: str, model: Path, url: str, work: Path, out: Path, extra: list[s
     config, overrides = RUNS[name]
     logdir = work / "tb" / name
     cmd = [sys.executable, "-m", "browser_control", "train", "--config", str(REPO / "configs" / config)]
-    for item in [f"model_name={model}", f"browsergym_url={url}", f"checkpoint_dir={work / 'checkpoints'}",
-                 f"logging_dir={logdir}", f"run_name=e2e-{name}", *overrides, *extra]:
+    for item in [
+        f"model_name={model}",
+        f"browsergym_url={url}",
+        f"checkpoint_dir={work / 'checkpoints'}",
+        f"logging_dir={logdir}",
+        f"run_name=e2e-{name}",
+        *overrides,
+        *extra,
+    ]:
         cmd += ["--set", item]
     log(f"{name}: {' '.join(cmd[2:])}")
     started = time.perf_counter()
@@ -181,9 +223,15 @@ def train(name: str, model: Path, url: str, work: Path, out: Path, extra: list[s
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True, env=_env(), cwd=work)
     wall = time.perf_counter() - started
     (out / f"train-{name}.stdout").write_text(proc.stdout)
-    result: dict = {"run": name, "config": config, "overrides": overrides + extra, "exit": proc.returncode,
-                    "wall_s": round(wall, 1), "nvidia_smi_peak_mib": memory.peak_mib,
-                    "nvidia_smi_peak_mib_per_gpu": memory.per_gpu_mib}
+    result: dict = {
+        "run": name,
+        "config": config,
+        "overrides": overrides + extra,
+        "exit": proc.returncode,
+        "wall_s": round(wall, 1),
+        "nvidia_smi_peak_mib": memory.peak_mib,
+        "nvidia_smi_peak_mib_per_gpu": memory.per_gpu_mib,
+    }
     match = re.search(r"^checkpoint: (.+)$", proc.stdout, re.M)
     result["checkpoint"] = match.group(1) if match else None
     scalars = read_scalars(logdir) if logdir.exists() else {}
@@ -193,8 +241,10 @@ def train(name: str, model: Path, url: str, work: Path, out: Path, extra: list[s
     # Step 1 includes vLLM's engine start and the first weight sync: report steps 2.. as the steady state.
     if len(steps) > 1:
         result["s_per_step"] = round(sum(steps[1:]) / len(steps[1:]), 2)
-    log(f"{name}: exit {proc.returncode}, {wall:.0f} s, s/step {result.get('s_per_step')}, "
-        f"reward {result['series'].get('train/reward')}")
+    log(
+        f"{name}: exit {proc.returncode}, {wall:.0f} s, s/step {result.get('s_per_step')}, "
+        f"reward {result['series'].get('train/reward')}"
+    )
     if proc.returncode:
         log((out / f"train-{name}.log").read_text()[-3000:])
     return result
@@ -204,14 +254,37 @@ def evaluate(checkpoint: str, base: Path, url: str, out: Path, backend: str, epi
     results = {}
     for label, model in (("base", str(base)), ("trained", checkpoint)):
         target = out / f"eval-{label}"
-        cmd = [sys.executable, "-m", "browser_control", "evaluate", "--model", model, "--backend", backend,
-               "--tasks", TASK, "--episodes", str(episodes), "--max-episode-steps", "3", "--temperature", "1.0",
-               "--browsergym-url", url, "--output", str(target), "--quiet"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "browser_control",
+            "evaluate",
+            "--model",
+            model,
+            "--backend",
+            backend,
+            "--tasks",
+            TASK,
+            "--episodes",
+            str(episodes),
+            "--max-episode-steps",
+            "3",
+            "--temperature",
+            "1.0",
+            "--browsergym-url",
+            url,
+            "--output",
+            str(target),
+            "--quiet",
+        ]
         started = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
         (out / f"eval-{label}.log").write_text(proc.stdout + proc.stderr)
-        results[label] = {"exit": proc.returncode, "wall_s": round(time.perf_counter() - started, 1),
-                          "stdout_tail": proc.stdout[-1500:]}
+        results[label] = {
+            "exit": proc.returncode,
+            "wall_s": round(time.perf_counter() - started, 1),
+            "stdout_tail": proc.stdout[-1500:],
+        }
         log(f"evaluate {label} ({backend}): exit {proc.returncode}\n{proc.stdout[-800:]}{proc.stderr[-1500:]}")
     return results
 
@@ -237,28 +310,47 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{args.port}"
-    service = ServiceProcess("--workers", str(args.workers), "--max-sessions", str(args.max_sessions),
-                             "--log-level", "warning", log_path=args.out / "serve-env.log", port=args.port,
-                             env={"TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1"})
+    service = ServiceProcess(
+        "--workers",
+        str(args.workers),
+        "--max-sessions",
+        str(args.max_sessions),
+        "--log-level",
+        "warning",
+        log_path=args.out / "serve-env.log",
+        port=args.port,
+        env={"TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1"},
+    )
     summary: dict = {"machine": _machine()}
     try:
         service.wait_healthy(timeout_s=300)
         model = args.work / ("model-tiny" if args.tiny else "model")
         if not (model / "config.json").exists():
             # In a process of its own, so that its GPU memory is free again before training starts.
-            cmd = [sys.executable, __file__, "--out", str(args.out), "--build-model", str(model), "--port",
-                   str(args.port), *(["--tiny"] if args.tiny else [])]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--out",
+                str(args.out),
+                "--build-model",
+                str(model),
+                "--port",
+                str(args.port),
+                *(["--tiny"] if args.tiny else []),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
             if proc.returncode:
                 raise RuntimeError(f"building the model failed: {proc.stderr[-3000:]}")
             summary["model"] = json.loads(proc.stdout.strip().splitlines()[-1])
             log(f"model: {summary['model']}")
-        summary["runs"] = [train(name, model, url, args.work, args.out, args.extra)
-                           for name in filter(None, args.runs.split(","))]
+        summary["runs"] = [
+            train(name, model, url, args.work, args.out, args.extra) for name in filter(None, args.runs.split(","))
+        ]
         last = summary["runs"][-1] if summary["runs"] else None
         if args.evaluate and last and last.get("checkpoint"):
-            summary["evaluate"] = evaluate(last["checkpoint"], model, url, args.out, args.eval_backend,
-                                           args.eval_episodes)
+            summary["evaluate"] = evaluate(
+                last["checkpoint"], model, url, args.out, args.eval_backend, args.eval_episodes
+            )
     finally:
         service.stop(grace_s=30)
         path = args.out / f"e2e-{int(time.time())}.json"
@@ -272,8 +364,9 @@ def _machine() -> dict:
 
     info: dict = {"cpus": os.cpu_count()}
     if shutil.which("nvidia-smi"):
-        info["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                                     capture_output=True, text=True).stdout.strip()
+        info["gpu"] = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True, text=True
+        ).stdout.strip()
     for package in ("torch", "vllm", "trl", "transformers", "playwright"):
         try:
             info[package] = version(package)

@@ -97,15 +97,32 @@ def build_model(path: Path, recording: list[dict], shape: dict, learning_rate: f
         messages[-1] = {**messages[-1], "content": messages[-1]["content"] + item["first"]}
         prompts.append(list(messages))
         for reply in item["replies"][:4]:
-            messages += [{"role": "assistant", "content": "", "tool_calls": [call]},
-                         {"role": "tool", "name": "click", "content": reply}]
+            messages += [
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "name": "click", "content": reply},
+            ]
             prompts.append(list(messages))
-    imprint_reply(path, "<|tool_call_start|>[click(bid='13')]<|tool_call_end|>", prompts, tools=bound_tools(),
-                  steps=100, learning_rate=learning_rate, max_rounds=6)
+    imprint_reply(
+        path,
+        "<|tool_call_start|>[click(bid='13')]<|tool_call_end|>",
+        prompts,
+        tools=bound_tools(),
+        steps=100,
+        learning_rate=learning_rate,
+        max_rounds=6,
+    )
 
 
-def run(mode: str, gradient_checkpointing: bool, rollouts: int, generations: int, turns: int, steps: int,
-        max_completion_length: int, tiny: bool) -> dict:
+def run(
+    mode: str,
+    gradient_checkpointing: bool,
+    rollouts: int,
+    generations: int,
+    turns: int,
+    steps: int,
+    max_completion_length: int,
+    tiny: bool,
+) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -149,21 +166,41 @@ def run(mode: str, gradient_checkpointing: bool, rollouts: int, generations: int
 
     rows = [{"prompt": task_prompt(TASK), "task_name": TASK, "seed": i} for i in range(64)]
     args = GRPOConfig(
-        output_dir=str(tmp / "out"), max_steps=steps, per_device_train_batch_size=rollouts,
-        num_generations=generations, max_completion_length=max_completion_length,
-        max_tool_calling_iterations=turns, temperature=0.3, learning_rate=1e-6, bf16=cuda, use_cpu=not cuda,
-        gradient_checkpointing=gradient_checkpointing, report_to=[], logging_steps=1, save_strategy="no",
-        seed=0, model_init_kwargs={"attn_implementation": "sdpa", "dtype": "float32"},
+        output_dir=str(tmp / "out"),
+        max_steps=steps,
+        per_device_train_batch_size=rollouts,
+        num_generations=generations,
+        max_completion_length=max_completion_length,
+        max_tool_calling_iterations=turns,
+        temperature=0.3,
+        learning_rate=1e-6,
+        bf16=cuda,
+        use_cpu=not cuda,
+        gradient_checkpointing=gradient_checkpointing,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        model_init_kwargs={"attn_implementation": "sdpa", "dtype": "float32"},
     )
     peft_config = None
     if mode == "lora":
-        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
-                                 target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "in_proj",
-                                                 "w1", "w2", "w3"])
+        peft_config = LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.05,
+            task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"],
+        )
     timer = Timer()
-    trainer = Trainer(model=str(tmp / "model"), args=args, train_dataset=Dataset.from_list(rows),
-                      environment_factory=replaying_environment(recording, turns), peft_config=peft_config,
-                      callbacks=[timer])
+    trainer = Trainer(
+        model=str(tmp / "model"),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        environment_factory=replaying_environment(recording, turns),
+        peft_config=peft_config,
+        callbacks=[timer],
+    )
     trainer.enable_concurrent_rollouts()
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "completions/mean_length" in entry]
@@ -177,8 +214,11 @@ def run(mode: str, gradient_checkpointing: bool, rollouts: int, generations: int
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "completion_tokens_mean": logs[-1]["completions/mean_length"] if logs else None,
         "tool_calls_per_rollout": logs[-1].get("tools/call_frequency") if logs else None,
-        "prompt_tokens": len(trainer.processing_class.apply_chat_template(
-            task_prompt(TASK), tools=bound_tools(), add_generation_prompt=True, tokenize=True, return_dict=False)),
+        "prompt_tokens": len(
+            trainer.processing_class.apply_chat_template(
+                task_prompt(TASK), tools=bound_tools(), add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        ),
         "model_build_and_imprint_s": round(build_s, 1),
         "gpu": torch.cuda.get_device_name() if cuda else "cpu",
         "torch": torch.__version__,
@@ -202,8 +242,16 @@ def main() -> int:
     if args.record:
         record(args.record, args.url, episodes=8, turns=args.turns)
         return 0
-    result = run(args.mode, args.gradient_checkpointing, args.rollouts, args.generations, args.turns,
-                 args.steps, args.max_completion_length, args.tiny)
+    result = run(
+        args.mode,
+        args.gradient_checkpointing,
+        args.rollouts,
+        args.generations,
+        args.turns,
+        args.steps,
+        args.max_completion_length,
+        args.tiny,
+    )
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 

@@ -95,9 +95,14 @@ class Service:
             self.url = url
             return
         self.process = ServiceProcess(
-            "--workers", str(workers), "--max-sessions", "64", log_path=log,
+            "--workers",
+            str(workers),
+            "--max-sessions",
+            "64",
+            log_path=log,
             chromium=os.environ.get("CHROMIUM_EXECUTABLE", "/usr/lib/chromium/chromium-headless-shell"),
-            env={"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
+            env={"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
+        )
         self.url = self.process.url
 
     def wait(self, timeout_s: float = 90.0) -> None:
@@ -136,8 +141,9 @@ def _rates(report: Any) -> dict[str, Any]:
     }
 
 
-def evaluate(model: Path, tasks: list[str], episodes: int, url: str, max_episode_steps: int,
-             seed_offset: int) -> dict[str, Any]:
+def evaluate(
+    model: Path, tasks: list[str], episodes: int, url: str, max_episode_steps: int, seed_offset: int
+) -> dict[str, Any]:
     """Greedy held-out success per task (evaluation seeds) through the evaluation harness."""
     import torch
 
@@ -149,25 +155,47 @@ def evaluate(model: Path, tasks: list[str], episodes: int, url: str, max_episode
     # float32: the tiny model is trained in fp32, and bf16 can flip a greedy choice between two close bids.
     policy = load_model_policy(str(model), label=model.name, max_new_tokens=48, device=_device(), dtype="float32")
     try:
-        report = evaluate_policy(policy, tasks, episodes, seed_offset=seed_offset, env_url=url,
-                                 max_episode_steps=max_episode_steps, concurrency=16, progress=False)
+        report = evaluate_policy(
+            policy,
+            tasks,
+            episodes,
+            seed_offset=seed_offset,
+            env_url=url,
+            max_episode_steps=max_episode_steps,
+            concurrency=16,
+            progress=False,
+        )
     finally:
         policy.close()
-    return {"model": str(model), **_rates(report), "episodes_per_task": episodes,
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "model": str(model),
+        **_rates(report),
+        "episodes_per_task": episodes,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
-def fixed_answer_baseline(demos: Path, tasks: list[str], episodes: int, url: str, max_episode_steps: int,
-                          seed_offset: int, candidates: int) -> dict[str, Any]:
+def fixed_answer_baseline(
+    demos: Path, tasks: list[str], episodes: int, url: str, max_episode_steps: int, seed_offset: int, candidates: int
+) -> dict[str, Any]:
     """browser_control.evaluation.fixed on the scripted demonstrations, on the models' evaluation seeds."""
     from browser_control.evaluation.fixed import best_fixed_answers
     from browser_control.sft.demos import read_demos
 
-    best = best_fixed_answers(read_demos(demos), tasks, episodes, env_url=url, max_episode_steps=max_episode_steps,
-                              seed_offset=seed_offset, candidates=candidates)
+    best = best_fixed_answers(
+        read_demos(demos),
+        tasks,
+        episodes,
+        env_url=url,
+        max_episode_steps=max_episode_steps,
+        seed_offset=seed_offset,
+        candidates=candidates,
+    )
     for task, answer in best.items():
-        print(f"fixed answer {task}: {answer.answer} {100 * answer.success_rate:.0f}% (best of {answer.tried})",
-              file=sys.stderr)
+        print(
+            f"fixed answer {task}: {answer.answer} {100 * answer.success_rate:.0f}% (best of {answer.tried})",
+            file=sys.stderr,
+        )
     return {task: answer.to_json() for task, answer in best.items()}
 
 
@@ -179,9 +207,26 @@ def run_pipeline(args: argparse.Namespace, url: str) -> dict[str, Any]:
 
     started = time.perf_counter()
     demos = out / "demos.jsonl"
-    _cli(["demos", "--tasks", args.tasks, "--episodes", str(args.demos), "--output", str(demos), "--force",
-          "--max-episode-steps", str(args.max_episode_steps), "--browsergym-url", url, "--concurrency", "8", "--quiet"],
-         out / "demos.log")
+    _cli(
+        [
+            "demos",
+            "--tasks",
+            args.tasks,
+            "--episodes",
+            str(args.demos),
+            "--output",
+            str(demos),
+            "--force",
+            "--max-episode-steps",
+            str(args.max_episode_steps),
+            "--browsergym-url",
+            url,
+            "--concurrency",
+            "8",
+            "--quiet",
+        ],
+        out / "demos.log",
+    )
     sft_demos = demos
     if args.demo_answers == "shuffled":
         from browser_control.sft.demos import read_demos, shuffle_answers
@@ -204,28 +249,70 @@ def run_pipeline(args: argparse.Namespace, url: str) -> dict[str, Any]:
         # of the demonstrations stay out of the corpus: a goal is read as several tokens, not learnt as one.
         extra = [f"\t[{b}] button 'x'" for b in range(256)] + [f"[click(bid='{b}')]" for b in range(256)]
         layers = [int(i) for i in args.attention_layers.split(",")] if args.attention_layers else None
-        build_tiny_lfm2(base, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
-                        intermediate_size=2 * args.hidden_size, num_attention_heads=4, seed=args.seed,
-                        vocab_size=args.vocab_size, attention_layers=layers, extra_corpus=extra,
-                        split=args.tokenizer_split)
+        build_tiny_lfm2(
+            base,
+            hidden_size=args.hidden_size,
+            num_hidden_layers=args.layers,
+            intermediate_size=2 * args.hidden_size,
+            num_attention_heads=4,
+            seed=args.seed,
+            vocab_size=args.vocab_size,
+            attention_layers=layers,
+            extra_corpus=extra,
+            split=args.tokenizer_split,
+        )
     timings["build_model_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    sft_stdout = _cli(["sft", "--config", str(args.sft_config), "--set", f"model_name={base}",
-                       "--set", f"demos=[{sft_demos}]", "--set", f"checkpoint_dir={out / 'checkpoints'}",
-                       "--set", f"logging_dir={out / 'tb'}", "--set", f"run_name=sft-{stamp}",
-                       "--set", f"max_episode_steps={args.max_episode_steps}", *_sets(args.sft_set)],
-                      out / "sft.log")
+    sft_stdout = _cli(
+        [
+            "sft",
+            "--config",
+            str(args.sft_config),
+            "--set",
+            f"model_name={base}",
+            "--set",
+            f"demos=[{sft_demos}]",
+            "--set",
+            f"checkpoint_dir={out / 'checkpoints'}",
+            "--set",
+            f"logging_dir={out / 'tb'}",
+            "--set",
+            f"run_name=sft-{stamp}",
+            "--set",
+            f"max_episode_steps={args.max_episode_steps}",
+            *_sets(args.sft_set),
+        ],
+        out / "sft.log",
+    )
     sft = _checkpoint(sft_stdout)
     timings["sft_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    grpo_stdout = _cli(["train", "--config", str(args.grpo_config), "--set", f"model_name={sft}",
-                        "--set", f"tasks=[{args.tasks}]", "--set", f"browsergym_url={url}",
-                        "--set", f"checkpoint_dir={out / 'checkpoints'}", "--set", f"logging_dir={out / 'tb'}",
-                        "--set", f"run_name=grpo-{stamp}", "--set", f"max_episode_steps={args.max_episode_steps}",
-                        *_sets(args.grpo_set)], out / "grpo.log")
+    grpo_stdout = _cli(
+        [
+            "train",
+            "--config",
+            str(args.grpo_config),
+            "--set",
+            f"model_name={sft}",
+            "--set",
+            f"tasks=[{args.tasks}]",
+            "--set",
+            f"browsergym_url={url}",
+            "--set",
+            f"checkpoint_dir={out / 'checkpoints'}",
+            "--set",
+            f"logging_dir={out / 'tb'}",
+            "--set",
+            f"run_name=grpo-{stamp}",
+            "--set",
+            f"max_episode_steps={args.max_episode_steps}",
+            *_sets(args.grpo_set),
+        ],
+        out / "grpo.log",
+    )
     grpo = _checkpoint(grpo_stdout)
     timings["grpo_s"] = time.perf_counter() - started
 
@@ -243,12 +330,19 @@ def run_pipeline(args: argparse.Namespace, url: str) -> dict[str, Any]:
         result = evaluate(model, tasks, args.eval_episodes, url, args.max_episode_steps, args.eval_seed_offset)
         result["grpo_step"] = step
         curve.append(result)
-        print(f"step {step:3d}: " + ", ".join(f"{t} {100 * s:.0f}%" for t, s in result["success"].items()),
-              file=sys.stderr)
+        print(
+            f"step {step:3d}: " + ", ".join(f"{t} {100 * s:.0f}%" for t, s in result["success"].items()),
+            file=sys.stderr,
+        )
     timings["evaluation_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    fixed = fixed_answer_baseline(demos, tasks, args.eval_episodes, url, args.max_episode_steps, args.eval_seed_offset,
-                                  args.fixed_candidates) if args.fixed_candidates else {}
+    fixed = (
+        fixed_answer_baseline(
+            demos, tasks, args.eval_episodes, url, args.max_episode_steps, args.eval_seed_offset, args.fixed_candidates
+        )
+        if args.fixed_candidates
+        else {}
+    )
     timings["fixed_answer_s"] = time.perf_counter() - started
     return {
         "tasks": tasks,
@@ -308,8 +402,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
         axes[index // columns][index % columns].axis("off")
     episodes = result["curve"][0]["episodes_per_task"]
     start = "goal-blind SFT" if result["settings"].get("demo_answers") == "shuffled" else "SFT"
-    fig.suptitle(f"Tiny LFM2 from scratch, {start} then GRPO ({episodes} evaluation seeds per task, "
-                 "95% Wilson bands)", fontsize=10)
+    fig.suptitle(
+        f"Tiny LFM2 from scratch, {start} then GRPO ({episodes} evaluation seeds per task, 95% Wilson bands)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -330,10 +426,12 @@ def verdict(result: dict[str, Any], margin: float = 0.30) -> dict[str, dict[str,
     for task in result["tasks"]:
         gain = difference_interval(first["successes"][task], n, last["successes"][task], n)
         fixed = result.get("fixed_answer", {}).get(task)
-        over_fixed = (difference_interval(fixed["successes"], n, last["successes"][task], n)
-                      if fixed else None)
-        out[task] = {"gain": gain, "over_fixed": over_fixed,
-                     "passes": gain[0] >= margin - 1e-9 and (over_fixed is None or over_fixed[1] > 0)}
+        over_fixed = difference_interval(fixed["successes"], n, last["successes"][task], n) if fixed else None
+        out[task] = {
+            "gain": gain,
+            "over_fixed": over_fixed,
+            "passes": gain[0] >= margin - 1e-9 and (over_fixed is None or over_fixed[1] > 0),
+        }
     return out
 
 
@@ -372,11 +470,13 @@ def results_section(result: dict[str, Any], png: Path, results_md: Path, command
         fixed = result.get("fixed_answer", {}).get(task)
         gain, over = checks[task]["gain"], checks[task]["over_fixed"]
         lines.append(
-            f"| {task} | " + (f"{_pct(fixed['success'], fixed['interval'])} `{fixed['answer']}`" if fixed else "-")
+            f"| {task} | "
+            + (f"{_pct(fixed['success'], fixed['interval'])} `{fixed['answer']}`" if fixed else "-")
             + f" | {_pct(first['success'][task], first['interval'][task])} "
             f"| {_pct(last['success'][task], last['interval'][task])} "
             f"| {100 * gain[0]:+.0f} [{100 * gain[1]:+.0f}, {100 * gain[2]:+.0f}] "
-            f"| " + (f"{100 * over[0]:+.0f} [{100 * over[1]:+.0f}, {100 * over[2]:+.0f}]" if over else "-") + " |")
+            f"| " + (f"{100 * over[0]:+.0f} [{100 * over[1]:+.0f}, {100 * over[2]:+.0f}]" if over else "-") + " |"
+        )
     a, b = 100 * first["overall"], 100 * last["overall"]
     lines.append(f"| overall | | {a:.0f}% | {b:.0f}% | {b - a:+.0f} | |")
     lines += ["", f"![learning curve]({os.path.relpath(png, results_md.parent)})", ""]
@@ -410,40 +510,72 @@ def publish(result: dict[str, Any], png: Path, command: str, results: Path | Non
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "learning", help="work and output directory")
-    parser.add_argument("--tasks", default="focus-text-2,click-dialog-2,click-tab,click-button",
-                        help="comma-separated tasks (each needs a scripted policy)")
+    parser.add_argument(
+        "--tasks",
+        default="focus-text-2,click-dialog-2,click-tab,click-button",
+        help="comma-separated tasks (each needs a scripted policy)",
+    )
     parser.add_argument("--demos", type=int, default=40, help="scripted demonstrations recorded per task")
-    parser.add_argument("--demo-answers", choices=["shuffled", "scripted"], default="shuffled",
-                        help="shuffled: each demonstration's tool calls come from another one of the task, so the "
-                        "SFT start cannot read the goal; scripted: the demonstrations as recorded")
-    parser.add_argument("--fixed-candidates", type=int, default=12,
-                        help="action sequences tried for the best fixed answer per task (0 = skip)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="where SFT, GRPO and evaluation run (auto: cuda when available)")
+    parser.add_argument(
+        "--demo-answers",
+        choices=["shuffled", "scripted"],
+        default="shuffled",
+        help="shuffled: each demonstration's tool calls come from another one of the task, so the "
+        "SFT start cannot read the goal; scripted: the demonstrations as recorded",
+    )
+    parser.add_argument(
+        "--fixed-candidates",
+        type=int,
+        default=12,
+        help="action sequences tried for the best fixed answer per task (0 = skip)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where SFT, GRPO and evaluation run (auto: cuda when available)",
+    )
     parser.add_argument("--sft-config", type=Path, default=REPO / "configs" / "sft_learning.yaml")
     parser.add_argument("--grpo-config", type=Path, default=REPO / "configs" / "learning_grpo.yaml")
     parser.add_argument("--sft-set", action="append", default=[], metavar="KEY=VALUE", help="SFT config override")
-    parser.add_argument("--set", dest="grpo_set", action="append", default=[], metavar="KEY=VALUE",
-                        help="GRPO config override")
-    parser.add_argument("--max-episode-steps", "--max-steps", type=int, default=2,
-                        help="actions per episode (demos, SFT, GRPO, eval)")
+    parser.add_argument(
+        "--set", dest="grpo_set", action="append", default=[], metavar="KEY=VALUE", help="GRPO config override"
+    )
+    parser.add_argument(
+        "--max-episode-steps", "--max-steps", type=int, default=2, help="actions per episode (demos, SFT, GRPO, eval)"
+    )
     parser.add_argument("--eval-episodes", type=int, default=30, help="held-out episodes per task and checkpoint")
     parser.add_argument("--eval-seed-offset", type=int, default=0, help="evaluation seeds 1e9 + offset + i")
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--attention-layers", default="1,3",
-                        help="comma-separated indices of the attention layers (the others are convolutions)")
+    parser.add_argument(
+        "--attention-layers",
+        default="1,3",
+        help="comma-separated indices of the attention layers (the others are convolutions)",
+    )
     parser.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary of the local tokenizer")
-    parser.add_argument("--tokenizer-split", choices=["digits", "words"], default="digits",
-                        help="digits: merges may span words, numbers stay whole (~180-token prompts); words: "
-                        "GPT-2's word split (~1450-token prompts)")
+    parser.add_argument(
+        "--tokenizer-split",
+        choices=["digits", "words"],
+        default="digits",
+        help="digits: merges may span words, numbers stay whole (~180-token prompts); words: "
+        "GPT-2's word split (~1450-token prompts)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="initialisation of the tiny model")
     parser.add_argument("--browsergym-url", default=None, help="use this service instead of starting one")
-    parser.add_argument("--env-workers", type=int, default=2,
-                        help="browser worker processes of the service this script starts (more cores: more)")
-    parser.add_argument("--results", type=Path, default=None,
-                        help="also replace the Learning section of this file (e.g. benchmarks/RESULTS.md) and "
-                        "copy the chart beside it; without it nothing outside --out is written")
+    parser.add_argument(
+        "--env-workers",
+        type=int,
+        default=2,
+        help="browser worker processes of the service this script starts (more cores: more)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="also replace the Learning section of this file (e.g. benchmarks/RESULTS.md) and "
+        "copy the chart beside it; without it nothing outside --out is written",
+    )
     args = parser.parse_args()
     global DEVICE
     DEVICE = args.device
@@ -472,9 +604,11 @@ def main() -> int:
     checks = verdict(result)
     for task in result["tasks"]:
         fixed = result["fixed_answer"].get(task, {}).get("success")
-        print(f"{task:16s} {100 * first['success'][task]:5.1f}% -> {100 * last['success'][task]:5.1f}%"
-              + (f" (best fixed answer {100 * fixed:.0f}%)" if fixed is not None else "")
-              + ("  goal-conditioned gain" if checks[task]["passes"] else ""))
+        print(
+            f"{task:16s} {100 * first['success'][task]:5.1f}% -> {100 * last['success'][task]:5.1f}%"
+            + (f" (best fixed answer {100 * fixed:.0f}%)" if fixed is not None else "")
+            + ("  goal-conditioned gain" if checks[task]["passes"] else "")
+        )
     print(f"total {result['total_s']:.0f} s; {args.out / 'learning_curve.json'}; {png}")
     return 0
 

@@ -39,16 +39,20 @@ def imprinted_model(path: Path) -> Path:
         messages[-1] = {**messages[-1], "content": messages[-1]["content"] + client_env.reset("click-checkboxes", seed)}
         prompts.append(list(messages))
         for _ in range(4):
-            messages += [{"role": "assistant", "content": "", "tool_calls": [call]},
-                         {"role": "tool", "name": "click", "content": client_env.click(bid="13")}]
+            messages += [
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "name": "click", "content": client_env.click(bid="13")},
+            ]
             prompts.append(list(messages))
     client_env._close()
-    return imprint_reply(path, "<|tool_call_start|>[click(bid='13')]<|tool_call_end|>", prompts,
-                         tools=bound_tools(), steps=300)
+    return imprint_reply(
+        path, "<|tool_call_start|>[click(bid='13')]<|tool_call_end|>", prompts, tools=bound_tools(), steps=300
+    )
 
 
-def run_mode(concurrent: bool, model: Path, url: str, rollouts: int, turns: int, steps: int,
-             out: Path) -> dict[str, float]:
+def run_mode(
+    concurrent: bool, model: Path, url: str, rollouts: int, turns: int, steps: int, out: Path
+) -> dict[str, float]:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -68,6 +72,7 @@ def run_mode(concurrent: bool, model: Path, url: str, rollouts: int, turns: int,
                 return fn(*args, **kwargs)
             finally:
                 env_wait_s[0] += time.perf_counter() - started
+
         return wrapper
 
     class Env(BrowserEnvironment):
@@ -99,17 +104,31 @@ def run_mode(concurrent: bool, model: Path, url: str, rollouts: int, turns: int,
     base = (ConcurrentRolloutsMixin, GRPOTrainer) if concurrent else (GRPOTrainer,)
     trainer_cls = type("Trainer", base, {"_generate_and_score_completions": timed_rollouts})
     groups = max(1, rollouts // 4)
-    rows = [{"prompt": task_prompt("click-checkboxes"), "task_name": "click-checkboxes", "seed": 100 + i}
-            for i in range(groups * steps)]
+    rows = [
+        {"prompt": task_prompt("click-checkboxes"), "task_name": "click-checkboxes", "seed": 100 + i}
+        for i in range(groups * steps)
+    ]
     args = GRPOConfig(
-        output_dir=str(out), max_steps=steps, per_device_train_batch_size=rollouts, num_generations=4,
-        max_completion_length=3000, max_tool_calling_iterations=turns, temperature=0.7, learning_rate=1e-5,
-        bf16=False, report_to=[], logging_steps=1, save_strategy="no", gradient_checkpointing=False,
-        use_cpu=True, seed=0,
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=rollouts,
+        num_generations=4,
+        max_completion_length=3000,
+        max_tool_calling_iterations=turns,
+        temperature=0.7,
+        learning_rate=1e-5,
+        bf16=False,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        use_cpu=True,
+        seed=0,
     )
     timer = Timer()
-    trainer = trainer_cls(model=str(model), args=args, train_dataset=Dataset.from_list(rows),
-                          environment_factory=Env, callbacks=[timer])
+    trainer = trainer_cls(
+        model=str(model), args=args, train_dataset=Dataset.from_list(rows), environment_factory=Env, callbacks=[timer]
+    )
     if concurrent:
         concurrent_rollouts = trainer.enable_concurrent_rollouts()
         concurrent_rollouts.resolve = timed(concurrent_rollouts.resolve)
@@ -130,8 +149,13 @@ def run_mode(concurrent: bool, model: Path, url: str, rollouts: int, turns: int,
     timed = timer.durations[1:] or timer.durations
     step_s = statistics.mean(timed)
     gen_s = statistics.mean(rollout_s[1:] or rollout_s)
-    return {"step_s": step_s, "rollout_s": gen_s, "episodes_per_s": rollouts / gen_s,
-            "actions_per_step": actions, "env_wait_s": statistics.mean(waits[1:] or waits)}
+    return {
+        "step_s": step_s,
+        "rollout_s": gen_s,
+        "episodes_per_s": rollouts / gen_s,
+        "actions_per_step": actions,
+        "env_wait_s": statistics.mean(waits[1:] or waits),
+    }
 
 
 def main() -> int:
@@ -151,8 +175,15 @@ def main() -> int:
     torch.set_num_threads(args.torch_threads)
     from browser_control.env_service.process import ServiceProcess
 
-    service = ServiceProcess("--max-sessions", str(args.rollouts + 4), "--workers", str(args.workers),
-                             "--log-level", "warning", chromium=args.chromium_executable)
+    service = ServiceProcess(
+        "--max-sessions",
+        str(args.rollouts + 4),
+        "--workers",
+        str(args.workers),
+        "--log-level",
+        "warning",
+        chromium=args.chromium_executable,
+    )
     os.environ["ROLLOUT_BENCH_URL"] = url = service.url
     try:
         service.wait_healthy(timeout_s=120)
@@ -160,23 +191,30 @@ def main() -> int:
             model = imprinted_model(Path(tmp) / "model")
             results = {}
             for concurrent in (False, True):
-                results[concurrent] = run_mode(concurrent, model, url, args.rollouts, args.turns, args.steps,
-                                               Path(tmp) / f"out-{concurrent}")
+                results[concurrent] = run_mode(
+                    concurrent, model, url, args.rollouts, args.turns, args.steps, Path(tmp) / f"out-{concurrent}"
+                )
     finally:
         service.stop()
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"command: python {' '.join(sys.argv)}\n")
-    print("| env calls | s per GRPO step | s of rollouts per step | s waiting on the env per step |"
-          " episodes/s (rollouts) | env actions in last step |")
+    print(
+        "| env calls | s per GRPO step | s of rollouts per step | s waiting on the env per step |"
+        " episodes/s (rollouts) | env actions in last step |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for concurrent, r in results.items():
         label = "concurrent (ours)" if concurrent else "sequential (TRL 1.16)"
-        print(f"| {label} | {r['step_s']:.2f} | {r['rollout_s']:.2f} | {r['env_wait_s']:.2f} | "
-              f"{r['episodes_per_s']:.2f} | {r['actions_per_step']:.0f} |")
+        print(
+            f"| {label} | {r['step_s']:.2f} | {r['rollout_s']:.2f} | {r['env_wait_s']:.2f} | "
+            f"{r['episodes_per_s']:.2f} | {r['actions_per_step']:.0f} |"
+        )
     seq, con = results[False], results[True]
-    print(f"\nspeed-up: env waiting {seq['env_wait_s'] / con['env_wait_s']:.2f}x, rollout phase "
-          f"{seq['rollout_s'] / con['rollout_s']:.2f}x, whole GRPO step {seq['step_s'] / con['step_s']:.2f}x")
+    print(
+        f"\nspeed-up: env waiting {seq['env_wait_s'] / con['env_wait_s']:.2f}x, rollout phase "
+        f"{seq['rollout_s'] / con['rollout_s']:.2f}x, whole GRPO step {seq['step_s'] / con['step_s']:.2f}x"
+    )
     return 0
 
 

@@ -64,8 +64,12 @@ def chromium() -> str | None:
 def env_service(chromium: str | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     """One shared service for the whole run; tests that need their own start a ServiceProcess."""
     service = ServiceProcess(
-        "--max-sessions", "64", "--workers", "4",
-        log_path=tmp_path_factory.mktemp("env_service") / "serve-env.log", chromium=chromium,
+        "--max-sessions",
+        "64",
+        "--workers",
+        "4",
+        log_path=tmp_path_factory.mktemp("env_service") / "serve-env.log",
+        chromium=chromium,
     )
     try:
         service.wait_healthy()
@@ -137,10 +141,18 @@ def clicking_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("click-checkboxes", "[18] checkbox 'x'", "Goal: Select x.\nPage:\n[18] checkbox 'x'"),
     ):
         first = task_prompt(task)
-        first[-1] = {**first[-1], "content": first[-1]["content"]
-                     + f"Goal: do it.\nStep 0 of 3. Last action error: none\nPage:\n{page}"}
-        prompts += [first, [*first, {"role": "assistant", "content": "", "tool_calls": [call]},
-                            {"role": "tool", "name": "click", "content": result}]]
+        first[-1] = {
+            **first[-1],
+            "content": first[-1]["content"] + f"Goal: do it.\nStep 0 of 3. Last action error: none\nPage:\n{page}",
+        }
+        prompts += [
+            first,
+            [
+                *first,
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "name": "click", "content": result},
+            ],
+        ]
     return imprint_reply(path, CLICK_REPLY, prompts, tools=bound_tools(), steps=150)
 
 

@@ -90,8 +90,7 @@ def test_browsergym_parses_our_canonical_form_back_to_the_same_call() -> None:
     from browser_control.env_service.browser import browsergym_action_set
 
     action_set = browsergym_action_set()
-    for text in ("fill('14', 'a\\'); import os; (\\'')", "click('13', button='right')",
-                 "keyboard_type('\\x00\\n\\t')"):
+    for text in ("fill('14', 'a\\'); import os; (\\'')", "click('13', button='right')", "keyboard_type('\\x00\\n\\t')"):
         parsed = parse_action(text)
         code = action_set.to_python_code(parsed.canonical())
         assert code.rstrip().splitlines()[-1] == parsed.canonical()

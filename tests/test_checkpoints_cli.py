@@ -25,16 +25,24 @@ def checkpoint_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     full = build_tiny_lfm2(root / "tiny-click-test-20260101-100000", seed=1)
     (full / "training_config.yaml").write_text("model: tiny\n")
-    (full / "metrics.json").write_text(json.dumps({
-        "global_step": 200, "max_steps": 200, "recent": {"reward": 0.8125, "success/click-test": 0.9, "entropy": 0.4},
-        "last": {"reward": 0.75}, "warnings": ["step 20: something"],
-    }))
+    (full / "metrics.json").write_text(
+        json.dumps(
+            {
+                "global_step": 200,
+                "max_steps": 200,
+                "recent": {"reward": 0.8125, "success/click-test": 0.9, "entropy": 0.4},
+                "last": {"reward": 0.75},
+                "warnings": ["step 20: something"],
+            }
+        )
+    )
 
     lora = root / "tiny-lora-mix-20260102-100000"
     # init_lora_weights=False: random A and B, so the adapter really changes the model.
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=4, target_modules=["q_proj", "v_proj", "in_proj", "w1"],
-                                      init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj", "in_proj", "w1"], init_lora_weights=False),
+    )
     model.save_pretrained(lora)
     AutoTokenizer.from_pretrained(base).save_pretrained(lora)
     (lora / "metrics.json").write_text(json.dumps({"global_step": 50, "recent": {"reward": 0.25}}))
@@ -50,7 +58,8 @@ def checkpoint_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_list_shows_finished_checkpoints_with_size_date_and_metrics(
-        checkpoint_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    checkpoint_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("CHECKPOINT_DIR", str(checkpoint_root))
     assert main(["checkpoints", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -75,15 +84,17 @@ def test_list_of_a_missing_directory_says_where_it_looked(tmp_path: Path, capsys
 
 
 def test_export_merges_a_lora_run_into_a_model_that_loads_alone(
-        checkpoint_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    checkpoint_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = "tiny-lora-mix-20260102-100000"
     out = tmp_path / "merged"
-    status = main(["checkpoints", "--checkpoint-dir", str(checkpoint_root), "export", name, "--merge-lora",
-                   "--output", str(out)])
+    status = main(
+        ["checkpoints", "--checkpoint-dir", str(checkpoint_root), "export", name, "--merge-lora", "--output", str(out)]
+    )
     assert status == 0, capsys.readouterr().err
     assert "merged the LoRA adapter" in capsys.readouterr().out
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
@@ -102,24 +113,51 @@ def test_export_merges_a_lora_run_into_a_model_that_loads_alone(
     assert "tool_call_start" in (AutoTokenizer.from_pretrained(out).chat_template or "")
 
 
-def test_export_of_a_full_checkpoint_copies_it(checkpoint_root: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_of_a_full_checkpoint_copies_it(
+    checkpoint_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "copy"
-    assert main(["checkpoints", "--checkpoint-dir", str(checkpoint_root), "export",
-                 "tiny-click-test-20260101-100000", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "checkpoints",
+                "--checkpoint-dir",
+                str(checkpoint_root),
+                "export",
+                "tiny-click-test-20260101-100000",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     source = checkpoint_root / "tiny-click-test-20260101-100000"
     for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.json", "training_config.yaml"):
         assert (out / name).read_bytes() == (source / name).read_bytes(), name
 
 
-@pytest.mark.parametrize(("name", "message"), [
-    ("tiny-click-test-2026", "no checkpoint 'tiny-click-test-2026'"),
-    (".tmp-tiny-crashed-20260103-100000", "still being written"),
-])
-def test_export_errors_are_clear(checkpoint_root: Path, tmp_path: Path, name: str, message: str,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
-    status = main(["checkpoints", "--checkpoint-dir", str(checkpoint_root), "export", name, "--merge-lora",
-                   "--output", str(tmp_path / "out")])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("tiny-click-test-2026", "no checkpoint 'tiny-click-test-2026'"),
+        (".tmp-tiny-crashed-20260103-100000", "still being written"),
+    ],
+)
+def test_export_errors_are_clear(
+    checkpoint_root: Path, tmp_path: Path, name: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(
+        [
+            "checkpoints",
+            "--checkpoint-dir",
+            str(checkpoint_root),
+            "export",
+            name,
+            "--merge-lora",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
@@ -128,7 +166,16 @@ def test_export_errors_are_clear(checkpoint_root: Path, tmp_path: Path, name: st
 def test_export_never_overwrites(checkpoint_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
-    status = main(["checkpoints", "--checkpoint-dir", str(checkpoint_root), "export",
-                   "tiny-click-test-20260101-100000", "--output", str(tmp_path / "taken")])
+    status = main(
+        [
+            "checkpoints",
+            "--checkpoint-dir",
+            str(checkpoint_root),
+            "export",
+            "tiny-click-test-20260101-100000",
+            "--output",
+            str(tmp_path / "taken"),
+        ]
+    )
     assert status == 2 and "already exists" in capsys.readouterr().err
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"

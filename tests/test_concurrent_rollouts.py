@@ -62,13 +62,25 @@ def _trainer(model: Path, env_url: str, tmp_path: Path, trainer_cls: type, steps
     from datasets import Dataset
     from trl import GRPOConfig
 
-    rows = [{"prompt": task_prompt("click-checkboxes"), "task_name": "click-checkboxes", "seed": 11 + i}
-            for i in range(2)]
+    rows = [
+        {"prompt": task_prompt("click-checkboxes"), "task_name": "click-checkboxes", "seed": 11 + i} for i in range(2)
+    ]
     args = GRPOConfig(
-        output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4, num_generations=4,
-        max_completion_length=3000, max_tool_calling_iterations=steps, temperature=1.0, learning_rate=1e-4,
-        bf16=False, report_to=[], logging_steps=1, save_strategy="no", gradient_checkpointing=False,
-        use_cpu=True, seed=0,
+        output_dir=str(tmp_path / "out"),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=3000,
+        max_tool_calling_iterations=steps,
+        temperature=1.0,
+        learning_rate=1e-4,
+        bf16=False,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        use_cpu=True,
+        seed=0,
     )
 
     class Env(BrowserEnvironment):

@@ -23,8 +23,7 @@ from tests.conftest import REPO, subprocess_env
 # The tiny from-scratch configs of the learning benchmark (sft_*, learning_*) are checked by tests/test_learning.py.
 # The GPU configs of `make fine-tune-local`; the CPU ones of the learning benchmark and `make demo` (tiny local
 # models, no vLLM) are checked by tests/test_learning.py and tests/test_demo.py.
-CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml")
-                 if not p.name.startswith(("sft_", "learning_", "demo_")))
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith(("sft_", "learning_", "demo_")))
 NO_ENV: dict[str, str] = {}  # load_config(environ=...) without the caller's BROWSERGYM_URL & co.
 
 
@@ -42,11 +41,15 @@ def error_of(path: Path, **kwargs: object) -> str:
 
 # -- shipped configs -------------------------------------------------------------------------------
 
+
 def test_the_five_configs_ship() -> None:
     names = {p.name for p in CONFIGS}
     assert {
-        "lfm2_350m_local.yaml", "lfm2_350m_local_full.yaml", "lfm2_350m_local_lora.yaml",
-        "lfm2_350m_book_flight.yaml", "miniwob_multitask.yaml",
+        "lfm2_350m_local.yaml",
+        "lfm2_350m_local_full.yaml",
+        "lfm2_350m_local_lora.yaml",
+        "lfm2_350m_book_flight.yaml",
+        "miniwob_multitask.yaml",
     } <= names
 
 
@@ -84,11 +87,15 @@ def test_default_lora_targets_are_lfm2_modules() -> None:
 
 # -- validation messages ---------------------------------------------------------------------------
 
+
 def test_unknown_key_names_the_closest_valid_key_and_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         tasks: [click-test]
         learning_rat: 1.0e-6
-    """)
+    """,
+    )
     message = error_of(path)
     assert str(path) in message
     assert "unknown key 'learning_rat'" in message and "did you mean 'learning_rate'" in message
@@ -101,25 +108,31 @@ def test_unknown_key_inside_a_task_entry(tmp_path: Path) -> None:
 
 
 def test_wrong_type_names_key_value_and_file(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         tasks: [click-test]
         max_steps: ten
-    """)
+    """,
+    )
     message = error_of(path)
     assert f"{path}: max_steps:" in message and "integer" in message and "'ten'" in message
 
 
-@pytest.mark.parametrize(("line", "key", "words"), [
-    ("max_steps: 0", "max_steps", "greater than or equal to 1"),
-    ("learning_rate: -1.0e-6", "learning_rate", "greater than 0"),
-    ("lora_dropout: 1.5", "lora_dropout", "less than 1"),
-    ("vllm_gpu_memory_utilization: 1.5", "vllm_gpu_memory_utilization", "less than or equal to 1"),
-    ("num_generations: 1", "num_generations", "greater than or equal to 2"),
-    ("bf16: maybe", "bf16", "'auto'"),
-    ("loss_type: ppo", "loss_type", "'dapo'"),
-    ("run_name: ../escape", "run_name", "letters, digits"),
-    ("browsergym_url: browsergym:8000", "browsergym_url", "http"),
-])
+@pytest.mark.parametrize(
+    ("line", "key", "words"),
+    [
+        ("max_steps: 0", "max_steps", "greater than or equal to 1"),
+        ("learning_rate: -1.0e-6", "learning_rate", "greater than 0"),
+        ("lora_dropout: 1.5", "lora_dropout", "less than 1"),
+        ("vllm_gpu_memory_utilization: 1.5", "vllm_gpu_memory_utilization", "less than or equal to 1"),
+        ("num_generations: 1", "num_generations", "greater than or equal to 2"),
+        ("bf16: maybe", "bf16", "'auto'"),
+        ("loss_type: ppo", "loss_type", "'dapo'"),
+        ("run_name: ../escape", "run_name", "letters, digits"),
+        ("browsergym_url: browsergym:8000", "browsergym_url", "http"),
+    ],
+)
 def test_bad_values_name_the_key(tmp_path: Path, line: str, key: str, words: str) -> None:
     path = write(tmp_path, f"tasks: [click-test]\n{line}\n")
     message = error_of(path)
@@ -127,22 +140,28 @@ def test_bad_values_name_the_key(tmp_path: Path, line: str, key: str, words: str
 
 
 def test_group_must_fit_in_a_step(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         tasks: [click-test]
         num_generations: 3
         per_device_train_batch_size: 4
-    """)
+    """,
+    )
     message = error_of(path)
     assert "multiple of num_generations = 3" in message
 
 
 def test_vllm_context_must_hold_prompt_and_completion(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         tasks: [click-test]
         use_vllm: true
         max_completion_length: 4096
         vllm_max_model_length: 4096
-    """)
+    """,
+    )
     assert "must exceed max_completion_length" in error_of(path)
 
 
@@ -169,11 +188,14 @@ def test_missing_file_lists_the_shipped_configs(tmp_path: Path, monkeypatch: pyt
 
 
 def test_task_forms_and_weights(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         tasks:
           - click-test
           - {name: miniwob.click-button, weight: 3}
-    """)
+    """,
+    )
     config = load_config(path, environ=NO_ENV)
     assert [(t.name, t.weight) for t in config.tasks] == [("click-test", 1.0), ("click-button", 3.0)]
     assert "weight: Input should be greater than 0" in error_of(
@@ -183,20 +205,28 @@ def test_task_forms_and_weights(tmp_path: Path) -> None:
 
 # -- overrides ----------------------------------------------------------------------------------------
 
+
 def test_env_vars_override_the_file_and_set_overrides_env(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         tasks: [click-test]
         browsergym_url: http://127.0.0.1:8000
         checkpoint_dir: ckpt
         logging_dir: logs
-    """)
-    environ = {"BROWSERGYM_URL": "http://browsergym:8000/", "CHECKPOINT_DIR": "/model_checkpoints",
-               "LOGGING_DIR": "/logs"}
+    """,
+    )
+    environ = {
+        "BROWSERGYM_URL": "http://browsergym:8000/",
+        "CHECKPOINT_DIR": "/model_checkpoints",
+        "LOGGING_DIR": "/logs",
+    }
     config = load_config(path, environ=environ)
     assert config.browsergym_url == "http://browsergym:8000"
     assert config.checkpoint_dir == "/model_checkpoints" and config.logging_dir == "/logs"
-    config = load_config(path, ["checkpoint_dir=/elsewhere", "max_steps=7", "tasks=[a, b]", "use_vllm=true"],
-                         environ=environ)
+    config = load_config(
+        path, ["checkpoint_dir=/elsewhere", "max_steps=7", "tasks=[a, b]", "use_vllm=true"], environ=environ
+    )
     assert config.checkpoint_dir == "/elsewhere" and config.max_steps == 7 and config.use_vllm
     assert [t.name for t in config.tasks] == ["a", "b"]
 
@@ -208,7 +238,9 @@ def test_set_errors(tmp_path: Path) -> None:
     assert "expected KEY=VALUE" in error_of(path, overrides=["max_steps"])
     assert "max_steps" in error_of(path, overrides=["max_steps=abc"])
     assert parse_overrides(["resume_from_checkpoint=true", "run_name=x"]) == {
-        "resume_from_checkpoint": True, "run_name": "x"}
+        "resume_from_checkpoint": True,
+        "run_name": "x",
+    }
 
 
 def test_derived_names() -> None:
@@ -221,6 +253,7 @@ def test_derived_names() -> None:
 
 # -- the command line --------------------------------------------------------------------------------
 
+
 def test_train_help_teaches_without_importing_torch() -> None:
     code = textwrap.dedent("""
         import contextlib, io, sys
@@ -232,8 +265,9 @@ def test_train_help_teaches_without_importing_torch() -> None:
         print(out.getvalue())
         print("HEAVY:", heavy)
     """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
-                            timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=120, check=True
+    )
     text = result.stdout
     assert "HEAVY: []" in text
     assert "browser-control train --config configs/lfm2_350m_local.yaml" in text  # examples
@@ -251,8 +285,9 @@ def test_bad_config_exits_2_with_the_message(tmp_path: Path, capsys: pytest.Capt
     assert "invalid config" in err and "did you mean 'max_steps'" in err
 
 
-def test_print_config_resolves_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_print_config_resolves_overrides(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CHECKPOINT_DIR", "/ckpt")
     path = write(tmp_path, "tasks: [click-test]\n")
     assert main(["train", "--config", str(path), "--set", "max_steps=3", "--print-config"]) == 0
@@ -270,7 +305,8 @@ def test_the_config_table_in_the_docs_is_the_one_the_model_generates() -> None:
     end = text.index("<!-- end of config-table -->")
     assert text[begin:end] == config_table(TrainConfig), (
         "docs/training.md's config table is out of date: replace it with the output of "
-        "`python -m browser_control.training.config`")
+        "`python -m browser_control.training.config`"
+    )
 
 
 def test_the_config_table_names_every_key_with_its_default() -> None:

@@ -19,15 +19,32 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def _demos_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "browser_control", "demos", *args], env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "browser_control", "demos", *args],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
 def demos_file(env_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("demos") / "demos.jsonl"
-    proc = _demos_cli("--tasks", "click-test,login-user", "--episodes", "3", "--output", str(path),
-                      "--seed-offset", "7000", "--max-steps", "4", "--browsergym-url", env_url)
+    proc = _demos_cli(
+        "--tasks",
+        "click-test,login-user",
+        "--episodes",
+        "3",
+        "--output",
+        str(path),
+        "--seed-offset",
+        "7000",
+        "--max-steps",
+        "4",
+        "--browsergym-url",
+        env_url,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"wrote 6 demonstrations to {path} (click-test 3, login-user 3)" in proc.stdout
     assert "demos: 100%" in proc.stderr  # the progress bar
@@ -37,7 +54,8 @@ def demos_file(env_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_demos_are_training_seed_conversations_in_trls_format(demos_file: Path) -> None:
     records = read_demos(demos_file)
     assert [(r["task_name"], r["seed"]) for r in records] == [
-        (task, train_seed(i, 7000)) for i in range(3) for task in ("click-test", "login-user")]
+        (task, train_seed(i, 7000)) for i in range(3) for task in ("click-test", "login-user")
+    ]
     assert all(r["seed"] in TRAIN_SEED_RANGE and r["seed"] not in EVAL_SEED_RANGE for r in records)
     for record in records:
         messages = record["messages"]
@@ -70,21 +88,26 @@ def test_demos_render_with_the_chat_template_and_parse_back(demos_file: Path, tm
         messages, tools = record["messages"], record["tools"]
         full = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
         # GRPO's prompt (TRL renders the tools from the environment's bound methods) starts the conversation.
-        prompt = tokenizer.apply_chat_template(messages[:2], tools=bound_tools(env), add_generation_prompt=True,
-                                               tokenize=False)
+        prompt = tokenizer.apply_chat_template(
+            messages[:2], tools=bound_tools(env), add_generation_prompt=True, tokenize=False
+        )
         assert full.startswith(prompt)
         # Each assistant turn, tokenized as the model would generate it, parses back to the recorded calls.
         for index, message in enumerate(messages):
             if not message.get("tool_calls"):
                 continue
-            before = tokenizer.apply_chat_template(messages[:index], tools=tools, add_generation_prompt=True,
-                                                   tokenize=False)
-            upto = tokenizer.apply_chat_template(messages[:index + 1], tools=tools, tokenize=False)
+            before = tokenizer.apply_chat_template(
+                messages[:index], tools=tools, add_generation_prompt=True, tokenize=False
+            )
+            upto = tokenizer.apply_chat_template(messages[: index + 1], tools=tools, tokenize=False)
             assert upto.startswith(before)
-            reply = upto[len(before):].removesuffix("\n")
+            reply = upto[len(before) :].removesuffix("\n")
             assert reply.startswith("<|tool_call_start|>[") and reply.endswith("]<|tool_call_end|><|im_end|>")
-            parsed = codec.parse(tokenizer(reply, add_special_tokens=False)["input_ids"],
-                                 tokenizer(before, add_special_tokens=False)["input_ids"], tools)
+            parsed = codec.parse(
+                tokenizer(reply, add_special_tokens=False)["input_ids"],
+                tokenizer(before, add_special_tokens=False)["input_ids"],
+                tools,
+            )
             assert parsed["tool_calls"] == message["tool_calls"], reply
 
 
@@ -94,11 +117,22 @@ def test_demos_cli_errors(env_url: str, tmp_path: Path) -> None:
     assert unknown.returncode == 2 and "unknown task 'click-tset' (did you mean click-test" in unknown.stderr
     unscripted = _demos_cli("--tasks", "book-flight", "--output", str(out), "--browsergym-url", env_url)
     assert unscripted.returncode == 2 and "no scripted policy for book-flight" in unscripted.stderr
-    dead = _demos_cli("--tasks", "click-test", "--output", str(out), "--browsergym-url",
-                      f"http://127.0.0.1:{free_port()}")
+    dead = _demos_cli(
+        "--tasks", "click-test", "--output", str(out), "--browsergym-url", f"http://127.0.0.1:{free_port()}"
+    )
     assert dead.returncode == 2 and "BROWSERGYM_URL" in dead.stderr
-    too_far = _demos_cli("--tasks", "click-test", "--output", str(out), "--browsergym-url", env_url,
-                         "--seed-offset", str(TRAIN_SEED_RANGE.stop - 1), "--episodes", "2")
+    too_far = _demos_cli(
+        "--tasks",
+        "click-test",
+        "--output",
+        str(out),
+        "--browsergym-url",
+        env_url,
+        "--seed-offset",
+        str(TRAIN_SEED_RANGE.stop - 1),
+        "--episodes",
+        "2",
+    )
     assert too_far.returncode == 2 and "leaves the training seed range" in too_far.stderr
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
     out.write_text("keep me\n")

@@ -49,6 +49,7 @@ MOUNT_ENV = {"/hf_cache": "HF_HOME", "/model_checkpoints": "CHECKPOINT_DIR", "/l
 
 # -- helpers ------------------------------------------------------------------------------------------------
 
+
 def load_compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE_PATH.read_text())
 
@@ -135,6 +136,7 @@ def used_commands() -> dict[str, list[str]]:
 
 
 # -- the compose file ---------------------------------------------------------------------------------------
+
 
 def _schema_validator():
     from jsonschema import Draft7Validator
@@ -342,6 +344,7 @@ def test_compose_environment_values_are_accepted_by_serve_env(
 
 # -- the Dockerfiles ----------------------------------------------------------------------------------------
 
+
 def _pyproject() -> dict[str, Any]:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
 
@@ -397,8 +400,9 @@ def test_training_requirements_extraction_matches_pyproject() -> None:
     run = next(r for r in instruction(DOCKERFILES["training"], "RUN") if "import tomllib" in r)
     code = re.search(r"python3 -c '([^']*)'", run)
     assert code
-    out = subprocess.run([sys.executable, "-c", code.group(1)], cwd=REPO, capture_output=True, text=True,
-                         check=True).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-c", code.group(1)], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     project = _pyproject()["project"]
     assert out == project["dependencies"] + project["optional-dependencies"]["train"]
     assert any(line.startswith("trl==") for line in out)
@@ -408,8 +412,11 @@ def test_tensorboard_pin_satisfies_the_train_extra() -> None:
     run = instruction(DOCKERFILES["tensorboard"], "RUN")[0]
     pinned = re.search(r"tensorboard==(\S+)", run)
     assert pinned
-    spec = next(Requirement(r).specifier for r in _pyproject()["project"]["optional-dependencies"]["train"]
-                if Requirement(r).name == "tensorboard")
+    spec = next(
+        Requirement(r).specifier
+        for r in _pyproject()["project"]["optional-dependencies"]["train"]
+        if Requirement(r).name == "tensorboard"
+    )
     assert Version(pinned.group(1)) in spec
 
 
@@ -463,6 +470,7 @@ def test_dockerignore_files_keep_the_context_small() -> None:
 
 # -- uv.lock ------------------------------------------------------------------------------------------------
 
+
 def _normalized(name: str, extras: list[str] | tuple[str, ...], specifier: str, marker: str | None) -> tuple:
     return (name.lower().replace("_", "-"), tuple(sorted(extras)), str(SpecifierSet(specifier)), marker or "")
 
@@ -477,12 +485,15 @@ def test_uv_lock_matches_pyproject() -> None:
         for d in package["metadata"]["requires-dist"]
     }
     wanted = set()
-    for extra, requirements in [(None, project["project"]["dependencies"]),
-                                *project["project"]["optional-dependencies"].items()]:
+    for extra, requirements in [
+        (None, project["project"]["dependencies"]),
+        *project["project"]["optional-dependencies"].items(),
+    ]:
         for text in requirements:
             req = Requirement(text)
-            wanted.add(_normalized(req.name, sorted(req.extras), str(req.specifier),
-                                   f"extra == '{extra}'" if extra else None))
+            wanted.add(
+                _normalized(req.name, sorted(req.extras), str(req.specifier), f"extra == '{extra}'" if extra else None)
+            )
     assert locked == wanted, "uv.lock is stale: run `uv lock` (or `.venv/bin/uv lock`)"
     constraints = {c["name"]: c["specifier"] for c in lock["manifest"]["constraints"]}
     assert constraints == {
@@ -494,6 +505,7 @@ def test_uv_lock_matches_pyproject() -> None:
 
 
 # -- the containers' commands as plain processes ------------------------------------------------------------
+
 
 def test_browsergym_command_serves_health_and_its_probe_tells_up_from_down(
     compose: dict[str, Any], chromium: str | None, tmp_path: Path
@@ -519,8 +531,13 @@ def test_browsergym_command_serves_health_and_its_probe_tells_up_from_down(
 
 
 def test_training_command_answers_help() -> None:
-    result = subprocess.run([sys.executable, "-m", "browser_control", "train", "--help"], env=subprocess_env(),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "browser_control", "train", "--help"],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "--config" in result.stdout
 
@@ -533,8 +550,13 @@ def test_tensorboard_command_serves_the_logs_folder(tmp_path: Path) -> None:
     args[args.index("--logdir") + 1] = str(tmp_path)
     args[args.index("--port") + 1] = str(port)
     log = open(tmp_path / "tensorboard.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([str(VENV_BIN / "tensorboard"), *args, "--host", "127.0.0.1"], stdout=log,
-                            stderr=subprocess.STDOUT, env=subprocess_env(), start_new_session=True)
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "tensorboard"), *args, "--host", "127.0.0.1"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=subprocess_env(),
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:

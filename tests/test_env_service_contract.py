@@ -57,8 +57,9 @@ def test_reset_step_close_click_test(http: httpx.Client) -> None:
     assert step.reward == 1.0 and step.done is True and step.truncated is False and step.step == 1
 
     # step after done: 409 with a way out
-    body = _error(http.post("/step", json={"session_id": reset.session_id, "action": "click('13')"}),
-                  409, "episode_over")
+    body = _error(
+        http.post("/step", json={"session_id": reset.session_id, "action": "click('13')"}), 409, "episode_over"
+    )
     assert "reset" in (body.hint or "").lower()
 
     # reset in place keeps the session id and starts a fresh episode
@@ -67,8 +68,7 @@ def test_reset_step_close_click_test(http: httpx.Client) -> None:
     assert again.json()["done"] is False
 
     assert http.post("/close", json={"session_id": reset.session_id}).json() == {"ok": True}
-    _error(http.post("/step", json={"session_id": reset.session_id, "action": "click('13')"}),
-           404, "unknown_session")
+    _error(http.post("/step", json={"session_id": reset.session_id, "action": "click('13')"}), 404, "unknown_session")
     _error(http.post("/close", json={"session_id": reset.session_id}), 404, "unknown_session")
     # the browser survived the close: a new session works (the reference's Playwright died here)
     fresh = _reset(http)
@@ -125,11 +125,9 @@ def test_malformed_reset_requests_are_422_not_500(http: httpx.Client, payload: b
 
 def test_invalid_actions_are_422_with_a_fix_and_the_episode_goes_on(http: httpx.Client) -> None:
     s = _reset(http)
-    body = _error(http.post("/step", json={"session_id": s.session_id, "action": "click(bid)"}),
-                  422, "invalid_action")
+    body = _error(http.post("/step", json={"session_id": s.session_id, "action": "click(bid)"}), 422, "invalid_action")
     assert "literal" in body.message and "click('13')" in (body.hint or "")
-    body = _error(http.post("/step", json={"session_id": s.session_id, "action": "tap('13')"}),
-                  422, "invalid_action")
+    body = _error(http.post("/step", json={"session_id": s.session_id, "action": "tap('13')"}), 422, "invalid_action")
     assert "unknown action 'tap'" in body.message
     # the refused actions did not count as steps; the episode still works
     step = http.post("/step", json={"session_id": s.session_id, "action": "click('13')"}).json()
@@ -176,8 +174,11 @@ def test_seeds_must_be_json_integers(http: httpx.Client, seed: bytes) -> None:
     payload = b'{"task_name": "click-test", "seed": ' + seed + b"}"
     r = http.post("/reset", content=payload, headers={"content-type": "application/json"})
     assert "seed" in _error(r, 422, "invalid_request").message
-    r = http.post("/reset", content=payload.replace(b'"seed"', b'"max_episode_steps"'),
-                  headers={"content-type": "application/json"})
+    r = http.post(
+        "/reset",
+        content=payload.replace(b'"seed"', b'"max_episode_steps"'),
+        headers={"content-type": "application/json"},
+    )
     assert "max_episode_steps" in _error(r, 422, "invalid_request").message
 
 

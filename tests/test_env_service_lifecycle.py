@@ -41,10 +41,10 @@ def _wait_for(read, done, timeout_s: float):  # type: ignore[no-untyped-def]
 def own_service(chromium: str | None, tmp_path: Path):
     services: list[ServiceProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, healthy: bool = True,
-              browser: str | None = chromium) -> ServiceProcess:
-        service = ServiceProcess(*args, log_path=tmp_path / f"serve-env-{len(services)}.log",
-                                 chromium=browser, env=env)
+    def start(
+        *args: str, env: dict[str, str] | None = None, healthy: bool = True, browser: str | None = chromium
+    ) -> ServiceProcess:
+        service = ServiceProcess(*args, log_path=tmp_path / f"serve-env-{len(services)}.log", chromium=browser, env=env)
         services.append(service)
         if healthy:
             service.wait_healthy()
@@ -197,8 +197,11 @@ def test_a_killed_browser_is_relaunched_and_its_sessions_say_so(own_service) -> 
             except ProcessLookupError:
                 pass
         # Playwright notices the dead browser asynchronously; a step before that could still reach it.
-        _wait_for(lambda: [p for p in killed if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
-                  lambda alive: not alive, 60)
+        _wait_for(
+            lambda: [p for p in killed if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
+            lambda alive: not alive,
+            60,
+        )
         r = http.post("/step", json={"session_id": sid, "action": "click('13')"})
         assert r.status_code == 410 and r.json()["error"] == "session_lost", r.text
         assert http.get("/health").status_code == 200  # the probe relaunched the browser

@@ -51,9 +51,7 @@ def solve_click_checkboxes(goal: str, tree: str) -> list[str]:
     wanted = re.match(r"Select (.*) and click Submit\.", goal)
     assert wanted, goal
     names = [] if wanted.group(1) == "nothing" else [n.strip() for n in wanted.group(1).split(",")]
-    return [f"click('{_bid(tree, 'checkbox', n)}')" for n in names] + [
-        f"click('{_bid(tree, 'button', 'Submit')}')"
-    ]
+    return [f"click('{_bid(tree, 'checkbox', n)}')" for n in names] + [f"click('{_bid(tree, 'button', 'Submit')}')"]
 
 
 def solve_login_user(goal: str, tree: str) -> list[str]:

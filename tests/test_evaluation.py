@@ -33,11 +33,14 @@ def _train_to_click_13(model_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     messages = task_prompt("click-test")
-    messages[-1]["content"] += ("Goal: Click the button.\nStep 0 of 10. Last action error: none\nPage:\n"
-                                "RootWebArea 'Click Test Task', focused\n\t[13] button 'Click Me!'")
+    messages[-1]["content"] += (
+        "Goal: Click the button.\nStep 0 of 10. Last action error: none\nPage:\n"
+        "RootWebArea 'Click Test Task', focused\n\t[13] button 'Click Me!'"
+    )
     tools = bound_tools(BrowserEnvironment(base_url="http://127.0.0.1:9"))
-    prompt = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True,
-                                           return_dict=False)
+    prompt = tokenizer.apply_chat_template(
+        messages, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     target = tokenizer(CLICK_13, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([prompt + target])
     labels = ids.clone()
@@ -52,7 +55,7 @@ def _train_to_click_13(model_dir: Path) -> None:
         if step >= 15 and step % 5 == 0:
             with torch.no_grad():
                 out = model.generate(torch.tensor([prompt]), max_new_tokens=len(target), do_sample=False)
-            if out[0, len(prompt):].tolist() == target:
+            if out[0, len(prompt) :].tolist() == target:
                 break
     else:
         raise AssertionError("the tiny model did not learn the click-test answer")
@@ -73,13 +76,35 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return base, trained
 
 
-def test_evaluate_compares_a_base_and_a_trained_model(env_url: str, tiny_models: tuple[Path, Path],
-                                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_compares_a_base_and_a_trained_model(
+    env_url: str, tiny_models: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     base, trained = tiny_models
     out = tmp_path / "report"
-    status = main(["evaluate", "--model", str(base), "--model", str(trained), "--tasks", "click-test,enter-text",
-                   "--episodes", "3", "--seed-offset", "7", "--max-steps", "2", "--max-new-tokens", "16",
-                   "--browsergym-url", env_url, "--output", str(out), "--quiet"])
+    status = main(
+        [
+            "evaluate",
+            "--model",
+            str(base),
+            "--model",
+            str(trained),
+            "--tasks",
+            "click-test,enter-text",
+            "--episodes",
+            "3",
+            "--seed-offset",
+            "7",
+            "--max-steps",
+            "2",
+            "--max-new-tokens",
+            "16",
+            "--browsergym-url",
+            env_url,
+            "--output",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     document = json.loads((out / "report.json").read_text())
     runs = {r["label"]: r for r in document["runs"]}
@@ -116,7 +141,8 @@ def test_evaluate_compares_a_base_and_a_trained_model(env_url: str, tiny_models:
 
 
 def test_a_checkpoint_is_compared_with_its_base_under_its_training_budget(
-        env_url: str, tiny_models: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env_url: str, tiny_models: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import shutil
 
     base, trained = tiny_models
@@ -124,10 +150,26 @@ def test_a_checkpoint_is_compared_with_its_base_under_its_training_budget(
     shutil.copytree(trained, checkpoint)
     (checkpoint / "training_config.yaml").write_text(
         f"model_name: {base}\ntasks: [{{name: click-test, weight: 1}}]\nmax_episode_steps: 2\n"
-        "max_completion_length: 64\n")
+        "max_completion_length: 64\n"
+    )
     out = tmp_path / "report"
-    status = main(["evaluate", "--model", str(checkpoint), "--compare-base", "--episodes", "2", "--max-new-tokens",
-                   "16", "--browsergym-url", env_url, "--output", str(out), "--quiet"])
+    status = main(
+        [
+            "evaluate",
+            "--model",
+            str(checkpoint),
+            "--compare-base",
+            "--episodes",
+            "2",
+            "--max-new-tokens",
+            "16",
+            "--browsergym-url",
+            env_url,
+            "--output",
+            str(out),
+            "--quiet",
+        ]
+    )
     captured = capsys.readouterr()
     assert status == 0, captured.err
     assert "click-test (the training tasks" in captured.err
@@ -139,10 +181,25 @@ def test_a_checkpoint_is_compared_with_its_base_under_its_training_budget(
     assert [r["overall"]["successes"] for r in runs] == [0, 2]
 
 
-def test_scripted_policy_scores_100_percent_on_click_test(env_url: str, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    status = main(["evaluate", "--policy", "scripted", "--suite", "smoke", "--episodes", "5",
-                   "--browsergym-url", env_url, "--output", str(tmp_path), "--quiet"])
+def test_scripted_policy_scores_100_percent_on_click_test(
+    env_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(
+        [
+            "evaluate",
+            "--policy",
+            "scripted",
+            "--suite",
+            "smoke",
+            "--episodes",
+            "5",
+            "--browsergym-url",
+            env_url,
+            "--output",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     run = json.loads((tmp_path / "report.json").read_text())["runs"][0]
     assert run["kind"] == "scripted" and run["overall"]["successes"] == 5 and run["overall"]["episodes"] == 5
@@ -177,9 +234,10 @@ def test_lora_adapter_directory_is_evaluated_merged(tiny_models: tuple[Path, Pat
     from transformers import AutoModelForCausalLM
 
     base, _ = tiny_models
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                                LoraConfig(r=4, target_modules=["q_proj", "v_proj", "in_proj"],
-                                           init_lora_weights=False))
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj", "in_proj"], init_lora_weights=False),
+    )
     peft_model.save_pretrained(tmp_path / "adapter")
     policy = load_model_policy(str(tmp_path / "adapter"), label="lora")
     ids = torch.tensor([[1, 6, 20, 30, 40]])
@@ -190,16 +248,20 @@ def test_lora_adapter_directory_is_evaluated_merged(tiny_models: tuple[Path, Pat
     assert policy.settings["lora_base"] == str(base)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--tasks", "click-tset"], "unknown task 'click-tset' (did you mean click-test"),
-    (["--suite", "miniwob-hard"], "unknown suite 'miniwob-hard'"),
-    (["--model", "/nonexistent/model", "--suite", "smoke"], "model path '/nonexistent/model' does not exist"),
-    (["--tasks", "book-flight"], "no scripted policy for book-flight"),
-    (["--tasks", ","], "--tasks is empty"),
-    (["--suite", "smoke", "--compare-base"], "--policy scripted runs no model"),
-])
-def test_bad_arguments_fail_with_a_clear_message(env_url: str, args: list[str], message: str,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tasks", "click-tset"], "unknown task 'click-tset' (did you mean click-test"),
+        (["--suite", "miniwob-hard"], "unknown suite 'miniwob-hard'"),
+        (["--model", "/nonexistent/model", "--suite", "smoke"], "model path '/nonexistent/model' does not exist"),
+        (["--tasks", "book-flight"], "no scripted policy for book-flight"),
+        (["--tasks", ","], "--tasks is empty"),
+        (["--suite", "smoke", "--compare-base"], "--policy scripted runs no model"),
+    ],
+)
+def test_bad_arguments_fail_with_a_clear_message(
+    env_url: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     if "--model" not in args:
         args = ["--policy", "scripted", *args]
     status = main(["evaluate", *args, "--browsergym-url", env_url, "--quiet"])
@@ -210,8 +272,20 @@ def test_bad_arguments_fail_with_a_clear_message(env_url: str, args: list[str], 
 
 def test_service_down_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    status = main(["evaluate", "--policy", "scripted", "--suite", "smoke", "--browsergym-url", url,
-                   "--output", str(tmp_path / "out"), "--quiet"])
+    status = main(
+        [
+            "evaluate",
+            "--policy",
+            "scripted",
+            "--suite",
+            "smoke",
+            "--browsergym-url",
+            url,
+            "--output",
+            str(tmp_path / "out"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 2 and f"the environment service at {url}" in err and "Connection refused" in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()

@@ -49,12 +49,15 @@ RootWebArea 'Click Checkboxes Task', focused
 
 
 # -- Wilson / Newcombe ------------------------------------------------------------------------------
-@pytest.mark.parametrize(("k", "n", "low", "high"), [
-    (0, 10, 0.0, 0.2775),      # published values (Wilson 1927 / Newcombe 1998 tables)
-    (10, 10, 0.7225, 1.0),
-    (5, 10, 0.2366, 0.7634),
-    (81, 263, 0.2553, 0.3662),
-])
+@pytest.mark.parametrize(
+    ("k", "n", "low", "high"),
+    [
+        (0, 10, 0.0, 0.2775),  # published values (Wilson 1927 / Newcombe 1998 tables)
+        (10, 10, 0.7225, 1.0),
+        (5, 10, 0.2366, 0.7634),
+        (81, 263, 0.2553, 0.3662),
+    ],
+)
 def test_wilson_interval_matches_published_values(k: int, n: int, low: float, high: float) -> None:
     got = wilson_interval(k, n)
     assert got == pytest.approx((low, high), abs=5e-4)
@@ -65,8 +68,9 @@ def test_wilson_interval_contains_the_rate_and_narrows_with_more_trials() -> Non
         for k in range(n + 1):
             low, high = wilson_interval(k, n)
             assert 0.0 <= low <= k / n <= high <= 1.0
-    assert wilson_interval(20, 40)[1] - wilson_interval(20, 40)[0] < wilson_interval(5, 10)[1] - wilson_interval(
-        5, 10)[0]
+    assert (
+        wilson_interval(20, 40)[1] - wilson_interval(20, 40)[0] < wilson_interval(5, 10)[1] - wilson_interval(5, 10)[0]
+    )
     assert wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError):
         wilson_interval(3, 2)
@@ -93,10 +97,16 @@ def test_observation_text_parses_into_goal_and_nodes_with_parents() -> None:
 
 
 def test_every_tool_call_maps_one_to_one_onto_a_tool_and_a_whitelisted_action() -> None:
-    examples = {"click": {"bid": "13"}, "fill": {"bid": "14", "value": "it's"}, "scroll": {"delta_x": 0, "delta_y": 50},
-                "select_option": {"bid": "3", "option": "Red"}, "press": {"bid": "4", "key": "Enter"},
-                "drag_and_drop": {"from_bid": "1", "to_bid": "2"}, "keyboard_type": {"text": "hi"},
-                "keyboard_press": {"key": "Tab"}}
+    examples = {
+        "click": {"bid": "13"},
+        "fill": {"bid": "14", "value": "it's"},
+        "scroll": {"delta_x": 0, "delta_y": 50},
+        "select_option": {"bid": "3", "option": "Red"},
+        "press": {"bid": "4", "key": "Enter"},
+        "drag_and_drop": {"from_bid": "1", "to_bid": "2"},
+        "keyboard_type": {"text": "hi"},
+        "keyboard_press": {"key": "Tab"},
+    }
     for name in tool_names():
         arguments = examples.get(name, {"bid": "7"})
         action = ToolCall(name, arguments).action()
@@ -163,21 +173,49 @@ def test_unknown_suite_and_task_errors_name_close_matches() -> None:
 
 # -- reports --------------------------------------------------------------------------------------------
 def _records(task: str, wins: int, n: int, steps: int = 2) -> list[EpisodeRecord]:
-    return [EpisodeRecord(task, 1_000_000_000 + i, i < wins, steps if i < wins else 10, steps, 1 if i >= wins else 0,
-                          "success" if i < wins else "step_limit", ["click('13')"]) for i in range(n)]
+    return [
+        EpisodeRecord(
+            task,
+            1_000_000_000 + i,
+            i < wins,
+            steps if i < wins else 10,
+            steps,
+            1 if i >= wins else 0,
+            "success" if i < wins else "step_limit",
+            ["click('13')"],
+        )
+        for i in range(n)
+    ]
 
 
 def _settings(n: int) -> dict:
-    return {"episodes_per_task": n, "seeds": [1_000_000_000, 1_000_000_000 + n - 1], "seed_offset": 0,
-            "max_episode_steps": 10, "env_url": "http://127.0.0.1:8000"}
+    return {
+        "episodes_per_task": n,
+        "seeds": [1_000_000_000, 1_000_000_000 + n - 1],
+        "seed_offset": 0,
+        "max_episode_steps": 10,
+        "env_url": "http://127.0.0.1:8000",
+    }
 
 
 def test_reports_aggregate_compare_and_write_json_markdown_and_a_png(tmp_path: Path) -> None:
     n = 30
-    base = build_report("base", "model", ["click-test", "enter-text"],
-                        _records("click-test", 3, n) + _records("enter-text", 0, n), _settings(n), 12.0)
-    tuned = build_report("tuned", "model", ["click-test", "enter-text"],
-                         _records("click-test", 27, n, 1) + _records("enter-text", 2, n), _settings(n), 10.0)
+    base = build_report(
+        "base",
+        "model",
+        ["click-test", "enter-text"],
+        _records("click-test", 3, n) + _records("enter-text", 0, n),
+        _settings(n),
+        12.0,
+    )
+    tuned = build_report(
+        "tuned",
+        "model",
+        ["click-test", "enter-text"],
+        _records("click-test", 27, n, 1) + _records("enter-text", 2, n),
+        _settings(n),
+        10.0,
+    )
     assert tuned.task("click-test").successes == 27 and tuned.task("click-test").mean_steps_to_success == 1.0
     assert base.task("enter-text").mean_steps_to_success is None
     assert tuned.overall.episodes == 2 * n and tuned.overall.successes == 29
@@ -218,15 +256,21 @@ def test_tool_result_tokens_are_the_ones_trl_appends(tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     codec = ChatCodec(tokenizer)
     messages = [{"role": "tool", "name": "click", "content": "Goal: x\nPage:\n[13] button 'OK'"}]
-    trainer_like = SimpleNamespace(processing_class=tokenizer, _tokenizer=tokenizer, chat_template=codec.chat_template,
-                                   chat_template_kwargs={}, _is_vlm=False)
+    trainer_like = SimpleNamespace(
+        processing_class=tokenizer,
+        _tokenizer=tokenizer,
+        chat_template=codec.chat_template,
+        chat_template_kwargs={},
+        _is_vlm=False,
+    )
     assert codec.tool_suffix_ids(messages) == GRPOTrainer._get_tool_suffix_ids(trainer_like, messages)
     env = BrowserEnvironment(base_url="http://127.0.0.1:9")
     from browser_control.rollout.environment import bound_tools
 
     prompt = codec.prompt_ids([{"role": "user", "content": "hi"}], bound_tools(env))
-    completion = tokenizer("<|tool_call_start|>[fill(bid='14', value='Cheree')]<|tool_call_end|><|im_end|>",
-                           add_special_tokens=False)["input_ids"]
+    completion = tokenizer(
+        "<|tool_call_start|>[fill(bid='14', value='Cheree')]<|tool_call_end|><|im_end|>", add_special_tokens=False
+    )["input_ids"]
     message = codec.parse(codec.cut_at_eos([*completion, 0, 0]), prompt, bound_tools(env))
     assert message["tool_calls"][0]["function"] == {"name": "fill", "arguments": {"bid": "14", "value": "Cheree"}}
 
@@ -255,7 +299,6 @@ def test_training_evaluation_and_export_swap_the_same_lfm2_templates() -> None:
     # A tokenizer saved by another transformers release may end the template with a newline; the swap must
     # not depend on it (evaluation once compared exactly and training after strip(), so they disagreed).
     for template in (lfm2_chat_template, lfm2_chat_template + "\n", "\n" + lfm2_chat_template.strip()):
-        assert use_tool_calling_template(SimpleNamespace(chat_template=template)).chat_template == \
-            lfm2_v2_chat_template
+        assert use_tool_calling_template(SimpleNamespace(chat_template=template)).chat_template == lfm2_v2_chat_template
     for other in ("{{ messages }}", None, lfm2_v2_chat_template):
         assert use_tool_calling_template(SimpleNamespace(chat_template=other)).chat_template == other

@@ -30,8 +30,14 @@ MARGIN = 0.25  # overall held-out success must rise by at least this much (absol
 
 
 def _cli(*args: str, cwd: Path) -> str:
-    proc = subprocess.run([sys.executable, "-m", "browser_control", *args], cwd=cwd, capture_output=True, text=True,
-                          env=subprocess_env(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"), timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-m", "browser_control", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"),
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout
 
@@ -51,8 +57,9 @@ def _success(model: Path, env_url: str) -> dict[str, float]:
     torch.set_num_threads(1)
     policy = load_model_policy(str(model), max_new_tokens=48)
     try:
-        report = evaluate_policy(policy, TASKS, EPISODES, env_url=env_url, max_episode_steps=2, concurrency=16,
-                                 progress=False)
+        report = evaluate_policy(
+            policy, TASKS, EPISODES, env_url=env_url, max_episode_steps=2, concurrency=16, progress=False
+        )
     finally:
         policy.close()
     assert all(1_000_000_000 <= e.seed < 2_000_000_000 for e in report.episodes)  # held-out seeds
@@ -67,22 +74,69 @@ def test_grpo_lifts_held_out_success_over_a_weak_sft_start(env_url: str, tmp_pat
     from browser_control.models.tiny import build_tiny_lfm2
 
     torch.set_num_threads(1)
-    base = build_tiny_lfm2(tmp_path / "tiny", hidden_size=128, num_hidden_layers=4, intermediate_size=256,
-                           num_attention_heads=4, seed=0)
+    base = build_tiny_lfm2(
+        tmp_path / "tiny", hidden_size=128, num_hidden_layers=4, intermediate_size=256, num_attention_heads=4, seed=0
+    )
     demos = tmp_path / "demos.jsonl"
-    _cli("demos", "--tasks", ",".join(TASKS), "--episodes", "6", "--output", str(demos), "--max-steps", "2",
-         "--browsergym-url", env_url, "--quiet", cwd=tmp_path)
-    sft = _checkpoint(_cli(
-        "sft", "--config", str(REPO / "configs" / "sft_learning.yaml"), "--set", f"model_name={base}",
-        "--set", f"demos=[{demos}]", "--set", "max_steps=12", "--set", "max_demos_per_task=6",
-        "--set", f"checkpoint_dir={tmp_path / 'ck'}", "--set", f"logging_dir={tmp_path / 'tb'}", cwd=tmp_path))
+    _cli(
+        "demos",
+        "--tasks",
+        ",".join(TASKS),
+        "--episodes",
+        "6",
+        "--output",
+        str(demos),
+        "--max-steps",
+        "2",
+        "--browsergym-url",
+        env_url,
+        "--quiet",
+        cwd=tmp_path,
+    )
+    sft = _checkpoint(
+        _cli(
+            "sft",
+            "--config",
+            str(REPO / "configs" / "sft_learning.yaml"),
+            "--set",
+            f"model_name={base}",
+            "--set",
+            f"demos=[{demos}]",
+            "--set",
+            "max_steps=12",
+            "--set",
+            "max_demos_per_task=6",
+            "--set",
+            f"checkpoint_dir={tmp_path / 'ck'}",
+            "--set",
+            f"logging_dir={tmp_path / 'tb'}",
+            cwd=tmp_path,
+        )
+    )
     before = _success(sft, env_url)
 
-    grpo = _checkpoint(_cli(
-        "train", "--config", str(REPO / "configs" / "learning_grpo.yaml"), "--set", f"model_name={sft}",
-        "--set", f"tasks=[{','.join(TASKS)}]", "--set", f"browsergym_url={env_url}", "--set", "max_steps=12",
-        "--set", "save_steps=100", "--set", f"checkpoint_dir={tmp_path / 'ck'}",
-        "--set", f"logging_dir={tmp_path / 'tb'}", cwd=tmp_path))
+    grpo = _checkpoint(
+        _cli(
+            "train",
+            "--config",
+            str(REPO / "configs" / "learning_grpo.yaml"),
+            "--set",
+            f"model_name={sft}",
+            "--set",
+            f"tasks=[{','.join(TASKS)}]",
+            "--set",
+            f"browsergym_url={env_url}",
+            "--set",
+            "max_steps=12",
+            "--set",
+            "save_steps=100",
+            "--set",
+            f"checkpoint_dir={tmp_path / 'ck'}",
+            "--set",
+            f"logging_dir={tmp_path / 'tb'}",
+            cwd=tmp_path,
+        )
+    )
     after = _success(grpo, env_url)
     summary = json.loads((grpo / "metrics.json").read_text())
     print(f"held-out success before GRPO {before}, after {after}; GRPO summary {summary.get('recent')}")

@@ -23,15 +23,35 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 VENV_BIN = Path(sys.executable).parent
-DOCKER_SCRIPTS = ["docker_check.sh", "train.sh", "download_checkpoint.sh", "evaluate.sh", "verify_gpu.sh",
-                  "export_gguf.sh"]
+DOCKER_SCRIPTS = [
+    "docker_check.sh",
+    "train.sh",
+    "download_checkpoint.sh",
+    "evaluate.sh",
+    "verify_gpu.sh",
+    "export_gguf.sh",
+]
 ALL_SCRIPTS = sorted(p.name for p in SCRIPTS.glob("*.sh"))
 
 # The targets a user is told about (issue: "what the user actually runs").
 REQUIRED_TARGETS = [
-    "help", "dev-setup", "test", "test-fast", "lint", "docker-build", "fine-tune-local", "fine-tune-local-full",
-    "fine-tune-local-lora", "tensorboard", "view", "checkpoints", "checkpoint-download", "evaluate", "docker-down",
-    "verify-gpu", "checkpoint-export",
+    "help",
+    "dev-setup",
+    "test",
+    "test-fast",
+    "lint",
+    "docker-build",
+    "fine-tune-local",
+    "fine-tune-local-full",
+    "fine-tune-local-lora",
+    "tensorboard",
+    "view",
+    "checkpoints",
+    "checkpoint-download",
+    "evaluate",
+    "docker-down",
+    "verify-gpu",
+    "checkpoint-export",
 ]
 
 FAKE_DOCKER = r'''#!{python}
@@ -149,17 +169,20 @@ def docker(tmp_path: Path) -> FakeDocker:
 
 # -- Makefile -----------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def make_help() -> str:
-    out = subprocess.run(["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     return re.sub(r"\x1b\[[0-9;]*m", "", out)
 
 
 def makefile_targets() -> set[str]:
     """Every explicit target of the Makefile, from make's own database."""
-    out = subprocess.run(["make", "-pnrR", "-f", "Makefile", ".DEFAULT_GOAL=_nothing_"], cwd=REPO,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["make", "-pnrR", "-f", "Makefile", ".DEFAULT_GOAL=_nothing_"], cwd=REPO, capture_output=True, text=True
+    ).stdout
     targets = set()
     for line in out.splitlines():
         match = re.match(r"^([A-Za-z][A-Za-z0-9_.-]*):(?!=)", line)
@@ -196,8 +219,9 @@ def test_makefile_targets_parser_sees_targets() -> None:
 
 
 def _dry_run(*args: str) -> str:
-    return subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=REPO, capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(
+        ["make", "--no-print-directory", "-n", *args], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
 
 
 def test_test_fast_leaves_out_slow_and_learning_tests_and_lint_checks_formatting() -> None:
@@ -254,8 +278,9 @@ def test_checkpoint_and_evaluate_targets_pass_their_variables() -> None:
 
 def test_make_docker_build_without_docker_fails_clearly(docker: FakeDocker) -> None:
     env = {**docker.env, "FAKE_DOCKER_MODE": "no-engine"}
-    result = subprocess.run(["make", "--no-print-directory", "docker-build"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["make", "--no-print-directory", "docker-build"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode != 0
     assert "Docker engine is not reachable" in result.stderr
     assert docker.compose_calls() == []
@@ -263,13 +288,15 @@ def test_make_docker_build_without_docker_fails_clearly(docker: FakeDocker) -> N
 
 # -- scripts: style and help --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("script", ALL_SCRIPTS)
 def test_script_is_strict_and_shellcheck_clean(script: str) -> None:
     text = (SCRIPTS / script).read_text()
     assert text.startswith("#!/usr/bin/env bash\n")
     assert "\nset -euo pipefail\n" in text
-    result = subprocess.run([str(VENV_BIN / "shellcheck"), "-x", str(SCRIPTS / script)], cwd=REPO,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [str(VENV_BIN / "shellcheck"), "-x", str(SCRIPTS / script)], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -297,9 +324,11 @@ def test_script_rejects_an_unknown_option(script: str, docker: FakeDocker) -> No
 
 # -- scripts: without Docker --------------------------------------------------------------------------------
 
+
 def _docker_args(script: str) -> list[str]:
     return {"download_checkpoint.sh": ["ckpt-a"], "evaluate.sh": ["ckpt-a"], "export_gguf.sh": ["ckpt-a"]}.get(
-        script, [])
+        script, []
+    )
 
 
 @pytest.mark.parametrize("script", DOCKER_SCRIPTS)
@@ -347,6 +376,7 @@ def test_docker_check_passes_with_a_working_docker(docker: FakeDocker) -> None:
 
 # -- train.sh -----------------------------------------------------------------------------------------------
 
+
 def test_train_refuses_an_unknown_config_with_the_list(docker: FakeDocker) -> None:
     result = docker.run("scripts/train.sh", "--config", "no_such_config.yaml")
     assert result.returncode == 1
@@ -383,16 +413,23 @@ def test_train_builds_waits_for_health_runs_and_returns_the_trainers_exit_code(d
 
 def test_train_on_gpus_against_replicas_passes_the_count_and_every_replicas_address(docker: FakeDocker) -> None:
     config = _a_config()
-    result = docker.run("scripts/train.sh", "--config", config, "--gpus", "2", "--env-replicas", "3",
-                        BROWSERGYM_PORT="9000")
+    result = docker.run(
+        "scripts/train.sh", "--config", config, "--gpus", "2", "--env-replicas", "3", BROWSERGYM_PORT="9000"
+    )
     assert result.returncode == 0, result.stderr
     up = next(c for c in docker.calls() if c["argv"][3:4] == ["up"])
     assert (up["BROWSERGYM_REPLICAS"], up["BROWSERGYM_PORT"]) == ("3", "9000-9002")
     run = next(c for c in docker.calls() if c["argv"][3:4] == ["run"])
     assert run["BROWSERGYM_REPLICAS"] == "3"  # compose run starts the dependencies: same count
-    assert run["argv"][3:] == ["run", "--rm", "-e", "NUM_PROCESSES=2", "-e", "BROWSERGYM_URL="
-                               + ",".join(f"http://browser-control-browsergym-{i}:8000" for i in (1, 2, 3)),
-                               "training"]
+    assert run["argv"][3:] == [
+        "run",
+        "--rm",
+        "-e",
+        "NUM_PROCESSES=2",
+        "-e",
+        "BROWSERGYM_URL=" + ",".join(f"http://browser-control-browsergym-{i}:8000" for i in (1, 2, 3)),
+        "training",
+    ]
     for bad in (["--gpus", "0"], ["--env-replicas", "two"], ["--gpus"]):
         refused = docker.run("scripts/train.sh", "--config", config, *bad)
         assert refused.returncode == 1 and bad[0] in refused.stderr
@@ -439,7 +476,7 @@ def test_listing_skips_the_folder_the_trainer_keeps_its_runs_in() -> None:
     from browser_control.training.checkpoints import RUNS_SUBDIR, TMP_PREFIX
 
     helper = (SCRIPTS / "docker_check.sh").read_text()
-    assert f'! -name {RUNS_SUBDIR} ' in helper
+    assert f"! -name {RUNS_SUBDIR} " in helper
     assert TMP_PREFIX.startswith(".") and '! -name ".*"' in helper
 
 
@@ -449,8 +486,9 @@ def test_list_with_an_empty_volume(docker: FakeDocker) -> None:
     assert "no checkpoints yet" in result.stdout
 
 
-@pytest.mark.parametrize("args", [["download_checkpoint.sh", "--list"], ["download_checkpoint.sh", "ckpt-a"],
-                                  ["evaluate.sh", "ckpt-a"]])
+@pytest.mark.parametrize(
+    "args", [["download_checkpoint.sh", "--list"], ["download_checkpoint.sh", "ckpt-a"], ["evaluate.sh", "ckpt-a"]]
+)
 def test_checkpoint_commands_without_a_training_image_explain(docker: FakeDocker, args: list[str]) -> None:
     result = docker.run(f"scripts/{args[0]}", *args[1:], FAKE_DOCKER_IMAGES="")
     assert result.returncode == 1
@@ -461,8 +499,9 @@ def test_checkpoint_commands_without_a_training_image_explain(docker: FakeDocker
 
 
 @pytest.mark.parametrize("name", ["", "ckpt-z", "../etc", ".tmp-ckpt-c"])
-def test_download_refuses_a_missing_or_unknown_name_with_the_list(docker: FakeDocker, tmp_path: Path,
-                                                                  name: str) -> None:
+def test_download_refuses_a_missing_or_unknown_name_with_the_list(
+    docker: FakeDocker, tmp_path: Path, name: str
+) -> None:
     docker.add_checkpoint("ckpt-a", CKPT_FILES)
     docker.add_checkpoint("ckpt-b", CKPT_FILES)
     docker.add_checkpoint(".tmp-ckpt-c", CKPT_FILES)
@@ -475,8 +514,14 @@ def test_download_refuses_a_missing_or_unknown_name_with_the_list(docker: FakeDo
 
 def test_make_checkpoint_download_without_name_lists_the_names(docker: FakeDocker) -> None:
     docker.add_checkpoint("ckpt-a", CKPT_FILES)
-    result = subprocess.run(["make", "--no-print-directory", "checkpoint-download"], cwd=REPO, env=docker.env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["make", "--no-print-directory", "checkpoint-download"],
+        cwd=REPO,
+        env=docker.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "name a checkpoint (NAME=... for make). Available:\n  ckpt-a\n" in result.stderr
 
@@ -488,8 +533,11 @@ def test_download_with_no_checkpoints_says_to_train_first(docker: FakeDocker) ->
 
 
 def _sha256_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_download_copies_verifies_and_keeps_a_manifest(docker: FakeDocker, tmp_path: Path) -> None:
@@ -524,8 +572,9 @@ def test_download_refuses_to_overwrite_without_force(docker: FakeDocker, tmp_pat
 def test_a_corrupted_copy_is_detected_and_not_kept(docker: FakeDocker, tmp_path: Path) -> None:
     docker.add_checkpoint("ckpt-a", CKPT_FILES)
     dest = tmp_path / "out"
-    result = docker.run("scripts/download_checkpoint.sh", "ckpt-a", "--dest", str(dest),
-                        FAKE_DOCKER_MODE="corrupt-copy")
+    result = docker.run(
+        "scripts/download_checkpoint.sh", "ckpt-a", "--dest", str(dest), FAKE_DOCKER_MODE="corrupt-copy"
+    )
     assert result.returncode == 1
     assert "differs from the volume (SHA-256 mismatch" in result.stderr
     assert list(dest.iterdir()) == []
@@ -537,6 +586,7 @@ def test_download_takes_one_name(docker: FakeDocker) -> None:
 
 
 # -- evaluate.sh --------------------------------------------------------------------------------------------
+
 
 def test_evaluate_refuses_an_unknown_name_with_the_list(docker: FakeDocker) -> None:
     docker.add_checkpoint("ckpt-a", CKPT_FILES)
@@ -553,8 +603,19 @@ def test_evaluate_runs_against_the_service_and_writes_beside_the_checkpoint(dock
     calls = docker.compose_calls()
     assert ["up", "--detach", "--wait", "--wait-timeout", "300", "browsergym"] in calls
     assert calls[-1] == [
-        "run", "--rm", "training", "browser-control", "evaluate", "--model", "/model_checkpoints/ckpt-a",
-        "--suite", "smoke", "--episodes", "4", "--output", "/model_checkpoints/ckpt-a/eval",
+        "run",
+        "--rm",
+        "training",
+        "browser-control",
+        "evaluate",
+        "--model",
+        "/model_checkpoints/ckpt-a",
+        "--suite",
+        "smoke",
+        "--episodes",
+        "4",
+        "--output",
+        "/model_checkpoints/ckpt-a/eval",
     ]
 
 

@@ -13,7 +13,8 @@ from browser_control.rollout.environment import BrowserEnvironment, tool_names
 
 def test_every_tool_maps_to_a_whitelisted_action_and_is_documented() -> None:
     tools = [
-        name for name, fn in inspect.getmembers(BrowserEnvironment, predicate=inspect.isfunction)
+        name
+        for name, fn in inspect.getmembers(BrowserEnvironment, predicate=inspect.isfunction)
         if not name.startswith("_") and name not in ("reset", "get_reward")
     ]
     assert tools, "no tools exposed"

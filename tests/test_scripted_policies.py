@@ -18,8 +18,15 @@ SEEDS_PER_TASK = 20
 
 def test_scripted_policies_solve_their_tasks_on_evaluation_seeds(env_url: str) -> None:
     started = time.perf_counter()
-    report = evaluate_policy(ScriptedPolicy(), list(SCRIPTED_TASKS), SEEDS_PER_TASK, seed_offset=500,
-                             env_url=env_url, concurrency=16, progress=False)
+    report = evaluate_policy(
+        ScriptedPolicy(),
+        list(SCRIPTED_TASKS),
+        SEEDS_PER_TASK,
+        seed_offset=500,
+        env_url=env_url,
+        concurrency=16,
+        progress=False,
+    )
     elapsed = time.perf_counter() - started
     failures = {t.task: t.ended_by for t in report.tasks if t.success_rate < 0.95}
     assert not failures, f"scripted policies below 95%: {failures}"
@@ -34,8 +41,9 @@ def test_scripted_policies_solve_their_tasks_on_evaluation_seeds(env_url: str) -
 
 def test_a_scripted_episode_is_a_tool_call_conversation(env_url: str) -> None:
     """What demonstrations are recorded from: each step a (tool, arguments) pair, in training's chat shape."""
-    report = evaluate_policy(ScriptedPolicy(), ["login-user"], 1, env_url=env_url, progress=False,
-                             keep_transcripts=True)
+    report = evaluate_policy(
+        ScriptedPolicy(), ["login-user"], 1, env_url=env_url, progress=False, keep_transcripts=True
+    )
     episode = report.episodes[0]
     assert episode.success and episode.messages is not None
     roles = [m["role"] for m in episode.messages]
@@ -43,9 +51,11 @@ def test_a_scripted_episode_is_a_tool_call_conversation(env_url: str) -> None:
     assert episode.messages[1]["content"].startswith("MiniWoB task 'login-user'.\nGoal: Enter the username")
     calls = [m["tool_calls"][0]["function"] for m in episode.messages if m["role"] == "assistant"]
     assert [c["name"] for c in calls] == ["fill", "fill", "click"]
-    assert episode.actions == [f"fill('{calls[0]['arguments']['bid']}', '{calls[0]['arguments']['value']}')",
-                               f"fill('{calls[1]['arguments']['bid']}', '{calls[1]['arguments']['value']}')",
-                               f"click('{calls[2]['arguments']['bid']}')"]
+    assert episode.actions == [
+        f"fill('{calls[0]['arguments']['bid']}', '{calls[0]['arguments']['value']}')",
+        f"fill('{calls[1]['arguments']['bid']}', '{calls[1]['arguments']['value']}')",
+        f"click('{calls[2]['arguments']['bid']}')",
+    ]
     assert "task is solved" in episode.messages[-1]["content"]
 
 

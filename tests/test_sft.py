@@ -25,17 +25,24 @@ def _conversation(task: str, bid: str, tool: str = "click") -> list[dict[str, An
     page = f"Goal: Click the button.\nStep 0 of 2. Last action error: none\nPage:\n\t[{bid}] button 'Click Me!'"
     messages[-1] = {**messages[-1], "content": messages[-1]["content"] + page}
     call = {"type": "function", "function": {"name": tool, "arguments": {"bid": bid}}}
-    return [*messages, {"role": "assistant", "content": "", "tool_calls": [call]},
-            {"role": "tool", "name": tool, "content": "The episode is over after 1 actions: the task is solved."},
-            {"role": "assistant", "content": ""}]
+    return [
+        *messages,
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "name": tool, "content": "The episode is over after 1 actions: the task is solved."},
+        {"role": "assistant", "content": ""},
+    ]
 
 
 def _write_demos(path: Path, count: int = 6) -> Path:
     tools = tool_schemas()
     with path.open("w") as handle:
         for i in range(count):
-            record = {"task_name": "click-test", "seed": i, "messages": _conversation("click-test", str(13 + i % 3)),
-                      "tools": tools}
+            record = {
+                "task_name": "click-test",
+                "seed": i,
+                "messages": _conversation("click-test", str(13 + i % 3)),
+                "tools": tools,
+            }
             handle.write(json.dumps(record) + "\n")
     return path
 
@@ -66,24 +73,37 @@ def test_labels_keep_only_the_assistant_turns(tiny_model: Path) -> None:
 
     learned = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != IGNORE_INDEX]
     assert tokenizer.decode(learned) == (
-        "<|tool_call_start|>[click(bid='13')]<|tool_call_end|><|im_end|>\n<|im_end|>\n")
+        "<|tool_call_start|>[click(bid='13')]<|tool_call_end|><|im_end|>\n<|im_end|>\n"
+    )
     # Everything before the first assistant turn (system prompt, tool list, task, page) is masked ...
-    prompt = tokenizer.apply_chat_template(messages[:2], tools=record["tools"], add_generation_prompt=True,
-                                           tokenize=True, return_dict=False)
-    assert all(label == IGNORE_INDEX for label in row["labels"][:len(prompt)])
-    assert row["input_ids"][:len(prompt)] == list(prompt)
+    prompt = tokenizer.apply_chat_template(
+        messages[:2], tools=record["tools"], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    assert all(label == IGNORE_INDEX for label in row["labels"][: len(prompt)])
+    assert row["input_ids"][: len(prompt)] == list(prompt)
     # ... and so is the tool result between the two assistant turns.
-    text_of_masked = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"], strict=True)
-                                       if label == IGNORE_INDEX])
+    text_of_masked = tokenizer.decode(
+        [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label == IGNORE_INDEX]
+    )
     assert "<|tool_response_start|>The episode is over after 1 actions" in text_of_masked
     assert "List of tools: <|tool_list_start|>" in text_of_masked
 
 
 def _sft_config(tmp_path: Path, model: Path, demos: Path, **overrides: Any) -> Path:
-    data: dict[str, Any] = {"model_name": str(model), "demos": [str(demos)], "max_steps": 40,
-                            "per_device_train_batch_size": 3, "learning_rate": 1e-2, "lr_scheduler_type": "constant",
-                            "bf16": False, "checkpoint_dir": str(tmp_path / "ck"), "logging_dir": str(tmp_path / "tb"),
-                            "max_episode_steps": 2, "tasks": ["click-test"], "logging_steps": 1}
+    data: dict[str, Any] = {
+        "model_name": str(model),
+        "demos": [str(demos)],
+        "max_steps": 40,
+        "per_device_train_batch_size": 3,
+        "learning_rate": 1e-2,
+        "lr_scheduler_type": "constant",
+        "bf16": False,
+        "checkpoint_dir": str(tmp_path / "ck"),
+        "logging_dir": str(tmp_path / "tb"),
+        "max_episode_steps": 2,
+        "tasks": ["click-test"],
+        "logging_steps": 1,
+    }
     data.update(overrides)
     path = tmp_path / "sft.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -91,9 +111,14 @@ def _sft_config(tmp_path: Path, model: Path, demos: Path, **overrides: Any) -> P
 
 
 def _sft_cli(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "browser_control", "sft", "--config", str(config), *extra],
-                          env=subprocess_env(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"),
-                          capture_output=True, text=True, timeout=300, cwd=config.parent)
+    return subprocess.run(
+        [sys.executable, "-m", "browser_control", "sft", "--config", str(config), *extra],
+        env=subprocess_env(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=config.parent,
+    )
 
 
 def test_sft_cli_lowers_the_loss_and_writes_a_loadable_checkpoint(tiny_model: Path, tmp_path: Path) -> None:
@@ -103,8 +128,14 @@ def test_sft_cli_lowers_the_loss_and_writes_a_loadable_checkpoint(tiny_model: Pa
     (final,) = [p for p in (tmp_path / "ck").iterdir() if p.name != "runs"]
     assert f"checkpoint: {final}" in proc.stdout
     assert final.name.startswith(f"{tiny_model.name.lower()}-sft-click-test-")
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja",
-                 "training_config.yaml", "metrics.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "training_config.yaml",
+        "metrics.json",
+    ):
         assert (final / name).is_file(), name
     assert not list((tmp_path / "ck").glob(".tmp-*"))
     metrics = json.loads((final / "metrics.json").read_text())
@@ -131,11 +162,12 @@ def test_sft_cli_lowers_the_loss_and_writes_a_loadable_checkpoint(tiny_model: Pa
     import torch
 
     messages = _conversation("click-test", "14")[:2]
-    ids = tokenizer.apply_chat_template(messages, tools=tool_schemas(), add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)
+    ids = tokenizer.apply_chat_template(
+        messages, tools=tool_schemas(), add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=24, do_sample=False)
-    reply = tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+    reply = tokenizer.decode(out[0, ids["input_ids"].shape[1] :])
     assert reply.startswith("<|tool_call_start|>[click(bid='1"), reply
 
 
@@ -172,11 +204,17 @@ def test_demo_selection_caps_each_task(tmp_path: Path) -> None:
     with path.open("w") as handle:
         for i in range(5):
             for task in ("click-test", "focus-text"):
-                handle.write(json.dumps({"task_name": task, "seed": i, "messages": _conversation(task, "12"),
-                                         "tools": tools}) + "\n")
+                handle.write(
+                    json.dumps({"task_name": task, "seed": i, "messages": _conversation(task, "12"), "tools": tools})
+                    + "\n"
+                )
     config = SftConfig(demos=[str(path)], max_demos_per_task=2)
     picked = select_demos(config)
     assert [(r["task_name"], r["seed"]) for r in picked] == [
-        ("click-test", 0), ("focus-text", 0), ("click-test", 1), ("focus-text", 1)]
+        ("click-test", 0),
+        ("focus-text", 0),
+        ("click-test", 1),
+        ("focus-text", 1),
+    ]
     only = select_demos(SftConfig(demos=str(path), tasks="miniwob.focus-text"))
     assert {r["task_name"] for r in only} == {"focus-text"} and len(only) == 5

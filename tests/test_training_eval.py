@@ -20,8 +20,7 @@ def test_eval_keys_are_validated() -> None:
         TrainConfig(tasks=["click-test"], eval_episodes=0)
 
 
-def test_held_out_evaluation_logs_success_to_tensorboard(clicking_model: Path, env_url: str,
-                                                          tmp_path: Path) -> None:
+def test_held_out_evaluation_logs_success_to_tensorboard(clicking_model: Path, env_url: str, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState, TrainingArguments
@@ -31,12 +30,21 @@ def test_held_out_evaluation_logs_success_to_tensorboard(clicking_model: Path, e
     model = AutoModelForCausalLM.from_pretrained(clicking_model)
     tokenizer = AutoTokenizer.from_pretrained(clicking_model)
     writer = SummaryWriter(log_dir=str(tmp_path / "tb"))
-    callback = HeldOutEvaluation(every=2, tasks=["click-test"], episodes=3, env_url=env_url, max_episode_steps=2,
-                                 max_completion_tokens=512, writer=writer, record_dir=tmp_path / "eval")
+    callback = HeldOutEvaluation(
+        every=2,
+        tasks=["click-test"],
+        episodes=3,
+        env_url=env_url,
+        max_episode_steps=2,
+        max_completion_tokens=512,
+        writer=writer,
+        record_dir=tmp_path / "eval",
+    )
     args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
     for step in (1, 2):
-        callback.on_step_end(args, TrainerState(global_step=step), TrainerControl(), model=model,
-                             processing_class=tokenizer)
+        callback.on_step_end(
+            args, TrainerState(global_step=step), TrainerControl(), model=model, processing_class=tokenizer
+        )
     writer.close()
     assert [h["step"] for h in callback.history] == [2]  # only on multiples of eval_steps
     # The imprinted model clicks bid 13, which solves every click-test instance.
@@ -79,8 +87,15 @@ def test_an_environment_fault_skips_one_held_out_evaluation_not_the_run(
     model = AutoModelForCausalLM.from_pretrained(clicking_model)
     tokenizer = AutoTokenizer.from_pretrained(clicking_model)
     args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
-    callback = HeldOutEvaluation(every=1, tasks=["click-test"], episodes=1, env_url=service.url, max_episode_steps=2,
-                                 max_completion_tokens=256, writer=None)
+    callback = HeldOutEvaluation(
+        every=1,
+        tasks=["click-test"],
+        episodes=1,
+        env_url=service.url,
+        max_episode_steps=2,
+        max_completion_tokens=256,
+        writer=None,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:  # up and answering (its /health says 503: no browser)
@@ -90,13 +105,15 @@ def test_an_environment_fault_skips_one_held_out_evaluation_not_the_run(
             except httpx.HTTPError:
                 assert service.proc.poll() is None and time.monotonic() < deadline, service.log()
                 time.sleep(0.2)
-        callback.on_step_end(args, TrainerState(global_step=1), TrainerControl(), model=model,
-                             processing_class=tokenizer)
+        callback.on_step_end(
+            args, TrainerState(global_step=1), TrainerControl(), model=model, processing_class=tokenizer
+        )
         assert callback.skipped == [1] and callback.history == []
         assert "held-out evaluation at step 1 skipped" in caplog.text
     finally:
         service.stop()
     # a service that is gone is still fatal
     with pytest.raises(EnvServiceUnavailable):
-        callback.on_step_end(args, TrainerState(global_step=2), TrainerControl(), model=model,
-                             processing_class=tokenizer)
+        callback.on_step_end(
+            args, TrainerState(global_step=2), TrainerControl(), model=model, processing_class=tokenizer
+        )

@@ -59,15 +59,25 @@ def _config(tmp_path: Path, **overrides: object) -> dict[str, object]:
 def _train_cli(tmp_path: Path, env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "browser_control", "train", "--config", str(tmp_path / "train.yaml"), *extra],
-        env=subprocess_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=tmp_path, start_new_session=True,
+        env=subprocess_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
     )
 
 
 def _cli_env(tmp_path: Path, hf_home: Path, url: str) -> dict[str, str]:
-    return {"BROWSERGYM_URL": url, "CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
-            "LOGGING_DIR": str(tmp_path / "logs"), "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        "BROWSERGYM_URL": url,
+        "CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+        "LOGGING_DIR": str(tmp_path / "logs"),
+        "HF_HOME": str(hf_home),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def _scalars(event_dir: Path) -> dict[str, list[float]]:
@@ -97,8 +107,15 @@ def test_cli_trains_two_steps_logs_metrics_and_writes_a_loadable_checkpoint(
     assert "lfm2_v2" in err  # the original LFM2 template was swapped
 
     # the checkpoint: complete, and loads like a hub model
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "chat_template.jinja", "training_config.yaml", "metrics.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "training_config.yaml",
+        "metrics.json",
+    ):
         assert (final / name).is_file(), name
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.chat_template_utils import lfm2_v2_chat_template
@@ -120,10 +137,21 @@ def test_cli_trains_two_steps_logs_metrics_and_writes_a_loadable_checkpoint(
 
     # TensorBoard: TRL's metrics and ours, one run directory named like the checkpoint
     scalars = _scalars(tmp_path / "logs" / final.name)
-    for tag in ("train/reward", "train/reward_std", "train/rewards/BrowserEnvironment/mean", "train/entropy",
-                "train/frac_reward_zero_std", "train/success/overall", "train/success/click-test",
-                "train/episode/steps", "train/episode/invalid_action_rate", "train/env/latency_s",
-                "train/collapse/low_entropy", "train/collapse/saturated_tasks", "train/tools/call_frequency"):
+    for tag in (
+        "train/reward",
+        "train/reward_std",
+        "train/rewards/BrowserEnvironment/mean",
+        "train/entropy",
+        "train/frac_reward_zero_std",
+        "train/success/overall",
+        "train/success/click-test",
+        "train/episode/steps",
+        "train/episode/invalid_action_rate",
+        "train/env/latency_s",
+        "train/collapse/low_entropy",
+        "train/collapse/saturated_tasks",
+        "train/tools/call_frequency",
+    ):
         assert len(scalars.get(tag, [])) == 2, (tag, sorted(scalars))
     # the imprinted model clicks the button: tool calls happen and the reward is the task success
     assert max(scalars["train/tools/call_frequency"]) > 0
@@ -137,7 +165,7 @@ def test_cli_trains_two_steps_logs_metrics_and_writes_a_loadable_checkpoint(
     for record in records:
         episodes = record["episodes"]
         assert len(episodes) == 4
-        groups = [episodes[i:i + 2] for i in range(0, 4, 2)]
+        groups = [episodes[i : i + 2] for i in range(0, 4, 2)]
         for group in groups:
             assert len({(e["task_name"], e["seed"]) for e in group}) == 1, group
         seen_seeds += [g[0]["seed"] for g in groups]
@@ -185,8 +213,14 @@ def test_a_killed_service_stops_training_clearly_and_the_run_resumes(
     service = ServiceProcess("--workers", "2", log_path=tmp_path / "serve-2.log", chromium=chromium)
     try:
         service.wait_healthy()
-        proc = _train_cli(tmp_path, _cli_env(tmp_path, hf_home, service.url), "--set", "resume_from_checkpoint=true",
-                          "--set", f"max_steps={last_step + 1}")
+        proc = _train_cli(
+            tmp_path,
+            _cli_env(tmp_path, hf_home, service.url),
+            "--set",
+            "resume_from_checkpoint=true",
+            "--set",
+            f"max_steps={last_step + 1}",
+        )
         out, err = proc.communicate(timeout=400)
     finally:
         service.stop()
@@ -206,8 +240,15 @@ def test_a_dead_service_met_by_a_tool_call_is_not_swallowed_by_trl(
 
     service = ServiceProcess("--workers", "1", log_path=tmp_path / "serve.log", chromium=chromium)
     service.wait_healthy()
-    data = _config(tmp_path, model_name=str(clicking_model), browsergym_url=service.url, max_steps=3,
-                   concurrent_env_calls=False, checkpoint_dir=str(tmp_path / "ck"), logging_dir=str(tmp_path / "tb"))
+    data = _config(
+        tmp_path,
+        model_name=str(clicking_model),
+        browsergym_url=service.url,
+        max_steps=3,
+        concurrent_env_calls=False,
+        checkpoint_dir=str(tmp_path / "ck"),
+        logging_dir=str(tmp_path / "tb"),
+    )
     config = TrainConfig.model_validate(data)
     original_reset = BrowserEnvironment.reset
     resets = []
@@ -238,9 +279,18 @@ def test_lora_run_saves_adapter_and_merged_model(clicking_model: Path, env_url: 
 
     from browser_control.training.trainer import train
 
-    data = _config(tmp_path, model_name=str(clicking_model), browsergym_url=env_url, max_steps=1,
-                   use_peft=True, lora_r=4, lora_alpha=8, merge_lora=True,
-                   checkpoint_dir=str(tmp_path / "ck"), logging_dir=str(tmp_path / "tb"))
+    data = _config(
+        tmp_path,
+        model_name=str(clicking_model),
+        browsergym_url=env_url,
+        max_steps=1,
+        use_peft=True,
+        lora_r=4,
+        lora_alpha=8,
+        merge_lora=True,
+        checkpoint_dir=str(tmp_path / "ck"),
+        logging_dir=str(tmp_path / "tb"),
+    )
     final = train(TrainConfig.model_validate(data))
     assert final.parent == tmp_path / "ck" and final.is_dir()
     adapter = PeftConfig.from_pretrained(final / "adapter")
@@ -270,8 +320,15 @@ def test_sigterm_saves_a_checkpoint_and_stops(clicking_model: Path, env_url: str
                 os.kill(os.getpid(), signal.SIGTERM)
 
     handler_before = signal.getsignal(signal.SIGTERM)
-    data = _config(tmp_path, model_name=str(clicking_model), browsergym_url=env_url, max_steps=5, save_steps=50,
-                   checkpoint_dir=str(tmp_path / "ck"), logging_dir=str(tmp_path / "tb"))
+    data = _config(
+        tmp_path,
+        model_name=str(clicking_model),
+        browsergym_url=env_url,
+        max_steps=5,
+        save_steps=50,
+        checkpoint_dir=str(tmp_path / "ck"),
+        logging_dir=str(tmp_path / "tb"),
+    )
     with pytest.raises(TrainingStopped, match=r"signal 15 at step 1 of 5") as info:
         train(TrainConfig.model_validate(data), callbacks=[SendSigterm()])
     assert info.value.signal_number == signal.SIGTERM

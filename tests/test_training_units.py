@@ -24,13 +24,18 @@ from tests.conftest import ServiceProcess
 
 
 def config(**overrides: object) -> TrainConfig:
-    data: dict[str, object] = {"tasks": ["click-test"], "max_steps": 4, "num_generations": 2,
-                               "per_device_train_batch_size": 4}
+    data: dict[str, object] = {
+        "tasks": ["click-test"],
+        "max_steps": 4,
+        "num_generations": 2,
+        "per_device_train_batch_size": 4,
+    }
     data.update(overrides)
     return TrainConfig.model_validate(data)
 
 
 # -- dataset rows ----------------------------------------------------------------------------------
+
 
 def test_weighted_mixture_is_deterministic_and_follows_the_weights() -> None:
     tasks = config(tasks=[{"name": "click-test", "weight": 1}, {"name": "enter-text", "weight": 3}]).tasks
@@ -55,6 +60,7 @@ def test_rows_carry_prompt_task_and_a_unique_training_seed() -> None:
 
 
 # -- checkpoint files ------------------------------------------------------------------------------
+
 
 def test_atomic_write_renames_only_when_complete(tmp_path: Path) -> None:
     final = tmp_path / "model-click-test-20260101-000000"
@@ -217,6 +223,7 @@ def test_preflight_checks_the_service(env_url: str, tmp_path: Path) -> None:
 
 # -- the environment factory and the metrics reward, against the real service -------------------------
 
+
 class _Recorder:
     def __init__(self) -> None:
         self.values: dict[str, list[float]] = {}
@@ -238,8 +245,14 @@ def test_factory_binds_the_service_and_metrics_describe_the_episodes(env_url: st
     monitor = SaturationMonitor(patience=2)
     metrics = EpisodeMetrics(factory, monitor, step_getter=lambda: 3, episode_log=log_path)
     recorder = _Recorder()
-    out = metrics(prompts=[[]] * 4, completions=[[]] * 4, environments=envs, log_metric=recorder,
-                  task_name=[t for t, _ in rows], seed=[s for _, s in rows])
+    out = metrics(
+        prompts=[[]] * 4,
+        completions=[[]] * 4,
+        environments=envs,
+        log_metric=recorder,
+        task_name=[t for t, _ in rows],
+        seed=[s for _, s in rows],
+    )
     assert out == [None] * 4  # scores nothing: the task reward is BrowserEnvironment.get_reward
     v = {k: vals[-1] for k, vals in recorder.values.items()}
     assert v["success/overall"] == 0.25 and v["success/click-test"] == 0.5 and v["success/focus-text"] == 0.0
@@ -255,8 +268,14 @@ def test_factory_binds_the_service_and_metrics_describe_the_episodes(env_url: st
     assert any("focus-text" in w and "no learning signal" in w for w in monitor.warnings)
 
     with pytest.raises(RuntimeError, match="misaligned"):
-        metrics(prompts=[[]] * 4, completions=[[]] * 4, environments=envs, log_metric=recorder,
-                task_name=["click-test"] * 4, seed=[11, 11, 11, 11])
+        metrics(
+            prompts=[[]] * 4,
+            completions=[[]] * 4,
+            environments=envs,
+            log_metric=recorder,
+            task_name=["click-test"] * 4,
+            seed=[11, 11, 11, 11],
+        )
     factory.close()
 
 
@@ -278,7 +297,8 @@ def test_a_service_killed_mid_episode_is_fatal_not_a_zero_reward(chromium: str |
         first.get_reward()
     with pytest.raises(EnvServiceUnavailable):
         EpisodeMetrics(factory, SaturationMonitor(3))(
-            prompts=[[]] * 2, completions=[[]] * 2, environments=[first, second], log_metric=_Recorder())
+            prompts=[[]] * 2, completions=[[]] * 2, environments=[first, second], log_metric=_Recorder()
+        )
     # ...and the shared client stays failed: the next rollout does not wait through its own retries.
     with pytest.raises(EnvServiceUnavailable) as info:
         second.click(bid="13")
@@ -302,9 +322,14 @@ def test_a_session_lost_mid_episode_is_no_data_and_the_next_reset_starts_afresh(
     assert factory.client.dead.error is None  # the service is fine: the run goes on
     healthy.click(bid="13")
     recorder = _Recorder()
-    EpisodeMetrics(factory, SaturationMonitor(3))(prompts=[[]] * 2, completions=[[]] * 2,
-                                                  environments=[env, healthy], log_metric=recorder,
-                                                  task_name=["click-test"] * 2, seed=[21, 21])
+    EpisodeMetrics(factory, SaturationMonitor(3))(
+        prompts=[[]] * 2,
+        completions=[[]] * 2,
+        environments=[env, healthy],
+        log_metric=recorder,
+        task_name=["click-test"] * 2,
+        seed=[21, 21],
+    )
     v = {k: vals[-1] for k, vals in recorder.values.items()}
     assert v["env/fault_rate"] == 0.5 and v["success/overall"] == 1.0  # the fault is not a failure
 
@@ -337,8 +362,14 @@ def test_a_service_that_answers_503_costs_episodes_not_the_run(chromium: str | N
                 text = env.reset(task_name="click-test", seed=100 + i)  # 503 browser_unavailable, retried
                 assert "not scored" in text and env.get_reward() is None
             assert factory.client.dead.error is None  # it answers: a fault, not a dead service
-            call = dict(prompts=[[]] * 2, completions=[[]] * 2, environments=envs, log_metric=_Recorder(),
-                        task_name=["click-test"] * 2, seed=[100, 101])
+            call = dict(
+                prompts=[[]] * 2,
+                completions=[[]] * 2,
+                environments=envs,
+                log_metric=_Recorder(),
+                task_name=["click-test"] * 2,
+                seed=[100, 101],
+            )
             if batch < 2:
                 metrics(**call)
             else:  # nothing but faults, batch after batch: stop rather than train on no data forever
@@ -359,8 +390,9 @@ def _answers(url: str) -> bool:
     return True
 
 
-def test_dry_run_prints_the_plan_and_trains_nothing(env_url: str, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_prints_the_plan_and_trains_nothing(
+    env_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from browser_control.cli import main
 
     path = tmp_path / "run.yaml"
@@ -368,8 +400,10 @@ def test_dry_run_prints_the_plan_and_trains_nothing(env_url: str, tmp_path: Path
     model = tmp_path / "LFM2-350M"
     model.mkdir()
     (model / "config.json").write_text("{}")
-    path.write_text("tasks: [{name: click-test, weight: 1}, {name: enter-text, weight: 3}]\n"
-                    f"checkpoint_dir: {tmp_path / 'ck'}\nlogging_dir: {tmp_path / 'tb'}\nmodel_name: {model}\n")
+    path.write_text(
+        "tasks: [{name: click-test, weight: 1}, {name: enter-text, weight: 3}]\n"
+        f"checkpoint_dir: {tmp_path / 'ck'}\nlogging_dir: {tmp_path / 'tb'}\nmodel_name: {model}\n"
+    )
     assert main(["train", "--config", str(path), "--set", f"browsergym_url={env_url}", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "click-test (25%), enter-text (75%)" in out and "transformers generate" in out
@@ -380,8 +414,7 @@ def test_dry_run_prints_the_plan_and_trains_nothing(env_url: str, tmp_path: Path
     assert not (tmp_path / "ck").exists() and not (tmp_path / "tb").exists()
 
 
-def test_cli_exit_codes_for_a_dead_service_and_missing_vllm(tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_exit_codes_for_a_dead_service_and_missing_vllm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import importlib.util
 
     from browser_control.cli import main
@@ -389,8 +422,10 @@ def test_cli_exit_codes_for_a_dead_service_and_missing_vllm(tmp_path: Path,
     path = tmp_path / "run.yaml"
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")  # found locally: the service is what fails
-    path.write_text("tasks: [click-test]\nbrowsergym_url: http://127.0.0.1:9\nenv_wait_s: 0.5\n"
-                    f"checkpoint_dir: {tmp_path / 'ck'}\nmodel_name: {tmp_path / 'model'}\n")
+    path.write_text(
+        "tasks: [click-test]\nbrowsergym_url: http://127.0.0.1:9\nenv_wait_s: 0.5\n"
+        f"checkpoint_dir: {tmp_path / 'ck'}\nmodel_name: {tmp_path / 'model'}\n"
+    )
     assert main(["train", "--config", str(path), "--dry-run"]) == 3
     assert "environment service unavailable" in capsys.readouterr().err
     if importlib.util.find_spec("vllm") is None:
@@ -431,12 +466,15 @@ def test_reward_wiring_check_refuses_an_unwired_reward() -> None:
 
     from browser_control.training.grpo import check_reward_wiring
 
-    wired = SimpleNamespace(reward_func_names=["EpisodeMetrics", "BrowserEnvironment"],
-                            reward_weights=torch.tensor([0.0, 1.0]))
+    wired = SimpleNamespace(
+        reward_func_names=["EpisodeMetrics", "BrowserEnvironment"], reward_weights=torch.tensor([0.0, 1.0])
+    )
     check_reward_wiring(wired)  # type: ignore[arg-type]
-    for names, weights in ((["EpisodeMetrics"], [0.0]),  # the environment's get_reward was not picked up
-                           (["EpisodeMetrics", "BrowserEnvironment"], [1.0, 1.0]),  # metrics would score
-                           (["EpisodeMetrics", "BrowserEnvironment"], [0.0, 0.0])):
+    for names, weights in (
+        (["EpisodeMetrics"], [0.0]),  # the environment's get_reward was not picked up
+        (["EpisodeMetrics", "BrowserEnvironment"], [1.0, 1.0]),  # metrics would score
+        (["EpisodeMetrics", "BrowserEnvironment"], [0.0, 0.0]),
+    ):
         broken = SimpleNamespace(reward_func_names=names, reward_weights=torch.tensor(weights))
         with pytest.raises(TrainingSetupError, match="reward wiring is wrong"):
             check_reward_wiring(broken)  # type: ignore[arg-type]
@@ -448,11 +486,15 @@ def test_built_lfm2_configs_carry_every_field_vllm_reads(tmp_path) -> None:
     from browser_control.models.tiny import VLLM_LFM2_CONFIG_FIELDS, build_tiny_lfm2, lfm2_config
 
     built = AutoConfig.from_pretrained(str(build_tiny_lfm2(tmp_path / "tiny")))
-    shaped = lfm2_config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                         full_attn_idxs=[1])
+    shaped = lfm2_config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, full_attn_idxs=[1]
+    )
     for config in (built, shaped):
-        missing = [name for name in VLLM_LFM2_CONFIG_FIELDS if getattr(config, name, None) is None
-                   and name != "block_ffn_dim_multiplier"]
+        missing = [
+            name
+            for name in VLLM_LFM2_CONFIG_FIELDS
+            if getattr(config, name, None) is None and name != "block_ffn_dim_multiplier"
+        ]
         assert missing == [], f"vLLM's LFM2 would fail at engine start: {missing}"
         assert config.conv_dim == config.block_dim == config.conv_dim_out == config.hidden_size
 

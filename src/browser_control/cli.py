@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         doc = (module.__doc__ or "").strip()
         command = sub.add_parser(
-            name, help=doc.splitlines()[0] if doc else None, description=doc,
+            name,
+            help=doc.splitlines()[0] if doc else None,
+            description=doc,
             formatter_class=_HelpFormatter,
         )
         module.add_arguments(command)

@@ -249,9 +249,7 @@ def parse_action(text: str) -> ParsedAction:
     try:
         tree = parse_expression(text)
     except SyntaxError:
-        raise ActionError(
-            f"could not parse {text[:80]!r}; write exactly one call such as click('13')"
-        ) from None
+        raise ActionError(f"could not parse {text[:80]!r}; write exactly one call such as click('13')") from None
     call = tree.body
     if not isinstance(call, ast.Call):
         raise ActionError("the action must be a single function call such as click('13')")

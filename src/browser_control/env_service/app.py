@@ -71,7 +71,8 @@ ENDPOINTS_HINT = "endpoints: GET /health, GET /tasks, POST /reset, POST /step, P
 IdempotencyKey = Annotated[
     str,
     Header(
-        alias=IDEMPOTENCY_HEADER, pattern=IDEMPOTENCY_KEY_PATTERN,
+        alias=IDEMPOTENCY_HEADER,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
         description="Any random id (8-64 of A-Z a-z 0-9 _ . : -), the same on every retry of one call: the "
         "request then runs at most once, and a retry gets the first attempt's response",
     ),
@@ -127,8 +128,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     app = FastAPI(
         title="browser-control BrowserGym service",
-        description="MiniWoB++ tasks of browsergym-miniwob over HTTP. Actions accepted:\n\n"
-        + describe_actions(),
+        description="MiniWoB++ tasks of browsergym-miniwob over HTTP. Actions accepted:\n\n" + describe_actions(),
         version="1",
         lifespan=lifespan,
     )
@@ -189,9 +189,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @app.exception_handler(IdempotencyKeyReused)
     async def _key_reused(_: Request, exc: IdempotencyKeyReused) -> JSONResponse:
-        return _error(422, "idempotency_key_reused",
-                      f"{IDEMPOTENCY_HEADER} '{str(exc)[:64]}' was already used for a different request",
-                      "send a new random key for every new call; reuse a key only to retry the same call")
+        return _error(
+            422,
+            "idempotency_key_reused",
+            f"{IDEMPOTENCY_HEADER} '{str(exc)[:64]}' was already used for a different request",
+            "send a new random key for every new call; reuse a key only to retry the same call",
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -199,17 +202,19 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         if exc.status_code == 404:
             return _error(404, "not_found", f"there is no endpoint {path}", ENDPOINTS_HINT)
         if exc.status_code == 405:
-            response = _error(405, "method_not_allowed", f"{request.method} is not allowed on {path}",
-                              ENDPOINTS_HINT)
+            response = _error(405, "method_not_allowed", f"{request.method} is not allowed on {path}", ENDPOINTS_HINT)
             response.headers.update(exc.headers or {})
             return response
         if exc.status_code == 400:
             # Starlette's body parser answers 400 for bodies json.loads cannot take (not UTF-8, nested
             # too deep); to a client that is the same mistake as any other malformed JSON.
-            return _error(422, "invalid_request",
-                          "the request body is not JSON that can be read: it must be UTF-8 text holding one "
-                          "JSON object, not nested deeper than a few levels",
-                          "send a JSON object as documented in docs/http-api.md")
+            return _error(
+                422,
+                "invalid_request",
+                "the request body is not JSON that can be read: it must be UTF-8 text holding one "
+                "JSON object, not nested deeper than a few levels",
+                "send a JSON object as documented in docs/http-api.md",
+            )
         return _error(exc.status_code, "http_error", str(exc.detail)[:300])
 
     @app.exception_handler(RequestValidationError)
@@ -218,14 +223,19 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
             problems.append(f"{where}: {err.get('msg', 'invalid')}")
-        return _error(422, "invalid_request", "; ".join(problems)[:1000],
-                      "send a JSON object as documented in docs/http-api.md")
+        return _error(
+            422, "invalid_request", "; ".join(problems)[:1000], "send a JSON object as documented in docs/http-api.md"
+        )
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
-        return _error(500, "internal_error", f"{type(exc).__name__}: {str(exc)[:300]}",
-                      "the session may be broken: POST /reset to start a new one")
+        return _error(
+            500,
+            "internal_error",
+            f"{type(exc).__name__}: {str(exc)[:300]}",
+            "the session may be broken: POST /reset to start a new one",
+        )
 
     @app.get("/health", response_model=HealthResponse, responses=_errors(503))
     async def health(request: Request) -> JSONResponse:
@@ -241,8 +251,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return TasksResponse(tasks=sorted(task_classes()))
 
     @app.post("/reset", response_model=ResetResponse, responses=_errors(404, 410, 422, 500, 503))
-    async def reset(body: ResetRequest, request: Request,
-                    idempotency_key: IdempotencyKey = None) -> ResetResponse:
+    async def reset(body: ResetRequest, request: Request, idempotency_key: IdempotencyKey = None) -> ResetResponse:
         request.state.log_fields.update(task=body.task_name[:100], seed=body.seed)
 
         async def work() -> ResetResponse:
@@ -262,13 +271,17 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         async def work() -> StepResponse:
             result = await manager(request).step(body.session_id, body.action)
             return StepResponse(
-                observation=result.observation, reward=result.reward, done=result.done,
-                truncated=result.truncated, step=result.step,
+                observation=result.observation,
+                reward=result.reward,
+                done=result.done,
+                truncated=result.truncated,
+                step=result.step,
             )
 
         response, replayed = await dedup.run(idempotency_key, "/step " + body.model_dump_json(), work)
-        request.state.log_fields.update(reward=response.reward, done=response.done, step=response.step,
-                                        replayed=replayed)
+        request.state.log_fields.update(
+            reward=response.reward, done=response.done, step=response.step, replayed=replayed
+        )
         return response
 
     @app.post("/close", response_model=CloseResponse, responses=_errors(404, 422, 500))

@@ -85,9 +85,7 @@ def _mark_clickable_generics(axtree: dict[str, Any], clickable: set[str]) -> Non
     """
     for node in axtree["nodes"]:
         if node.get("browsergym_id") in clickable and node.get("role", {}).get("value") == "generic":
-            node.setdefault("properties", []).append(
-                {"name": "clickable", "value": {"type": "boolean", "value": True}}
-            )
+            node.setdefault("properties", []).append({"name": "clickable", "value": {"type": "boolean", "value": True}})
 
 
 _BID_DATA = re.compile(r"^browsergym_id_([a-zA-Z0-9]+)\s?(.*)")
@@ -164,9 +162,7 @@ def _compiled_action(canonical: str) -> types.CodeType:
     return compile(code[len(source) :], "<action>", "exec")
 
 
-def _execute_action(
-    action: types.CodeType, page: playwright.sync_api.Page, **helpers: Callable[[str], None]
-) -> None:
+def _execute_action(action: types.CodeType, page: playwright.sync_api.Page, **helpers: Callable[[str], None]) -> None:
     """BrowserGym's execute_python_code, minus recompiling the definitions on every step (3 ms of CPU)."""
     _source, definitions = _action_definitions()
     namespace: dict[str, Any] = {"page": page, **helpers, "DEMO_MODE": get_global_demo_mode()}
@@ -223,9 +219,7 @@ class BrowserWorker:
         self.index = index
         self.options = options
         self.session_count = 0  # maintained by the session manager, read for placement
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future] | None] = (
-            queue.SimpleQueue()
-        )
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future] | None] = queue.SimpleQueue()
         self._playwright: playwright.sync_api.Playwright | None = None
         self._browser: playwright.sync_api.Browser | None = None
         self._probe_page: playwright.sync_api.Page | None = None
@@ -291,8 +285,9 @@ class BrowserWorker:
                     self._watch_cond.notify_all()
             if job.expired:
                 # The watchdog already answered the caller; this is the aftermath of the kill.
-                log.info("overrun job ended after its browser was killed",
-                         extra={"worker": self.index, "ok": outcome[0]})
+                log.info(
+                    "overrun job ended after its browser was killed", extra={"worker": self.index, "ok": outcome[0]}
+                )
                 continue
             if outcome[0]:
                 future.set_result(outcome[1])
@@ -323,13 +318,16 @@ class BrowserWorker:
             # goes too, its calls fail at once, and the worker starts a new Playwright for its next job.
             grace_s = min(10.0, self.options.job_deadline_s)
             with self._watch_cond:
-                ended = self._watch_cond.wait_for(lambda job=job: self._running is not job or self._stopping,
-                                                  timeout=grace_s)
+                ended = self._watch_cond.wait_for(
+                    lambda job=job: self._running is not job or self._stopping, timeout=grace_s
+                )
                 if not ended and driver_process is not None:
                     self._restart_playwright = True
             if not ended and driver_process is not None:
-                log.error("job still hung after its browser was killed; killing the Playwright driver",
-                          extra={"worker": self.index, "driver_pid": driver_process.pid})
+                log.error(
+                    "job still hung after its browser was killed; killing the Playwright driver",
+                    extra={"worker": self.index, "driver_pid": driver_process.pid},
+                )
                 kill_process_tree(driver_process)
                 self._interrupt_if_still_running(job, grace_s)
 
@@ -348,28 +346,36 @@ class BrowserWorker:
                 if self._watch_cond.wait_for(lambda: self._running is not job or self._stopping, timeout=grace_s):
                     return
                 if attempts == 0:
-                    log.error("job still running after its Playwright driver died; interrupting the worker "
-                              "thread", extra={"worker": self.index})
+                    log.error(
+                        "job still running after its Playwright driver died; interrupting the worker thread",
+                        extra={"worker": self.index},
+                    )
                 attempts += 1
                 # Raised under the lock the worker takes to end a job, so it cannot land past that point.
                 raised = _raise_in_thread(self._thread, WorkerJobAbandoned)
             if not raised or attempts >= 100:
-                log.error("could not free the worker thread; its sessions stay lost",
-                          extra={"worker": self.index, "attempts": attempts})
+                log.error(
+                    "could not free the worker thread; its sessions stay lost",
+                    extra={"worker": self.index, "attempts": attempts},
+                )
                 return
             grace_s = 1.0
 
     def _expire(self, job: _RunningJob, browser_process: psutil.Process | None) -> None:
         deadline_s = self.options.job_deadline_s
         pid = browser_process.pid if browser_process is not None else None
-        log.error("browser job overran its deadline; killing the worker's browser",
-                  extra={"worker": self.index, "deadline_s": deadline_s, "browser_pid": pid})
+        log.error(
+            "browser job overran its deadline; killing the worker's browser",
+            extra={"worker": self.index, "deadline_s": deadline_s, "browser_pid": pid},
+        )
         with contextlib.suppress(concurrent.futures.InvalidStateError):
-            job.future.set_exception(SessionLostError(
-                f"the browser did not finish this request within {deadline_s:g} s (hung or stopped), so it "
-                "was replaced and this session's page is gone; POST /reset with this session_id to start "
-                "a new episode"
-            ))
+            job.future.set_exception(
+                SessionLostError(
+                    f"the browser did not finish this request within {deadline_s:g} s (hung or stopped), so it "
+                    "was replaced and this session's page is gone; POST /reset with this session_id to start "
+                    "a new episode"
+                )
+            )
         if browser_process is not None:
             kill_process_tree(browser_process)
 
@@ -422,8 +428,12 @@ class BrowserWorker:
                 self._browser_process = None
         log.info(
             "browser launched",
-            extra={"worker": self.index, "version": self._browser.version, "browser_pid": pid,
-                   "launch_ms": round(1000 * (time.perf_counter() - started))},
+            extra={
+                "worker": self.index,
+                "version": self._browser.version,
+                "browser_pid": pid,
+                "launch_ms": round(1000 * (time.perf_counter() - started)),
+            },
         )
         return self._browser
 
@@ -475,8 +485,9 @@ class BrowserWorker:
                 return browser.version
             except playwright.sync_api.Error as exc:
                 problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                log.warning("browser probe failed; retrying on a fresh page",
-                            extra={"worker": self.index, "error": problem})
+                log.warning(
+                    "browser probe failed; retrying on a fresh page", extra={"worker": self.index, "error": problem}
+                )
                 self._discard_probe_page()
         raise BrowserUnavailableError(f"the browser of worker {self.index} did not run a probe script: {problem}")
 
@@ -573,7 +584,11 @@ class BrowserSession:
     _generation: int = 0  # the worker's playwright_generation that made _context
 
     def reset(
-        self, task_cls: type[AbstractMiniwobTask], task_name: str, seed: int, base_url: str,
+        self,
+        task_cls: type[AbstractMiniwobTask],
+        task_name: str,
+        seed: int,
+        base_url: str,
         max_episode_steps: int | None,
     ) -> dict[str, Any]:
         task = task_cls(seed=seed, base_url=base_url)
@@ -588,17 +603,24 @@ class BrowserSession:
                         raise
             # The old page died between the check and its use (its crash event had not arrived yet):
             # one more try on a fresh context is what "reset revives a lost session" promises.
-            log.info("reset on the reused page failed; retrying on a fresh context",
-                     extra={"session_id": self.session_id})
+            log.info(
+                "reset on the reused page failed; retrying on a fresh context", extra={"session_id": self.session_id}
+            )
             with self._browser_loss_is_session_loss():
-                return self._reset(task_cls(seed=seed, base_url=base_url), task_name, seed,
-                                   max_episode_steps, reuse=False)
+                return self._reset(
+                    task_cls(seed=seed, base_url=base_url), task_name, seed, max_episode_steps, reuse=False
+                )
         except SessionLostError:
             self._lost = True
             raise
 
     def _reset(
-        self, task: AbstractMiniwobTask, task_name: str, seed: int, max_episode_steps: int | None, reuse: bool,
+        self,
+        task: AbstractMiniwobTask,
+        task_name: str,
+        seed: int,
+        max_episode_steps: int | None,
+        reuse: bool,
     ) -> dict[str, Any]:
         if reuse:
             # Same viewport and a live page: navigating again loads a fresh document, which is all a
@@ -619,8 +641,8 @@ class BrowserSession:
         self._context.set_default_timeout(task.timeout)
         goal, _info = task.setup(page=self._page)
         self._task = task
-        self._goal = goal if isinstance(goal, str) else " ".join(
-            m.get("text", "") for m in goal if m.get("type") == "text"
+        self._goal = (
+            goal if isinstance(goal, str) else " ".join(m.get("text", "") for m in goal if m.get("type") == "text")
         )
         self.task_name, self.seed, self.max_episode_steps = task_name, seed, max_episode_steps
         self.steps, self.done, self.truncated, self.last_reward = 0, False, False, 0.0
@@ -758,7 +780,8 @@ class BrowserSession:
                 _pre_extract(page, tags_to_mark="standard_html", lenient=attempt == 2)
                 axtree = extract_merged_axtree(page)
                 clickable = {
-                    bid for bid, props in extract_dom_extra_properties(extract_dom_snapshot(page), 1.0).items()
+                    bid
+                    for bid, props in extract_dom_extra_properties(extract_dom_snapshot(page), 1.0).items()
                     if props.get("clickable")
                 }
                 break

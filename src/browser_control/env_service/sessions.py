@@ -60,9 +60,7 @@ class SessionManager:
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         """Launch every worker's browser now, so the first /reset is fast and /health is truthful."""
-        results = await asyncio.gather(
-            *(self._on_worker(w, w.browser) for w in self._workers), return_exceptions=True
-        )
+        results = await asyncio.gather(*(self._on_worker(w, w.browser) for w in self._workers), return_exceptions=True)
         for result in results:
             if isinstance(result, Exception):
                 log.error("browser launch failed: %s", result)
@@ -88,8 +86,7 @@ class SessionManager:
     async def reap_idle(self) -> int:
         now = time.monotonic()
         expired = [
-            sid for sid, h in self._sessions.items()
-            if now - h.last_used > self.session_ttl_s and not h.lock.locked()
+            sid for sid, h in self._sessions.items() if now - h.last_used > self.session_ttl_s and not h.lock.locked()
         ]
         for sid in expired:
             log.info("session expired", extra={"session_id": sid, "ttl_s": self.session_ttl_s})
@@ -101,15 +98,17 @@ class SessionManager:
         handle = self._sessions.get(session_id)
         if handle is None:
             raise ServiceError(
-                404, "unknown_session",
+                404,
+                "unknown_session",
                 f"session '{session_id[:64]}' does not exist or expired after {self.session_ttl_s:.0f} s idle",
                 "POST /reset without session_id to start a new session",
             )
         handle.last_used = time.monotonic()
         return handle
 
-    async def reset(self, task_name: str, seed: int | None, session_id: str | None,
-                    max_episode_steps: int | None) -> tuple[str, dict[str, Any]]:
+    async def reset(
+        self, task_name: str, seed: int | None, session_id: str | None, max_episode_steps: int | None
+    ) -> tuple[str, dict[str, Any]]:
         short_name = canonical_task_name(task_name)  # UnknownTaskError -> 404 in the app
         task_cls = task_classes()[short_name]
         if seed is None:
@@ -120,7 +119,8 @@ class SessionManager:
         else:
             if len(self._sessions) >= self.max_sessions:
                 raise ServiceError(
-                    503, "session_cap",
+                    503,
+                    "session_cap",
                     f"all {self.max_sessions} sessions are in use",
                     "close idle sessions (POST /close) or raise MAX_SESSIONS",
                 )
@@ -143,7 +143,8 @@ class SessionManager:
                 # The client never saw this session id, so "reset it" would be no advice: nothing of
                 # the request survived and the same request can simply be sent again.
                 raise ServiceError(
-                    503, "browser_unavailable",
+                    503,
+                    "browser_unavailable",
                     f"the browser crashed or hung while starting the session: {exc}",
                     "send the same request again; a fresh browser is started for it",
                 ) from exc
@@ -160,7 +161,8 @@ class SessionManager:
         async with handle.lock:
             if session.done or session.truncated:
                 raise ServiceError(
-                    409, "episode_over",
+                    409,
+                    "episode_over",
                     f"the episode is over ({'task done' if session.done else 'step limit reached'})",
                     "POST /reset with this session_id to start a new episode",
                 )

@@ -55,55 +55,105 @@ if TYPE_CHECKING:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to evaluate")
-    what.add_argument("--model", action="append", default=None, metavar="PATH_OR_ID",
-                      help="model directory, checkpoint name in CHECKPOINT_DIR, LoRA adapter directory or Hub "
-                      "id; repeat to compare (the first is the baseline)")
-    what.add_argument("--compare-base", action="store_true",
-                      help="also evaluate the model the first --model was trained from (its training_config.yaml "
-                      "or LoRA base), as the baseline")
-    what.add_argument("--policy", choices=["model", "scripted"], default="model",
-                      help="'scripted' runs the hand-written policies instead of a model (a known ~100%% "
-                      "baseline for the harness)")
+    what.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="PATH_OR_ID",
+        help="model directory, checkpoint name in CHECKPOINT_DIR, LoRA adapter directory or Hub "
+        "id; repeat to compare (the first is the baseline)",
+    )
+    what.add_argument(
+        "--compare-base",
+        action="store_true",
+        help="also evaluate the model the first --model was trained from (its training_config.yaml "
+        "or LoRA base), as the baseline",
+    )
+    what.add_argument(
+        "--policy",
+        choices=["model", "scripted"],
+        default="model",
+        help="'scripted' runs the hand-written policies instead of a model (a known ~100%% baseline for the harness)",
+    )
     tasks = parser.add_argument_group("which tasks")
     pick = tasks.add_mutually_exclusive_group()
     pick.add_argument("--tasks", metavar="A,B", help="comma-separated MiniWoB task names, e.g. click-test,enter-text")
-    pick.add_argument("--suite", metavar="NAME", help="a task suite shipped with the package (see --list-suites); "
-                      "default: a checkpoint's training tasks, else miniwob-easy")
+    pick.add_argument(
+        "--suite",
+        metavar="NAME",
+        help="a task suite shipped with the package (see --list-suites); "
+        "default: a checkpoint's training tasks, else miniwob-easy",
+    )
     pick.add_argument("--list-suites", action="store_true", help="print the suites and exit")
     tasks.add_argument("--episodes", type=positive_int, default=20, help="episodes per task")
-    tasks.add_argument("--seed-offset", type=non_negative_int, default=0,
-                       help="episode i uses evaluation seed 1e9 + offset + i; change it for fresh instances")
-    tasks.add_argument("--max-episode-steps", "--max-steps", type=positive_int, default=None,
-                       help="actions per episode before it is cut off (default: the checkpoint's "
-                       f"max_episode_steps, else {DEFAULT_MAX_EPISODE_STEPS})")
+    tasks.add_argument(
+        "--seed-offset",
+        type=non_negative_int,
+        default=0,
+        help="episode i uses evaluation seed 1e9 + offset + i; change it for fresh instances",
+    )
+    tasks.add_argument(
+        "--max-episode-steps",
+        "--max-steps",
+        type=positive_int,
+        default=None,
+        help="actions per episode before it is cut off (default: the checkpoint's "
+        f"max_episode_steps, else {DEFAULT_MAX_EPISODE_STEPS})",
+    )
     run = parser.add_argument_group("how to run")
-    run.add_argument("--browsergym-url", default=None,
-                     help=f"environment service address [BROWSERGYM_URL, else {DEFAULT_BROWSERGYM_URL}]")
-    run.add_argument("--concurrency", type=positive_int, default=8,
-                     help="episodes played at once; also the generation batch size")
-    run.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
-                     help="generation engine; vllm needs a GPU, vLLM installed and a merged model")
-    run.add_argument("--device", default="auto", help="torch device for --backend transformers (auto: cuda if "
-                     "available)")
-    run.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
-                     help="auto: bfloat16 on GPU, float32 on CPU")
+    run.add_argument(
+        "--browsergym-url",
+        default=None,
+        help=f"environment service address [BROWSERGYM_URL, else {DEFAULT_BROWSERGYM_URL}]",
+    )
+    run.add_argument(
+        "--concurrency", type=positive_int, default=8, help="episodes played at once; also the generation batch size"
+    )
+    run.add_argument(
+        "--backend",
+        choices=["transformers", "vllm"],
+        default="transformers",
+        help="generation engine; vllm needs a GPU, vLLM installed and a merged model",
+    )
+    run.add_argument(
+        "--device", default="auto", help="torch device for --backend transformers (auto: cuda if available)"
+    )
+    run.add_argument(
+        "--dtype",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        default="auto",
+        help="auto: bfloat16 on GPU, float32 on CPU",
+    )
     run.add_argument("--max-new-tokens", type=positive_int, default=256, help="tokens generated per turn")
-    run.add_argument("--temperature", type=non_negative_float, default=0.0,
-                     help="0 is greedy decoding (reproducible); > 0 samples")
-    run.add_argument("--max-completion-tokens", type=positive_int, default=None,
-                     help="end an episode after this many tokens past its prompt, tool results included, like "
-                     "training's max_completion_length (default: the checkpoint's, else no limit)")
-    run.add_argument("--max-context-tokens", type=positive_int, default=None,
-                     help="end an episode whose conversation would grow past this many tokens "
-                     "(default: the model's context length)")
+    run.add_argument(
+        "--temperature", type=non_negative_float, default=0.0, help="0 is greedy decoding (reproducible); > 0 samples"
+    )
+    run.add_argument(
+        "--max-completion-tokens",
+        type=positive_int,
+        default=None,
+        help="end an episode after this many tokens past its prompt, tool results included, like "
+        "training's max_completion_length (default: the checkpoint's, else no limit)",
+    )
+    run.add_argument(
+        "--max-context-tokens",
+        type=positive_int,
+        default=None,
+        help="end an episode whose conversation would grow past this many tokens (default: the model's context length)",
+    )
     out = parser.add_argument_group("output")
-    out.add_argument("--output", type=Path, default=None, metavar="DIR",
-                     help="report directory (default: evaluations/<date-time>)")
-    out.add_argument("--transcripts", action="store_true",
-                     help="store each episode's full conversation in episodes.jsonl (large)")
-    out.add_argument("--screenshots", action="store_true",
-                     help="keep a screenshot of the page after every action in the recording (the service must "
-                     "run with --screenshots, SCREENSHOTS=1)")
+    out.add_argument(
+        "--output", type=Path, default=None, metavar="DIR", help="report directory (default: evaluations/<date-time>)"
+    )
+    out.add_argument(
+        "--transcripts", action="store_true", help="store each episode's full conversation in episodes.jsonl (large)"
+    )
+    out.add_argument(
+        "--screenshots",
+        action="store_true",
+        help="keep a screenshot of the page after every action in the recording (the service must "
+        "run with --screenshots, SCREENSHOTS=1)",
+    )
     out.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -176,8 +226,10 @@ def run(args: argparse.Namespace) -> int:
         if args.compare_base:
             base = base_model_of(args.model[0])
             if base is None:
-                return _fail(f"--compare-base: {args.model[0]} has no training_config.yaml or LoRA adapter naming "
-                             "the model it was trained from; give the baseline as the first --model instead")
+                return _fail(
+                    f"--compare-base: {args.model[0]} has no training_config.yaml or LoRA adapter naming "
+                    "the model it was trained from; give the baseline as the first --model instead"
+                )
             resolve_model(base)
             if base not in args.model:
                 args.model.insert(0, base)
@@ -196,12 +248,15 @@ def run(args: argparse.Namespace) -> int:
         if args.policy == "scripted":
             missing = [t for t in tasks if t not in SCRIPTED_TASKS]
             if missing:
-                return _fail(f"no scripted policy for {', '.join(missing)}; scripted tasks: "
-                             f"{', '.join(SCRIPTED_TASKS)} (--suite scripted)")
+                return _fail(
+                    f"no scripted policy for {', '.join(missing)}; scripted tasks: "
+                    f"{', '.join(SCRIPTED_TASKS)} (--suite scripted)"
+                )
         if args.max_episode_steps is None:
             configured = (config or {}).get("max_episode_steps")
-            args.max_episode_steps = configured if isinstance(configured, int) and configured > 0 else \
-                DEFAULT_MAX_EPISODE_STEPS
+            args.max_episode_steps = (
+                configured if isinstance(configured, int) and configured > 0 else DEFAULT_MAX_EPISODE_STEPS
+            )
         if args.max_completion_tokens is None and config:
             configured = config.get("max_completion_length")
             args.max_completion_tokens = configured if isinstance(configured, int) and configured > 0 else None
@@ -220,33 +275,52 @@ def run(args: argparse.Namespace) -> int:
     except EvaluationError as exc:
         return _fail(str(exc))
     except (EnvServiceUnavailable, EnvRequestError) as exc:
-        return _fail(f"the environment service failed during the evaluation: {exc}. The episodes that finished "
-                     f"are in {recorder.log_path}", status=1)
+        return _fail(
+            f"the environment service failed during the evaluation: {exc}. The episodes that finished "
+            f"are in {recorder.log_path}",
+            status=1,
+        )
 
     from browser_control.evaluation.report import write_reports
 
     if recorder.failed:
-        print(f"browser-control evaluate: warning: the episode recording stopped ({recorder.failed}); "
-              "episodes.jsonl is rewritten from memory, without step-by-step traces for later episodes",
-              file=sys.stderr)
+        print(
+            f"browser-control evaluate: warning: the episode recording stopped ({recorder.failed}); "
+            "episodes.jsonl is rewritten from memory, without step-by-step traces for later episodes",
+            file=sys.stderr,
+        )
     paths = write_reports(reports, output, episodes_recorded=recorder.failed is None)
     print()
     for report in reports:
         o = report.overall
-        print(f"{report.label}: {100 * o.success_rate:.1f}% success ({o.successes}/{o.episodes}), "
-              f"95% CI {100 * o.ci_low:.1f}-{100 * o.ci_high:.1f}%, {report.duration_s:.0f} s")
-    print(f"report: {paths['markdown']}\nchart:  {paths['chart']}\ndata:   {paths['json']}\n"
-          f"view:   browser-control view --logs {output}")
+        print(
+            f"{report.label}: {100 * o.success_rate:.1f}% success ({o.successes}/{o.episodes}), "
+            f"95% CI {100 * o.ci_low:.1f}-{100 * o.ci_high:.1f}%, {report.duration_s:.0f} s"
+        )
+    print(
+        f"report: {paths['markdown']}\nchart:  {paths['chart']}\ndata:   {paths['json']}\n"
+        f"view:   browser-control view --logs {output}"
+    )
     return 0
 
 
-def _evaluate_all(args: argparse.Namespace, tasks: list[str], url: str,
-                  recorder: EpisodeRecorder | None = None) -> list[EvaluationReport]:
+def _evaluate_all(
+    args: argparse.Namespace, tasks: list[str], url: str, recorder: EpisodeRecorder | None = None
+) -> list[EvaluationReport]:
     from browser_control.evaluation.runner import evaluate_policy
 
-    common = {"tasks": tasks, "episodes": args.episodes, "seed_offset": args.seed_offset, "env_url": url,
-              "max_episode_steps": args.max_episode_steps, "concurrency": args.concurrency, "progress": not args.quiet,
-              "keep_transcripts": args.transcripts, "recorder": recorder, "require_screenshots": args.screenshots}
+    common = {
+        "tasks": tasks,
+        "episodes": args.episodes,
+        "seed_offset": args.seed_offset,
+        "env_url": url,
+        "max_episode_steps": args.max_episode_steps,
+        "concurrency": args.concurrency,
+        "progress": not args.quiet,
+        "keep_transcripts": args.transcripts,
+        "recorder": recorder,
+        "require_screenshots": args.screenshots,
+    }
     if args.policy == "scripted":
         from browser_control.evaluation.scripted import ScriptedPolicy
 
@@ -258,10 +332,17 @@ def _evaluate_all(args: argparse.Namespace, tasks: list[str], url: str,
         # One model at a time: a 350M model is small, but two vLLM engines would fight over the GPU.
         source = getattr(args, "model_sources", {}).get(spec)
         print(f"loading {label}: {source.describe() if source else spec}", file=sys.stderr, flush=True)
-        policy = load_model_policy(spec, backend=args.backend, label=label, device=args.device, dtype=args.dtype,
-                                   max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                   max_context_tokens=args.max_context_tokens,
-                                   max_completion_tokens=args.max_completion_tokens)
+        policy = load_model_policy(
+            spec,
+            backend=args.backend,
+            label=label,
+            device=args.device,
+            dtype=args.dtype,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            max_context_tokens=args.max_context_tokens,
+            max_completion_tokens=args.max_completion_tokens,
+        )
         try:
             reports.append(evaluate_policy(policy, **common))
         finally:

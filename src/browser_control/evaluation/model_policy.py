@@ -27,9 +27,15 @@ class ModelPolicy(Policy):
 
     kind = "model"
 
-    def __init__(self, codec: ChatCodec, generator: TransformersGenerator | VLLMGenerator, label: str,
-                 max_context_tokens: int | None = None, settings: dict[str, Any] | None = None,
-                 max_completion_tokens: int | None = None):
+    def __init__(
+        self,
+        codec: ChatCodec,
+        generator: TransformersGenerator | VLLMGenerator,
+        label: str,
+        max_context_tokens: int | None = None,
+        settings: dict[str, Any] | None = None,
+        max_completion_tokens: int | None = None,
+    ):
         self.codec = codec
         self.generator = generator
         self.label = label
@@ -70,16 +76,21 @@ class ModelPolicy(Policy):
                 # All rows share one max_new_tokens; cut each to its own budget, as TRL truncates.
                 completion = self.codec.cut_at_eos(output)[: self._room(episode)]
                 episode.state["completion"] = completion
-                message = (self.codec.parse(completion, episode.state["ids"], episode.state["tools"])
-                           if completion else {"role": "assistant", "content": ""})
-                decisions[i] = Decision(tool_calls_of(message), assistant_message=message,
-                                        raw_output=self.codec.decode(completion))
+                message = (
+                    self.codec.parse(completion, episode.state["ids"], episode.state["tools"])
+                    if completion
+                    else {"role": "assistant", "content": ""}
+                )
+                decisions[i] = Decision(
+                    tool_calls_of(message), assistant_message=message, raw_output=self.codec.decode(completion)
+                )
         return [d for d in decisions if d is not None]
 
     def observe(self, episode: Episode, decision: Decision, tool_messages: list[dict[str, Any]]) -> None:
         if tool_messages:
-            episode.state["ids"] = (episode.state["ids"] + episode.state["completion"]
-                                    + self.codec.tool_suffix_ids(tool_messages))
+            episode.state["ids"] = (
+                episode.state["ids"] + episode.state["completion"] + self.codec.tool_suffix_ids(tool_messages)
+            )
 
     def close(self) -> None:
         """Drop the model so the next one of a comparison fits in GPU memory."""
@@ -93,9 +104,17 @@ class ModelPolicy(Policy):
             torch.cuda.empty_cache()
 
 
-def from_model(model: Any, tokenizer: Any, label: str = "model", *, max_new_tokens: int = 256,
-               temperature: float = 0.0, top_p: float = 1.0, max_context_tokens: int | None = None,
-               max_completion_tokens: int | None = None) -> ModelPolicy:
+def from_model(
+    model: Any,
+    tokenizer: Any,
+    label: str = "model",
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_context_tokens: int | None = None,
+    max_completion_tokens: int | None = None,
+) -> ModelPolicy:
     """A policy around a model already in memory (e.g. the one being trained, from a TrainerCallback)."""
     codec = ChatCodec(tokenizer, eos_ids(getattr(model, "generation_config", None)))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else codec.eos_token_ids[0]
@@ -107,10 +126,20 @@ def from_model(model: Any, tokenizer: Any, label: str = "model", *, max_new_toke
     return ModelPolicy(codec, generator, label, limit, settings, max_completion_tokens)
 
 
-def load_model_policy(spec: str, *, backend: str = "transformers", label: str | None = None,
-                      device: str = "auto", dtype: str = "auto", max_new_tokens: int = 256,
-                      temperature: float = 0.0, top_p: float = 1.0, max_context_tokens: int | None = None,
-                      max_completion_tokens: int | None = None, gpu_memory_utilization: float = 0.85) -> ModelPolicy:
+def load_model_policy(
+    spec: str,
+    *,
+    backend: str = "transformers",
+    label: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_context_tokens: int | None = None,
+    max_completion_tokens: int | None = None,
+    gpu_memory_utilization: float = 0.85,
+) -> ModelPolicy:
     """Load a model directory, checkpoint name or Hub id (a LoRA adapter is merged into its base)."""
     import torch
     from safetensors import SafetensorError
@@ -122,8 +151,12 @@ def load_model_policy(spec: str, *, backend: str = "transformers", label: str | 
     base = lora[1] if lora else None
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
-                   "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+    torch_dtype = {
+        "auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "float32": torch.float32,
+    }[dtype]
     try:
         # A LoRA run saves its (template-swapped) tokenizer beside the adapter; fall back to the base's.
         candidates = [Path(path), lora[0]] if lora else [Path(path)]
@@ -132,14 +165,21 @@ def load_model_policy(spec: str, *, backend: str = "transformers", label: str | 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
         if backend == "vllm":
             if base:
-                raise EvaluationError(f"{spec} is a LoRA adapter; vLLM evaluation needs a merged model: "
-                                      f"browser-control checkpoints export NAME --merge-lora --output DIR")
+                raise EvaluationError(
+                    f"{spec} is a LoRA adapter; vLLM evaluation needs a merged model: "
+                    f"browser-control checkpoints export NAME --merge-lora --output DIR"
+                )
             codec = ChatCodec(tokenizer, eos_ids(_generation_config(path)))
             generator: TransformersGenerator | VLLMGenerator = VLLMGenerator(
-                path, codec.eos_token_ids, max_new_tokens, temperature, top_p, gpu_memory_utilization,
-                max_context_tokens)
-            settings = {"backend": "vllm", "max_new_tokens": max_new_tokens, "temperature": temperature,
-                        "model": spec}
+                path,
+                codec.eos_token_ids,
+                max_new_tokens,
+                temperature,
+                top_p,
+                gpu_memory_utilization,
+                max_context_tokens,
+            )
+            settings = {"backend": "vllm", "max_new_tokens": max_new_tokens, "temperature": temperature, "model": spec}
             engine_limit = generator.llm.llm_engine.model_config.max_model_len  # what TRL reads too
             limit = min(engine_limit, max_context_tokens) if max_context_tokens else engine_limit
             return ModelPolicy(codec, generator, label, limit, settings, max_completion_tokens)
@@ -159,11 +199,19 @@ def load_model_policy(spec: str, *, backend: str = "transformers", label: str | 
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise EvaluationError(f"could not load model {spec!r} from {path}: {first_line}") from None
     model.to(device)
-    policy = from_model(model, tokenizer, label, max_new_tokens=max_new_tokens, temperature=temperature,
-                        top_p=top_p, max_context_tokens=max_context_tokens,
-                        max_completion_tokens=max_completion_tokens)
-    policy.settings.update({"model": spec, "device": device, "dtype": str(torch_dtype).removeprefix("torch."),
-                            "lora_base": base})
+    policy = from_model(
+        model,
+        tokenizer,
+        label,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        max_context_tokens=max_context_tokens,
+        max_completion_tokens=max_completion_tokens,
+    )
+    policy.settings.update(
+        {"model": spec, "device": device, "dtype": str(torch_dtype).removeprefix("torch."), "lora_base": base}
+    )
     return policy
 
 

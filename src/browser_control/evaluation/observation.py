@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 
 from browser_control.threadsafe_ast import literal_eval
 
-_GOAL_RE = re.compile(r"^Goal: (?P<goal>.*?)\nStep \d+ of \d+\. Last action error: (?P<error>.*?)\nPage:\n",
-                      re.DOTALL)
+_GOAL_RE = re.compile(r"^Goal: (?P<goal>.*?)\nStep \d+ of \d+\. Last action error: (?P<error>.*?)\nPage:\n", re.DOTALL)
 # One flattened axtree line: tabs, an optional "[bid] ", a role, an optional quoted name, then ", key=value" pairs.
 _LINE_RE = re.compile(
     r"^(?P<indent>\t*)(?:\[(?P<bid>[^\]\s]+)\] )?(?P<role>\S+)"
@@ -52,8 +51,11 @@ class PageView:
         def same(a: str, b: str) -> bool:
             return a.casefold() == b.casefold() if casefold else a == b
 
-        return [n for n in self.nodes
-                if n.bid is not None and n.role in roles and (name is None or same(n.name.strip(), name))]
+        return [
+            n
+            for n in self.nodes
+            if n.bid is not None and n.role in roles and (name is None or same(n.name.strip(), name))
+        ]
 
 
 def _unquote(text: str) -> str:
@@ -79,8 +81,14 @@ def parse_axtree(text: str) -> list[AxNode]:
             properties[prop["key"]] = True if value is None else _unquote(value) if value[0] in "'\"" else value
         while stack and stack[-1].depth >= depth:
             stack.pop()
-        node = AxNode(match["role"], _unquote(match["name"]) if match["name"] else "", match["bid"], depth,
-                      properties, stack[-1] if stack else None)
+        node = AxNode(
+            match["role"],
+            _unquote(match["name"]) if match["name"] else "",
+            match["bid"],
+            depth,
+            properties,
+            stack[-1] if stack else None,
+        )
         nodes.append(node)
         stack.append(node)
     return nodes
@@ -95,4 +103,4 @@ def parse_observation(text: str) -> PageView:
     if not match:
         raise ValueError(f"not an observation text: {text[:80]!r}")
     error = match["error"]
-    return PageView(match["goal"].strip(), "" if error == "none" else error, parse_axtree(text[match.end():]))
+    return PageView(match["goal"].strip(), "" if error == "none" else error, parse_axtree(text[match.end() :]))

@@ -119,11 +119,18 @@ class EvaluationReport:
         return out
 
 
-def build_report(label: str, kind: str, tasks: Sequence[str], records: Sequence[EpisodeRecord],
-                 settings: dict[str, Any], duration_s: float) -> EvaluationReport:
+def build_report(
+    label: str,
+    kind: str,
+    tasks: Sequence[str],
+    records: Sequence[EpisodeRecord],
+    settings: dict[str, Any],
+    duration_s: float,
+) -> EvaluationReport:
     by_task = [TaskResult.from_episodes(t, [r for r in records if r.task == t]) for t in tasks]
-    return EvaluationReport(label, kind, by_task, TaskResult.from_episodes(ALL_TASKS, records), list(records),
-                            settings, duration_s)
+    return EvaluationReport(
+        label, kind, by_task, TaskResult.from_episodes(ALL_TASKS, records), list(records), settings, duration_s
+    )
 
 
 # -- comparison of several runs -----------------------------------------------------------------
@@ -143,10 +150,17 @@ def compare(reports: Sequence[EvaluationReport]) -> list[dict[str, Any]]:
             if not a.episodes or not b.episodes:
                 continue
             delta, low, high = difference_interval(a.successes, a.episodes, b.successes, b.episodes)
-            rows.append({
-                "baseline": base.label, "run": other.label, "task": name, "delta": delta, "ci_low": low,
-                "ci_high": high, "verdict": "better" if low > 0 else "worse" if high < 0 else "no clear change",
-            })
+            rows.append(
+                {
+                    "baseline": base.label,
+                    "run": other.label,
+                    "task": name,
+                    "delta": delta,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "verdict": "better" if low > 0 else "worse" if high < 0 else "no clear change",
+                }
+            )
     return rows
 
 
@@ -184,9 +198,11 @@ def markdown(reports: Sequence[EvaluationReport]) -> str:
     ]
     for r in reports:
         o = r.overall
-        lines.append(f"| {r.label} | {r.kind} | {_pct(o.success_rate)} ({o.successes}/{o.episodes}) | "
-                     f"{_pct(o.ci_low)}–{_pct(o.ci_high)} | {_steps(o.mean_steps_to_success)} | "
-                     f"{_pct(o.invalid_action_rate)} | {r.duration_s:.0f} s |")
+        lines.append(
+            f"| {r.label} | {r.kind} | {_pct(o.success_rate)} ({o.successes}/{o.episodes}) | "
+            f"{_pct(o.ci_low)}–{_pct(o.ci_high)} | {_steps(o.mean_steps_to_success)} | "
+            f"{_pct(o.invalid_action_rate)} | {r.duration_s:.0f} s |"
+        )
     lines += ["", "## Per task", ""]
     header = "| task | " + " | ".join(f"{r.label}: success (95% CI) · steps · invalid" for r in reports) + " |"
     lines += [header, "|---" * (len(reports) + 1) + "|"]
@@ -198,16 +214,25 @@ def markdown(reports: Sequence[EvaluationReport]) -> str:
             except KeyError:
                 cells.append("—")
                 continue
-            cells.append(f"{_pct(t.success_rate)} ({_pct(t.ci_low)}–{_pct(t.ci_high)}) · "
-                         f"{_steps(t.mean_steps_to_success)} · {_pct(t.invalid_action_rate)}")
+            cells.append(
+                f"{_pct(t.success_rate)} ({_pct(t.ci_low)}–{_pct(t.ci_high)}) · "
+                f"{_steps(t.mean_steps_to_success)} · {_pct(t.invalid_action_rate)}"
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     rows = compare(reports)
     if rows:
-        lines += ["", f"## Change against {first.label}", "",
-                  "| run | task | change | 95% CI | verdict |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Change against {first.label}",
+            "",
+            "| run | task | change | 95% CI | verdict |",
+            "|---|---|---|---|---|",
+        ]
         for row in rows:
-            lines.append(f"| {row['run']} | {row['task']} | {round(100 * row['delta']):+d} pts | "
-                         f"{round(100 * row['ci_low']):+d}..{round(100 * row['ci_high']):+d} | {row['verdict']} |")
+            lines.append(
+                f"| {row['run']} | {row['task']} | {round(100 * row['delta']):+d} pts | "
+                f"{round(100 * row['ci_low']):+d}..{round(100 * row['ci_high']):+d} | {row['verdict']} |"
+            )
     lines += ["", "## How episodes ended", "", "| run | task | endings |", "|---|---|---|"]
     for r in reports:
         for t in r.tasks:
@@ -242,8 +267,17 @@ def plot(reports: Sequence[EvaluationReport], path: Path) -> Path:
             high_err.append(100 * (t.ci_high - t.success_rate))
             # Runs top to bottom in legend order inside each group; tasks top to bottom as listed.
             ys.append((len(names) - 1 - j) + (runs - 1 - i - (runs - 1) / 2) * bar)
-        ax.barh(ys, values, height=bar * 0.95, xerr=[low_err, high_err], color=colors[i % len(colors)],
-                ecolor="#333333", capsize=2, label=r.label, error_kw={"linewidth": 0.8})
+        ax.barh(
+            ys,
+            values,
+            height=bar * 0.95,
+            xerr=[low_err, high_err],
+            color=colors[i % len(colors)],
+            ecolor="#333333",
+            capsize=2,
+            label=r.label,
+            error_kw={"linewidth": 0.8},
+        )
         for y, v, up in zip(ys, values, high_err, strict=True):
             # Right of the error bar's cap, so the number never sits on the whisker.
             ax.text(v + up + 1.2, y, f"{v:.0f}%", va="center", fontsize=7)
@@ -259,8 +293,9 @@ def plot(reports: Sequence[EvaluationReport], path: Path) -> Path:
     ax.set_title(f"MiniWoB success rate per task ({episodes} episodes per task)", fontsize=10)
     ax.grid(axis="x", linestyle=":", linewidth=0.6)
     ax.set_axisbelow(True)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0 + 0.25 / height), ncol=min(runs, 3), fontsize=8,
-              frameon=False)
+    ax.legend(
+        loc="lower center", bbox_to_anchor=(0.5, 1.0 + 0.25 / height), ncol=min(runs, 3), fontsize=8, frameon=False
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -273,8 +308,9 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def write_reports(reports: Sequence[EvaluationReport], output_dir: str | Path, *,
-                  episodes_recorded: bool = False) -> dict[str, Path]:
+def write_reports(
+    reports: Sequence[EvaluationReport], output_dir: str | Path, *, episodes_recorded: bool = False
+) -> dict[str, Path]:
     """Write report.json, report.md, success_rates.png and episodes.jsonl; returns their paths.
 
     ``episodes_recorded``: an :class:`~browser_control.recording.EpisodeRecorder` already wrote
@@ -284,8 +320,12 @@ def write_reports(reports: Sequence[EvaluationReport], output_dir: str | Path, *
         raise ValueError("no evaluation to report")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / REPORT_JSON, "markdown": out / REPORT_MD, "chart": out / REPORT_PNG,
-             "episodes": out / EPISODES_JSONL}
+    paths = {
+        "json": out / REPORT_JSON,
+        "markdown": out / REPORT_MD,
+        "chart": out / REPORT_PNG,
+        "episodes": out / EPISODES_JSONL,
+    }
     document = {"runs": [r.summary() for r in reports], "comparison": compare(reports)}
     paths["json"].write_text(json.dumps(document, indent=2, default=_json_default) + "\n")
     paths["markdown"].write_text(markdown(reports))

@@ -148,12 +148,21 @@ def _record(recorder: EpisodeRecorder, label: str, episode: Episode, record: Epi
         return
     env = episode.env
     steps, shots = trace_from_answers(env.answers, episode.turns)
-    trace = EpisodeTrace(source="evaluation", run=label, task=record.task, seed=record.seed, goal=env.goal,
-                         success=record.success, ended_by=record.ended_by,
-                         first_observation=env.first_observation, steps=steps)
+    trace = EpisodeTrace(
+        source="evaluation",
+        run=label,
+        task=record.task,
+        seed=record.seed,
+        goal=env.goal,
+        success=record.success,
+        ended_by=record.ended_by,
+        first_observation=env.first_observation,
+        steps=steps,
+    )
     try:
-        record.trace = recorder.write_trace(trace, trace_id(label, record.task, record.seed),
-                                            {0: env.first_screenshot, **shots})
+        record.trace = recorder.write_trace(
+            trace, trace_id(label, record.task, record.seed), {0: env.first_screenshot, **shots}
+        )
         recorder.append(record.summary_line(label))
     except OSError as exc:
         recorder.failed = f"{type(exc).__name__}: {exc}"
@@ -225,14 +234,16 @@ def evaluate_policy(
                         if require_screenshots and episode.env.first_screenshot is None:
                             raise EvaluationError(
                                 f"screenshots were asked for but the environment service at {url} sends none: "
-                                "start it with --screenshots (SCREENSHOTS=1), or drop --screenshots")
+                                "start it with --screenshots (SCREENSHOTS=1), or drop --screenshots"
+                            )
                         policy.start(episode)
                         turns[id(episode)] = 0
                     active += fresh
                 decisions = policy.decide(active)
                 if len(decisions) != len(active):
-                    raise RuntimeError(f"{type(policy).__name__}.decide returned {len(decisions)} decisions "
-                                       f"for {len(active)} episodes")
+                    raise RuntimeError(
+                        f"{type(policy).__name__}.decide returned {len(decisions)} decisions for {len(active)} episodes"
+                    )
                 results = list(pool.map(lambda e, d: _run_calls(e, d, tools), active, decisions))
                 still = []
                 for episode, decision, tool_messages in zip(active, decisions, results, strict=True):
@@ -246,9 +257,14 @@ def evaluate_policy(
                     turns.pop(id(episode))
                     stats = episode.env.episode
                     record = EpisodeRecord(
-                        task=episode.task_name, seed=episode.seed, success=stats.success, steps=stats.steps,
-                        tool_calls=len(episode.calls), invalid_actions=stats.invalid_actions + episode.tool_failures,
-                        ended_by=ended_by, actions=[_describe_action(c) for c in episode.calls],
+                        task=episode.task_name,
+                        seed=episode.seed,
+                        success=stats.success,
+                        steps=stats.steps,
+                        tool_calls=len(episode.calls),
+                        invalid_actions=stats.invalid_actions + episode.tool_failures,
+                        ended_by=ended_by,
+                        actions=[_describe_action(c) for c in episode.calls],
                         messages=episode.messages if keep_transcripts else None,
                     )
                     if recorder is not None:
@@ -266,8 +282,13 @@ def evaluate_policy(
     records.sort(key=lambda r: (task_list.index(r.task), r.seed))
     first, last = eval_seed(0, seed_offset), eval_seed(episodes - 1, seed_offset)
     settings = {
-        "tasks": task_list, "episodes_per_task": episodes, "seed_offset": seed_offset, "seeds": [first, last],
-        "max_episode_steps": max_episode_steps, "env_url": url, "concurrency": concurrency,
+        "tasks": task_list,
+        "episodes_per_task": episodes,
+        "seed_offset": seed_offset,
+        "seeds": [first, last],
+        "max_episode_steps": max_episode_steps,
+        "env_url": url,
+        "concurrency": concurrency,
         **getattr(policy, "settings", {}),
     }
     return build_report(policy.label, policy.kind, task_list, records, settings, time.perf_counter() - started)

@@ -61,7 +61,8 @@ def _textbox_labelled(page: PageView, label: str) -> AxNode:
         block = box.parent
         if block is not None and any(
             n.role in ("StaticText", "LabelText") and n.name.strip() == label
-            for n in page.nodes if block in n.ancestors()
+            for n in page.nodes
+            if block in n.ancestors()
         ):
             return box
     raise ScriptedPolicyError(f"no text box labelled {label!r}")
@@ -127,8 +128,11 @@ def plan_enter_text(page: PageView) -> list[ToolCall]:
 
 
 def plan_enter_text_2(page: PageView) -> list[ToolCall]:
-    match = _goal(page, r'Type "(?P<text>.*)" in all (?P<case>upper|lower) case letters in the text input '
-                        r"and press Submit\.")
+    match = _goal(
+        page,
+        r'Type "(?P<text>.*)" in all (?P<case>upper|lower) case letters in the text input '
+        r"and press Submit\.",
+    )
     text = match["text"].upper() if match["case"] == "upper" else match["text"].lower()
     return [_fill(_one(page, "textbox"), text), _click(_one(page, "button", "Submit"))]
 
@@ -151,8 +155,11 @@ def plan_focus_text_2(page: PageView) -> list[ToolCall]:
 
 
 def plan_login_user(page: PageView) -> list[ToolCall]:
-    match = _goal(page, r'Enter the username "(?P<user>.*)" and the password "(?P<password>.*)" into the text '
-                        r"fields and press login\.")
+    match = _goal(
+        page,
+        r'Enter the username "(?P<user>.*)" and the password "(?P<password>.*)" into the text '
+        r"fields and press login\.",
+    )
     return [
         _fill(_textbox_labelled(page, "Username"), match["user"]),
         _fill(_textbox_labelled(page, "Password"), match["password"]),

@@ -28,8 +28,9 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
     return max(0.0, min(center - half, p)), min(1.0, max(center + half, p))
 
 
-def difference_interval(successes_a: int, trials_a: int, successes_b: int, trials_b: int,
-                        z: float = Z_95) -> tuple[float, float, float]:
+def difference_interval(
+    successes_a: int, trials_a: int, successes_b: int, trials_b: int, z: float = Z_95
+) -> tuple[float, float, float]:
     """Rate difference b - a with Newcombe's hybrid score interval (method 10): (delta, low, high)."""
     if not trials_a or not trials_b:
         raise ValueError("both rates need at least one trial")

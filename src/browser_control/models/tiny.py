@@ -56,8 +56,13 @@ def _rendered_prompt(tokenizer) -> str:  # type: ignore[no-untyped-def]
     return tokenizer.apply_chat_template(task_prompt("click-test"), tools=bound_tools(), tokenize=False)
 
 
-def build_tokenizer(output_dir: str | Path, corpus: Iterable[str] | None = None, vocab_size: int = 1024,
-                    extra_corpus: Iterable[str] = (), split: str = "words"):
+def build_tokenizer(
+    output_dir: str | Path,
+    corpus: Iterable[str] | None = None,
+    vocab_size: int = 1024,
+    extra_corpus: Iterable[str] = (),
+    split: str = "words",
+):
     """Train a byte-level BPE on ``corpus`` (default: prompt-like text) plus ``extra_corpus`` and save a
     transformers tokenizer with the lfm2_v2 template.
 
@@ -75,10 +80,12 @@ def build_tokenizer(output_dir: str | Path, corpus: Iterable[str] | None = None,
     def new_bpe() -> Tokenizer:
         bpe = Tokenizer(models.BPE())
         if split == "digits":
-            bpe.pre_tokenizer = pre_tokenizers.Sequence([
-                pre_tokenizers.Split(Regex(r"\d+|\n"), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ])
+            bpe.pre_tokenizer = pre_tokenizers.Sequence(
+                [
+                    pre_tokenizers.Split(Regex(r"\d+|\n"), behavior="isolated"),
+                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+                ]
+            )
         else:
             bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         bpe.decoder = decoders.ByteLevel()
@@ -121,20 +128,43 @@ def _wrap(bpe, chat_template: str):  # type: ignore[no-untyped-def]
 # LiquidAI/LFM2-350M's architecture (its config.json): 16 layers, 6 of them attention. Benchmarks build it
 # with random weights where no model hub is reachable.
 LFM2_350M_SHAPE = dict(
-    vocab_size=65536, hidden_size=1024, intermediate_size=6656, num_hidden_layers=16,
-    num_attention_heads=16, num_key_value_heads=8, full_attn_idxs=[2, 5, 8, 10, 12, 14],
-    block_multiple_of=256, block_ffn_dim_multiplier=1.0, block_auto_adjust_ff_dim=True,
-    conv_L_cache=3, max_position_embeddings=128_000, tie_word_embeddings=True,
+    vocab_size=65536,
+    hidden_size=1024,
+    intermediate_size=6656,
+    num_hidden_layers=16,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    full_attn_idxs=[2, 5, 8, 10, 12, 14],
+    block_multiple_of=256,
+    block_ffn_dim_multiplier=1.0,
+    block_auto_adjust_ff_dim=True,
+    conv_L_cache=3,
+    max_position_embeddings=128_000,
+    tie_word_embeddings=True,
 )
 
 # The Lfm2Config attributes vLLM's LFM2 model reads (vllm/model_executor/models/lfm2.py, 0.26). transformers
 # defines all but conv_dim, block_dim and conv_dim_out, which LFM2-350M's config.json carries and vLLM refuses
 # to start without.
 VLLM_LFM2_CONFIG_FIELDS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "layer_types", "norm_eps", "rope_parameters", "tie_word_embeddings",
-    "conv_L_cache", "conv_bias", "conv_dim", "conv_dim_out", "block_dim", "block_multiple_of",
-    "block_ffn_dim_multiplier", "block_auto_adjust_ff_dim",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "layer_types",
+    "norm_eps",
+    "rope_parameters",
+    "tie_word_embeddings",
+    "conv_L_cache",
+    "conv_bias",
+    "conv_dim",
+    "conv_dim_out",
+    "block_dim",
+    "block_multiple_of",
+    "block_ffn_dim_multiplier",
+    "block_auto_adjust_ff_dim",
 )
 
 
@@ -149,13 +179,27 @@ def lfm2_config(**fields):  # type: ignore[no-untyped-def]
 # The tiny shape the benchmarks use (twice build_tiny_lfm2's default width): fast on a CPU, and its rollouts
 # are driven by an imprinted reply, not by what it learned.
 TINY_SHAPE = dict(
-    vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-    num_key_value_heads=2, full_attn_idxs=[1], block_multiple_of=8, max_position_embeddings=8192,
+    vocab_size=1024,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    full_attn_idxs=[1],
+    block_multiple_of=8,
+    max_position_embeddings=8192,
 )
 
 
-def build_lfm2(output_dir: str | Path, shape: dict, seed: int = 0, corpus: Iterable[str] | None = None,
-               vocab_size: int = 1024, extra_corpus: Iterable[str] = (), split: str = "words") -> Path:
+def build_lfm2(
+    output_dir: str | Path,
+    shape: dict,
+    seed: int = 0,
+    corpus: Iterable[str] | None = None,
+    vocab_size: int = 1024,
+    extra_corpus: Iterable[str] = (),
+    split: str = "words",
+) -> Path:
     """Write a randomly initialised LFM2 of ``shape`` (Lfm2Config fields, e.g. :data:`TINY_SHAPE` or
     :data:`LFM2_350M_SHAPE`) and the local tokenizer beside it; the one builder of tests and benchmarks."""
     import torch
@@ -164,8 +208,12 @@ def build_lfm2(output_dir: str | Path, shape: dict, seed: int = 0, corpus: Itera
     output_dir = Path(output_dir)
     tokenizer = build_tokenizer(output_dir, corpus, vocab_size, extra_corpus, split)
     torch.manual_seed(seed)
-    config = lfm2_config(**{"vocab_size": len(tokenizer), **shape}, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = lfm2_config(
+        **{"vocab_size": len(tokenizer), **shape},
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = Lfm2ForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -202,13 +250,21 @@ def build_tiny_lfm2(
         max_position_embeddings=8192,
         tie_word_embeddings=True,
     )
-    return build_lfm2(output_dir, shape, seed=seed, corpus=corpus, vocab_size=vocab_size,
-                      extra_corpus=extra_corpus, split=split)
+    return build_lfm2(
+        output_dir, shape, seed=seed, corpus=corpus, vocab_size=vocab_size, extra_corpus=extra_corpus, split=split
+    )
 
 
-def imprint_reply(model_dir: str | Path, reply: str | Sequence[str], prompts: list[list[dict]],
-                  tools: list | None = None, steps: int = 200, learning_rate: float = 3e-3,
-                  max_rounds: int = 4, end_turn_prompts: list[list[dict]] | None = None) -> Path:
+def imprint_reply(
+    model_dir: str | Path,
+    reply: str | Sequence[str],
+    prompts: list[list[dict]],
+    tools: list | None = None,
+    steps: int = 200,
+    learning_rate: float = 3e-3,
+    max_rounds: int = 4,
+    end_turn_prompts: list[list[dict]] | None = None,
+) -> Path:
     """Train the model in ``model_dir`` (in place) to answer every prompt with ``reply``.
 
     A random model almost never emits a well-formed tool call, so a rollout would end after one turn.
@@ -236,8 +292,9 @@ def imprint_reply(model_dir: str | Path, reply: str | Sequence[str], prompts: li
     to_learn = [(m, replies_ids) for m in prompts]
     to_learn += [(m, [end_turn] * len(replies_ids)) for m in end_turn_prompts or []]
     for messages, answers in to_learn:
-        prompt_ids = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
-                                                   tokenize=True, return_dict=False)
+        prompt_ids = tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
         for reply_ids in answers:
             ids = list(prompt_ids) + reply_ids
             labels = [-100] * len(prompt_ids) + reply_ids
@@ -249,10 +306,15 @@ def imprint_reply(model_dir: str | Path, reply: str | Sequence[str], prompts: li
         prompt = input_ids[:, : int((labels[0] == -100).sum())]
         model.eval()
         with torch.no_grad():
-            out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                 max_new_tokens=max(map(len, replies_ids)), pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                do_sample=False,
+                max_new_tokens=max(map(len, replies_ids)),
+                pad_token_id=tokenizer.pad_token_id,
+            )
         model.train()
-        answer = out[0, prompt.shape[1]:].tolist()
+        answer = out[0, prompt.shape[1] :].tolist()
         expected = replies_ids if labels[0, -2].item() != -100 else [end_turn]
         return any(answer[: len(ids)] == ids for ids in expected)
 

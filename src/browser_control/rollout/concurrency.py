@@ -135,8 +135,11 @@ class ConcurrentRolloutsMixin:
         import trl
 
         parent = super()
-        missing = [name for name in ("_get_tool_suffix_ids", "_generate_and_score_completions")
-                   if not callable(getattr(parent, name, None))]
+        missing = [
+            name
+            for name in ("_get_tool_suffix_ids", "_generate_and_score_completions")
+            if not callable(getattr(parent, name, None))
+        ]
         if missing or not hasattr(self, "_environment_pool"):
             raise RuntimeError(
                 f"trl {trl.__version__} lacks the GRPOTrainer internals concurrent rollouts hook into "
@@ -146,7 +149,8 @@ class ConcurrentRolloutsMixin:
             log.warning(
                 "concurrent environment calls were tested with trl %s, not %s: every generation batch is "
                 "checked for unresolved tool results, set concurrent_env_calls: false if that check fails",
-                ", ".join(TESTED_TRL_VERSIONS), trl.__version__,
+                ", ".join(TESTED_TRL_VERSIONS),
+                trl.__version__,
             )
         self._rollouts = ConcurrentRollouts()
         return self._rollouts
@@ -210,8 +214,9 @@ class ConcurrentRolloutsMixin:
             rollouts.prefetch_resets(pool[: len(inputs)], inputs)
         started, waited = time.perf_counter(), rollouts.env_wait_s if rollouts is not None else 0.0
         output = super()._generate_and_score_completions(inputs)  # type: ignore[misc]
-        self._log_rollout_time(time.perf_counter() - started,
-                               rollouts.env_wait_s - waited if rollouts is not None else None)
+        self._log_rollout_time(
+            time.perf_counter() - started, rollouts.env_wait_s - waited if rollouts is not None else None
+        )
         if rollouts is not None and rollouts.unresolved():
             raise RuntimeError(
                 f"{rollouts.unresolved()} tool results were never handed back by GRPOTrainer "

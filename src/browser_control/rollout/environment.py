@@ -44,8 +44,13 @@ class BrowserEnvironment:
     # Set by a trainer with concurrent environment calls (rollout/concurrency.py); None = call at once.
     _rollouts: ConcurrentRollouts | None = None
 
-    def __init__(self, base_url: str | None = None, max_episode_steps: int | None = None,
-                 client: EnvClient | None = None, faults_are_no_data: bool = False):
+    def __init__(
+        self,
+        base_url: str | None = None,
+        max_episode_steps: int | None = None,
+        client: EnvClient | None = None,
+        faults_are_no_data: bool = False,
+    ):
         self._client = client or EnvClient(service_url(base_url or self.base_url))
         self._max_steps = max_episode_steps or self.max_episode_steps
         # Training (EnvironmentFactory) turns environment faults into no-data episodes; elsewhere they raise.
@@ -106,8 +111,9 @@ class BrowserEnvironment:
         """Reset our session in place, or, when that session cannot be reset, a fresh one."""
         if self._session_id is not None:
             try:
-                return self._client.reset(task_name, seed=seed, session_id=self._session_id,
-                                          max_episode_steps=self._max_steps)
+                return self._client.reset(
+                    task_name, seed=seed, session_id=self._session_id, max_episode_steps=self._max_steps
+                )
             except EnvRequestError as exc:
                 if exc.error in _CALLER_ERRORS:
                     raise
@@ -140,8 +146,12 @@ class BrowserEnvironment:
             raise exc
         if self._stats.fault is None:
             self._stats.fault = reason
-            log.warning("environment fault in %s#%d, the episode is not scored: %s",
-                        self._stats.task_name, self._stats.seed, reason)
+            log.warning(
+                "environment fault in %s#%d, the episode is not scored: %s",
+                self._stats.task_name,
+                self._stats.seed,
+                reason,
+            )
         return format_fault(reason.split(":", 1)[0])
 
     def get_reward(self) -> float | None:
@@ -344,9 +354,7 @@ class BrowserEnvironment:
         if self._session_id is None:
             raise RuntimeError("reset() must be called before any tool")
         if stats.done or stats.truncated:
-            text = format_episode_end(stats.success, stats.steps) if stats.done else format_step_limit(
-                self._max_steps
-            )
+            text = format_episode_end(stats.success, stats.steps) if stats.done else format_step_limit(self._max_steps)
             return self._answered(action, text, reached_service=False, done=stats.done, truncated=stats.truncated)
         started = time.perf_counter()
         try:
@@ -358,8 +366,9 @@ class BrowserEnvironment:
                 stats.steps += 1
                 if stats.steps >= self._max_steps:
                     stats.truncated = True
-                return self._answered(action, f"Invalid action: {exc.message}", error=exc.message, reward=0.0,
-                                      truncated=stats.truncated)
+                return self._answered(
+                    action, f"Invalid action: {exc.message}", error=exc.message, reward=0.0, truncated=stats.truncated
+                )
             # 410 session_lost, 5xx, a session reaped mid-episode: the browser failed, not the model. The
             # session id is kept: the next reset revives it in place or, failing that, starts a new one.
             return self._answered(action, self._fault(f"{action} failed: {exc}", exc), error=str(exc))
@@ -382,14 +391,31 @@ class BrowserEnvironment:
             text = format_observation(response.observation, stats.steps, self._max_steps)
             if stats.truncated:
                 text += "\n" + format_step_limit(self._max_steps)
-        return self._answered(action, text, error=response.observation.last_action_error, reward=response.reward,
-                              done=response.done, truncated=response.truncated,
-                              screenshot=response.observation.screenshot_png_b64)
+        return self._answered(
+            action,
+            text,
+            error=response.observation.last_action_error,
+            reward=response.reward,
+            done=response.done,
+            truncated=response.truncated,
+            screenshot=response.observation.screenshot_png_b64,
+        )
 
-    def _answered(self, action: str, text: str, *, error: str = "", reward: float | None = None, done: bool = False,
-                  truncated: bool = False, reached_service: bool = True, screenshot: str | None = None) -> str:
-        self._answers.append(StepAnswer(action, self._last_text, text, error, reward, done, truncated,
-                                        reached_service, screenshot))
+    def _answered(
+        self,
+        action: str,
+        text: str,
+        *,
+        error: str = "",
+        reward: float | None = None,
+        done: bool = False,
+        truncated: bool = False,
+        reached_service: bool = True,
+        screenshot: str | None = None,
+    ) -> str:
+        self._answers.append(
+            StepAnswer(action, self._last_text, text, error, reward, done, truncated, reached_service, screenshot)
+        )
         self._last_text = text
         return text
 
@@ -409,8 +435,11 @@ NOT_TOOLS = ("reset", "get_reward")
 
 def tool_names(env_class: type = BrowserEnvironment) -> list[str]:
     """Tool names in TRL's order (inspect.getmembers sorts by name), so prompts render identically."""
-    return [name for name, _ in inspect.getmembers(env_class, predicate=inspect.isfunction)
-            if not name.startswith("_") and name not in NOT_TOOLS]
+    return [
+        name
+        for name, _ in inspect.getmembers(env_class, predicate=inspect.isfunction)
+        if not name.startswith("_") and name not in NOT_TOOLS
+    ]
 
 
 def bound_tools(env: BrowserEnvironment | None = None) -> list[Callable[..., str]]:

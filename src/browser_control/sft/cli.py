@@ -39,8 +39,14 @@ def _config_keys_help() -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = _config_keys_help()
     parser.add_argument("--config", required=True, metavar="YAML", help="SFT config, e.g. configs/sft_learning.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key (YAML value, e.g. max_steps=20); repeatable")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (YAML value, e.g. max_steps=20); repeatable",
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -52,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
     from browser_control.training.checkpoints import CheckpointError
     from browser_control.training.config import ConfigError
 
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         config = load_sft_config(args.config, args.overrides)
         if args.print_config:

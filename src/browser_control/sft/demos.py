@@ -106,8 +106,10 @@ def check_demo_tasks(tasks: Sequence[str], known: Sequence[str]) -> list[str]:
     names = check_tasks(tasks, known)
     missing = [t for t in names if t not in SCRIPTED_TASKS]
     if missing:
-        raise DemoError(f"no scripted policy for {', '.join(missing)}; demonstrations can be recorded for "
-                        f"{', '.join(SCRIPTED_TASKS)}")
+        raise DemoError(
+            f"no scripted policy for {', '.join(missing)}; demonstrations can be recorded for "
+            f"{', '.join(SCRIPTED_TASKS)}"
+        )
     return names
 
 
@@ -138,8 +140,10 @@ def record_demos(
         raise DemoError(f"seed offset must be >= 0, got {seed_offset}")
     last = TRAIN_SEED_RANGE.start + seed_offset + episodes_per_task - 1
     if last not in TRAIN_SEED_RANGE:
-        raise DemoError(f"seed offset {seed_offset} + {episodes_per_task} episodes leaves the training seed range "
-                        f"{TRAIN_SEED_RANGE}: evaluation instances must never be trained on")
+        raise DemoError(
+            f"seed offset {seed_offset} + {episodes_per_task} episodes leaves the training seed range "
+            f"{TRAIN_SEED_RANGE}: evaluation instances must never be trained on"
+        )
     names = check_demo_tasks(tasks, available_tasks(env_url))
     jobs = [(task, train_seed(i, seed_offset)) for i in range(episodes_per_task) for task in names]
     output = Path(output)
@@ -166,8 +170,10 @@ def record_demos(
     tmp = output.with_name(output.name + ".partial")
     bar = tqdm(total=len(jobs), desc="demos", unit="episode", disable=not progress, dynamic_ncols=True)
     try:
-        with ThreadPoolExecutor(max_workers=min(concurrency, len(jobs)), thread_name_prefix="demo") as pool, \
-                tmp.open("w", encoding="utf-8") as handle:
+        with (
+            ThreadPoolExecutor(max_workers=min(concurrency, len(jobs)), thread_name_prefix="demo") as pool,
+            tmp.open("w", encoding="utf-8") as handle,
+        ):
             # map() keeps the job order, so the file is the same whatever the thread timing.
             for demo in pool.map(run, jobs):
                 if demo.success:
@@ -259,4 +265,3 @@ def shuffle_answers(records: Sequence[dict[str, Any]], seed: int) -> list[dict[s
                 messages.append(message)
             out[index]["messages"] = messages
     return out
-

@@ -36,13 +36,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pick.add_argument("--suite", metavar="NAME", help="a shipped task suite, e.g. scripted (evaluate --list-suites)")
     parser.add_argument("--episodes", type=positive_int, default=20, help="episodes recorded per task")
     parser.add_argument("--output", type=Path, required=True, metavar="FILE.jsonl", help="where to write")
-    parser.add_argument("--seed-offset", type=non_negative_int, default=DEFAULT_SEED_OFFSET,
-                        help="episode i uses training seed OFFSET + i (the default keeps away from the seeds "
-                        "GRPO plays first)")
-    parser.add_argument("--max-episode-steps", "--max-steps", type=positive_int, default=DEFAULT_MAX_EPISODE_STEPS,
-                        help="actions per episode; match the training config's max_episode_steps")
-    parser.add_argument("--browsergym-url", default=None,
-                        help=f"environment service address [BROWSERGYM_URL, else {DEFAULT_BROWSERGYM_URL}]")
+    parser.add_argument(
+        "--seed-offset",
+        type=non_negative_int,
+        default=DEFAULT_SEED_OFFSET,
+        help="episode i uses training seed OFFSET + i (the default keeps away from the seeds GRPO plays first)",
+    )
+    parser.add_argument(
+        "--max-episode-steps",
+        "--max-steps",
+        type=positive_int,
+        default=DEFAULT_MAX_EPISODE_STEPS,
+        help="actions per episode; match the training config's max_episode_steps",
+    )
+    parser.add_argument(
+        "--browsergym-url",
+        default=None,
+        help=f"environment service address [BROWSERGYM_URL, else {DEFAULT_BROWSERGYM_URL}]",
+    )
     parser.add_argument("--concurrency", type=positive_int, default=4, help="episodes played at once")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -71,9 +82,16 @@ def run(args: argparse.Namespace) -> int:
                 return _fail("--tasks is empty; give task names such as click-test,focus-text")
         else:
             tasks = load_suite(args.suite).resolve(available_tasks(url))
-        summary = record_demos(tasks, args.episodes, args.output, url, seed_offset=args.seed_offset,
-                               max_episode_steps=args.max_episode_steps, concurrency=args.concurrency,
-                               progress=not args.quiet)
+        summary = record_demos(
+            tasks,
+            args.episodes,
+            args.output,
+            url,
+            seed_offset=args.seed_offset,
+            max_episode_steps=args.max_episode_steps,
+            concurrency=args.concurrency,
+            progress=not args.quiet,
+        )
     except (EvaluationError, DemoError) as exc:
         return _fail(str(exc))
     except (EnvServiceUnavailable, EnvRequestError) as exc:

@@ -56,8 +56,9 @@ def plan_sft(config: SftConfig, now: float | None = None) -> SftPlan:
     final_dir = Path(config.checkpoint_dir) / name
     if final_dir.exists():
         raise SftSetupError(f"{final_dir} already exists: that run is finished. Choose another run_name, or unset it")
-    return SftPlan(config, name, final_dir, ckpt.runs_dir(Path(config.checkpoint_dir)) / name,
-                   Path(config.logging_dir) / name)
+    return SftPlan(
+        config, name, final_dir, ckpt.runs_dir(Path(config.checkpoint_dir)) / name, Path(config.logging_dir) / name
+    )
 
 
 def select_demos(config: SftConfig) -> list[dict[str, Any]]:
@@ -69,8 +70,10 @@ def select_demos(config: SftConfig) -> list[dict[str, Any]]:
         present = {r.get("task_name") for r in records}
         absent = [t for t in config.tasks if t not in present]
         if absent:
-            raise DemoError(f"tasks: no demonstration of {', '.join(absent)} in {', '.join(config.demos)} "
-                            f"(they hold {', '.join(sorted(map(str, present)))})")
+            raise DemoError(
+                f"tasks: no demonstration of {', '.join(absent)} in {', '.join(config.demos)} "
+                f"(they hold {', '.join(sorted(map(str, present)))})"
+            )
         records = [r for r in records if r.get("task_name") in config.tasks]
     if config.max_demos_per_task is not None:
         kept: dict[str, int] = {}
@@ -105,7 +108,11 @@ def tokenize_demo(tokenizer: PreTrainedTokenizerBase, record: dict[str, Any], te
     tools = record.get("tools")
     tools = json.loads(tools) if isinstance(tools, str) else tools
     rendered = tokenizer.apply_chat_template(
-        record["messages"], tools=tools, chat_template=template, tokenize=True, return_dict=True,
+        record["messages"],
+        tools=tools,
+        chat_template=template,
+        tokenize=True,
+        return_dict=True,
         return_assistant_tokens_mask=True,
     )
     input_ids = list(rendered["input_ids"])
@@ -114,8 +121,9 @@ def tokenize_demo(tokenizer: PreTrainedTokenizerBase, record: dict[str, Any], te
     return {"input_ids": input_ids, "labels": labels}
 
 
-def build_dataset_rows(tokenizer: PreTrainedTokenizerBase, records: Sequence[dict[str, Any]], template: str,
-                       max_length: int) -> list[dict[str, list[int]]]:
+def build_dataset_rows(
+    tokenizer: PreTrainedTokenizerBase, records: Sequence[dict[str, Any]], template: str, max_length: int
+) -> list[dict[str, list[int]]]:
     rows, too_long = [], 0
     for record in records:
         row = tokenize_demo(tokenizer, record, template)
@@ -123,12 +131,15 @@ def build_dataset_rows(tokenizer: PreTrainedTokenizerBase, records: Sequence[dic
             too_long += 1
             continue
         if all(label == IGNORE_INDEX for label in row["labels"]):
-            raise DemoError(f"demonstration of {record.get('task_name')} seed {record.get('seed')} has no assistant "
-                            "token to learn from")
+            raise DemoError(
+                f"demonstration of {record.get('task_name')} seed {record.get('seed')} has no assistant "
+                "token to learn from"
+            )
         rows.append(row)
     if too_long:
-        log.warning("dropped %d of %d demonstrations longer than max_length=%d tokens", too_long, len(records),
-                    max_length)
+        log.warning(
+            "dropped %d of %d demonstrations longer than max_length=%d tokens", too_long, len(records), max_length
+        )
     if not rows:
         raise DemoError(f"every demonstration is longer than max_length={max_length} tokens; raise max_length")
     return rows
@@ -155,8 +166,11 @@ def train_sft(config: SftConfig, callbacks: Sequence[TrainerCallback] = (), plan
         raise SftSetupError(str(exc)) from exc
     tokenizer.padding_side = "right"
     rows = build_dataset_rows(tokenizer, records, training_template(tokenizer), config.max_length)
-    bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) if config.bf16 == "auto" \
+    bf16 = (
+        bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        if config.bf16 == "auto"
         else bool(config.bf16)
+    )
     model = AutoModelForCausalLM.from_pretrained(config.model_name, dtype=torch.float32)
     args = SFTConfig(
         output_dir=str(plan.run_dir),
@@ -183,10 +197,19 @@ def train_sft(config: SftConfig, callbacks: Sequence[TrainerCallback] = (), plan
     )
     plan.tensorboard_dir.mkdir(parents=True, exist_ok=True)
     tensorboard = TensorBoardCallback(SummaryWriter(log_dir=str(plan.tensorboard_dir)))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         callbacks=[tensorboard, *callbacks])
-    log.info("SFT %s: %d demonstrations of %s", plan.name, len(rows),
-             ", ".join(sorted({str(r.get("task_name")) for r in records})))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[tensorboard, *callbacks],
+    )
+    log.info(
+        "SFT %s: %d demonstrations of %s",
+        plan.name,
+        len(rows),
+        ", ".join(sorted({str(r.get("task_name")) for r in records})),
+    )
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     tasks: dict[str, int] = {}
@@ -217,4 +240,3 @@ def train_sft(config: SftConfig, callbacks: Sequence[TrainerCallback] = (), plan
     final = ckpt.write_atomically(plan.final_dir, write)
     log.info("checkpoint written: %s", final)
     return final
-

@@ -17,8 +17,17 @@ from browser_control.training.rollouts import SaturationMonitor
 log = logging.getLogger(__name__)
 
 # Keys whose recent average summarises how well the run ended (metrics.json "recent").
-SUMMARY_PREFIXES = ("reward", "success/", "episode/", "env/", "entropy", "frac_reward_zero_std",
-                    "tools/", "completions/mean_length", "collapse/")
+SUMMARY_PREFIXES = (
+    "reward",
+    "success/",
+    "episode/",
+    "env/",
+    "entropy",
+    "frac_reward_zero_std",
+    "tools/",
+    "completions/mean_length",
+    "collapse/",
+)
 
 
 class CollapseGuard(TrainerCallback):
@@ -37,8 +46,14 @@ class CollapseGuard(TrainerCallback):
         self.warnings: list[str] = []
         self._low_entropy_streak = 0
 
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-               logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not logs:
             return
         # A metric with no value in this window (e.g. the zero-weight metrics reward, which scores nothing)
@@ -64,13 +79,14 @@ class CollapseGuard(TrainerCallback):
                 log.warning("COLLAPSE GUARD (step %d): %s", state.global_step, message)
             else:
                 self._low_entropy_streak = 0
-        self.history.append({"step": float(state.global_step),
-                             **{k: float(v) for k, v in logs.items() if _is_number(v)}})
+        self.history.append(
+            {"step": float(state.global_step), **{k: float(v) for k, v in logs.items() if _is_number(v)}}
+        )
 
     def summary(self, state: TrainerState | None = None) -> dict[str, Any]:
         """What metrics.json holds: the last point, a recent average, the warnings."""
         last = self.history[-1] if self.history else {}
-        window = self.history[-self.recent:]
+        window = self.history[-self.recent :]
         recent: dict[str, float] = {}
         for key in sorted({k for point in window for k in point}):
             if key.startswith(SUMMARY_PREFIXES):
@@ -101,8 +117,7 @@ class CompletionMarker(TrainerCallback):
     rename. Resume and cleanup trust that file, not the presence of the Trainer's own files.
     """
 
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                **kwargs: Any) -> None:
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if not args.should_save:  # only the process that writes the checkpoint marks it
             return
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -142,11 +157,12 @@ class GracefulStop(TrainerCallback):
         if self.signal_number is not None:
             raise KeyboardInterrupt  # asked twice: stop now
         self.signal_number = signum
-        log.warning("signal %d: saving a checkpoint at the end of this step, then stopping "
-                    "(send it again to stop at once)", signum)
+        log.warning(
+            "signal %d: saving a checkpoint at the end of this step, then stopping (send it again to stop at once)",
+            signum,
+        )
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                    **kwargs: Any) -> None:
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         stop = self.signal_number is not None
         if args.world_size > 1:
             # Every rank must stop after the same step: one that went on would wait forever for the others
@@ -178,8 +194,17 @@ class HeldOutEvaluation(TrainerCallback):
     Evaluation seeds never overlap training seeds (browser_control.seeds).
     """
 
-    def __init__(self, every: int, tasks: list[str], episodes: int, env_url: str, max_episode_steps: int,
-                 max_completion_tokens: int, writer: Any | None, record_dir: Any | None = None):
+    def __init__(
+        self,
+        every: int,
+        tasks: list[str],
+        episodes: int,
+        env_url: str,
+        max_episode_steps: int,
+        max_completion_tokens: int,
+        writer: Any | None,
+        record_dir: Any | None = None,
+    ):
         self.every, self.tasks, self.episodes = every, tasks, episodes
         self.env_url, self.max_episode_steps = env_url, max_episode_steps
         self.max_completion_tokens = max_completion_tokens
@@ -190,15 +215,23 @@ class HeldOutEvaluation(TrainerCallback):
         self.history: list[dict[str, float]] = []
         self.skipped: list[int] = []  # steps whose evaluation an environment fault cut short
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                    model: Any = None, processing_class: Any = None, **kwargs: Any) -> None:
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: Any = None,
+        processing_class: Any = None,
+        **kwargs: Any,
+    ) -> None:
         if state.global_step % self.every or model is None or processing_class is None:
             return
         from browser_control.evaluation.model_policy import from_model
         from browser_control.evaluation.runner import EvaluationError, evaluate_policy
 
-        policy = from_model(model, processing_class, label=f"step-{state.global_step}",
-                            max_completion_tokens=self.max_completion_tokens)
+        policy = from_model(
+            model, processing_class, label=f"step-{state.global_step}", max_completion_tokens=self.max_completion_tokens
+        )
         recorder = None
         if self.record_dir is not None:
             from pathlib import Path
@@ -213,16 +246,22 @@ class HeldOutEvaluation(TrainerCallback):
 
         env_url = pick_healthy_url(self.env_url)  # a pool: one healthy replica plays the evaluation
         try:
-            report = evaluate_policy(policy, self.tasks, self.episodes, env_url=env_url,
-                                     max_episode_steps=self.max_episode_steps, progress=False, recorder=recorder)
+            report = evaluate_policy(
+                policy,
+                self.tasks,
+                self.episodes,
+                env_url=env_url,
+                max_episode_steps=self.max_episode_steps,
+                progress=False,
+                recorder=recorder,
+            )
         except (EnvRequestError, EnvServiceUnavailable) as exc:
             # An environment fault costs this evaluation, not the run: training episodes hit by the same
             # fault are no data too. A service that no longer answers at all still ends the run.
             if isinstance(exc, EnvServiceUnavailable) and not _answers(env_url):
                 raise
             self.skipped.append(state.global_step)
-            log.warning("held-out evaluation at step %d skipped: the environment failed (%s)",
-                        state.global_step, exc)
+            log.warning("held-out evaluation at step %d skipped: the environment failed (%s)", state.global_step, exc)
             return
         except EvaluationError as exc:
             if not _answers(env_url):  # the service died: the run stops as it does in training (exit 3)
@@ -230,8 +269,11 @@ class HeldOutEvaluation(TrainerCallback):
             raise
         metrics = report.metrics("eval")
         self.history.append({"step": state.global_step, **metrics})
-        log.info("held-out evaluation at step %d: %s", state.global_step,
-                 ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+        log.info(
+            "held-out evaluation at step %d: %s",
+            state.global_step,
+            ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()),
+        )
         if self.writer is not None:
             for key, value in metrics.items():
                 self.writer.add_scalar(key, value, state.global_step)

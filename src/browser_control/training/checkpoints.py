@@ -186,8 +186,10 @@ def resolve_resume_path(path: Path) -> Path:
     if _CHECKPOINT_RE.match(path.name):
         reason = incomplete_reason(path)
         if reason is not None:
-            raise CheckpointError(f"resume_from_checkpoint: {path} is incomplete ({reason}); give an earlier "
-                                  "checkpoint-N, or the run directory to use its newest complete one")
+            raise CheckpointError(
+                f"resume_from_checkpoint: {path} is incomplete ({reason}); give an earlier "
+                "checkpoint-N, or the run directory to use its newest complete one"
+            )
         return path
     checkpoint = latest_complete_checkpoint(path)
     if checkpoint is None:

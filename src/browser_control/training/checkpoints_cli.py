@@ -42,9 +42,17 @@ from browser_control.models.files import (
 )
 
 # Files of a full model or adapter that an export copies (weights are matched by suffix below).
-_MODEL_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer.json",
-                "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "training_config.yaml",
-                "metrics.json")
+_MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "adapter_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "training_config.yaml",
+    "metrics.json",
+)
 _WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
 
 
@@ -87,8 +95,10 @@ def summarize_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(values, dict):
             continue
         for key, value in values.items():
-            if isinstance(value, int | float) and not isinstance(value, bool) and (
-                key == "reward" or key.startswith("success") or key.endswith("success_rate")
+            if (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and (key == "reward" or key.startswith("success") or key.endswith("success_rate"))
             ):
                 out.setdefault(key, value)
     if len(out) <= 1:  # an unfamiliar layout: show its top-level numbers instead
@@ -147,8 +157,11 @@ def find_checkpoint(name: str, root: Path) -> Path:
         import difflib
 
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else (
-            f"; checkpoints there: {', '.join(names[:10])}" if names else "; there are no checkpoints there")
+        hint = (
+            f"; did you mean {', '.join(close)}?"
+            if close
+            else (f"; checkpoints there: {', '.join(names[:10])}" if names else "; there are no checkpoints there")
+        )
         raise CheckpointCliError(f"no checkpoint {name!r} in {root}{hint}")
     return path
 
@@ -171,8 +184,12 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
 # -- export ---------------------------------------------------------------------------------------
 def _copy_model_files(src: Path, dst: Path) -> None:
     for item in src.iterdir():
-        if item.is_file() and (item.name in _MODEL_FILES or item.name.endswith(_WEIGHT_SUFFIXES)
-                               or item.name.startswith("tokenizer") or item.name.endswith((".jinja", ".txt"))):
+        if item.is_file() and (
+            item.name in _MODEL_FILES
+            or item.name.endswith(_WEIGHT_SUFFIXES)
+            or item.name.startswith("tokenizer")
+            or item.name.endswith((".jinja", ".txt"))
+        ):
             shutil.copy2(item, dst / item.name)
 
 
@@ -229,8 +246,11 @@ def export_checkpoint(checkpoint: Path, output: Path, merge: bool) -> str:
             _copy_model_files(source, tmp)
             if source != checkpoint:
                 _copy_model_files(checkpoint, tmp)
-            done = "copied the LoRA adapter (add --merge-lora for a full model)" if kind == "lora" else (
-                "copied the full model" + (" (it has no LoRA adapter to merge)" if merge else ""))
+            done = (
+                "copied the LoRA adapter (add --merge-lora for a full model)"
+                if kind == "lora"
+                else ("copied the full model" + (" (it has no LoRA adapter to merge)" if merge else ""))
+            )
         if output.exists():
             output.rmdir()
         tmp.rename(output)
@@ -242,38 +262,63 @@ def export_checkpoint(checkpoint: Path, output: Path, merge: bool) -> str:
 
 # -- command line ---------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint-dir", default=None,
-                        help=f"where checkpoints are [CHECKPOINT_DIR, else {DEFAULT_CHECKPOINT_DIR}]")
+    parser.add_argument(
+        "--checkpoint-dir", default=None, help=f"where checkpoints are [CHECKPOINT_DIR, else {DEFAULT_CHECKPOINT_DIR}]"
+    )
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    listing = sub.add_parser("list", help="checkpoints with kind, size, date and final metrics",
-                             description="List finished checkpoints, newest first.")
+    listing = sub.add_parser(
+        "list",
+        help="checkpoints with kind, size, date and final metrics",
+        description="List finished checkpoints, newest first.",
+    )
     listing.add_argument("--json", action="store_true", help="machine-readable output")
-    export = sub.add_parser("export", help="copy a checkpoint, merge a LoRA run, or write GGUF files for llama.cpp",
-                            description="Export a checkpoint to a directory that loads with from_pretrained\n"
-                            "(and vLLM, when it is a full model), or (--format gguf) to GGUF files for llama.cpp,\n"
-                            "written to .tmp-* names and renamed once llama.cpp has loaded them. GGUF needs\n"
-                            "llama-cpp-python and llama.cpp's converter; one command installs both (it compiles\n"
-                            "llama.cpp once, minutes): python -m browser_control.export.llama_cpp_setup\n"
-                            "Details: docs/evaluation.md (GGUF).",
-                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                            epilog="examples:\n"
-                            "  browser-control checkpoints export NAME --merge-lora --output merged/NAME\n"
-                            "  browser-control checkpoints export NAME --format gguf --quant q8_0\n"
-                            "  browser-control checkpoints export NAME --format gguf --quant all --output gguf/")
+    export = sub.add_parser(
+        "export",
+        help="copy a checkpoint, merge a LoRA run, or write GGUF files for llama.cpp",
+        description="Export a checkpoint to a directory that loads with from_pretrained\n"
+        "(and vLLM, when it is a full model), or (--format gguf) to GGUF files for llama.cpp,\n"
+        "written to .tmp-* names and renamed once llama.cpp has loaded them. GGUF needs\n"
+        "llama-cpp-python and llama.cpp's converter; one command installs both (it compiles\n"
+        "llama.cpp once, minutes): python -m browser_control.export.llama_cpp_setup\n"
+        "Details: docs/evaluation.md (GGUF).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  browser-control checkpoints export NAME --merge-lora --output merged/NAME\n"
+        "  browser-control checkpoints export NAME --format gguf --quant q8_0\n"
+        "  browser-control checkpoints export NAME --format gguf --quant all --output gguf/",
+    )
     export.add_argument("name", help="checkpoint name in the checkpoint directory, or a path")
-    export.add_argument("--format", choices=("hf", "gguf"), default="hf",
-                        help="hf: a transformers model directory; gguf: llama.cpp files [hf]")
-    export.add_argument("--output", type=Path, default=None, metavar="DIR",
-                        help="hf: new directory to write (required); gguf: directory for the .gguf files "
-                        "[CHECKPOINT/gguf]")
-    export.add_argument("--merge-lora", action="store_true",
-                        help="merge a LoRA adapter into its base model (peft merge_and_unload); "
-                        "--format gguf always merges")
-    export.add_argument("--quant", default="q8_0", metavar="Q[,Q...]",
-                        help="gguf: f16, q8_0, q5_k_m, q4_k_m, several separated by commas, or all [q8_0]")
-    export.add_argument("--pre-tokenizer", default=None, metavar="NAME",
-                        help="gguf: llama.cpp's pre-tokenizer for a tokenizer its converter does not know (lfm2, "
-                        "gpt-2, ...); the export checks that llama.cpp then tokenizes like the checkpoint")
+    export.add_argument(
+        "--format",
+        choices=("hf", "gguf"),
+        default="hf",
+        help="hf: a transformers model directory; gguf: llama.cpp files [hf]",
+    )
+    export.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="hf: new directory to write (required); gguf: directory for the .gguf files [CHECKPOINT/gguf]",
+    )
+    export.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="merge a LoRA adapter into its base model (peft merge_and_unload); --format gguf always merges",
+    )
+    export.add_argument(
+        "--quant",
+        default="q8_0",
+        metavar="Q[,Q...]",
+        help="gguf: f16, q8_0, q5_k_m, q4_k_m, several separated by commas, or all [q8_0]",
+    )
+    export.add_argument(
+        "--pre-tokenizer",
+        default=None,
+        metavar="NAME",
+        help="gguf: llama.cpp's pre-tokenizer for a tokenizer its converter does not know (lfm2, "
+        "gpt-2, ...); the export checks that llama.cpp then tokenizes like the checkpoint",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -286,8 +331,14 @@ def run(args: argparse.Namespace) -> int:
             from browser_control.export.gguf import export_command
 
             merge = (lambda dst: merge_lora(checkpoint, dst)) if _kind(checkpoint) == "lora" else None
-            return export_command(checkpoint, args.output, args.quant, corrupt=model_files_problem(checkpoint),
-                                  merge=merge, pre_tokenizer=args.pre_tokenizer)
+            return export_command(
+                checkpoint,
+                args.output,
+                args.quant,
+                corrupt=model_files_problem(checkpoint),
+                merge=merge,
+                pre_tokenizer=args.pre_tokenizer,
+            )
         if args.output is None:
             raise CheckpointCliError("export needs --output DIR (a new directory) for --format hf")
         done = export_checkpoint(checkpoint, args.output, args.merge_lora)

@@ -44,18 +44,31 @@ def _config_keys_help() -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = _config_keys_help()
     parser.add_argument("--config", required=True, metavar="YAML", help="training config, e.g. configs/NAME.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key (YAML value, e.g. tasks=[click-test]); repeatable")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="validate the config, check the environment service, print the plan and exit")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config as YAML and exit (no service needed)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (YAML value, e.g. tasks=[click-test]); repeatable",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the config, check the environment service, print the plan and exit",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as YAML and exit (no service needed)"
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if level != "debug":
         # One line per environment request would bury the training log.
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -88,8 +101,11 @@ def _run(args: argparse.Namespace) -> int:
         preflight(plan)
         from browser_control.training.launch import launch, launch_command, launch_environment, needs_launch
 
-        command = launch_command(config, args.config, args.overrides, plan.name, args.log_level) \
-            if needs_launch(config) else None
+        command = (
+            launch_command(config, args.config, args.overrides, plan.name, args.log_level)
+            if needs_launch(config)
+            else None
+        )
         if args.dry_run:
             print(plan.describe())
             print(f"model found      {source.describe()}")

@@ -80,8 +80,7 @@ class TrainConfig(_Strict):
     """Everything `browser-control train` needs. Field descriptions are the documentation (train --help)."""
 
     # -- model -------------------------------------------------------------------------------------
-    model_name: str = Field("LiquidAI/LFM2-350M", min_length=1,
-                            description="Hugging Face model id or local directory")
+    model_name: str = Field("LiquidAI/LFM2-350M", min_length=1, description="Hugging Face model id or local directory")
     # -- data ----------------------------------------------------------------------------------------
     tasks: list[TaskSpec] = Field(
         min_length=1,
@@ -95,20 +94,25 @@ class TrainConfig(_Strict):
     gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     learning_rate: float = Field(1e-6, gt=0, le=1e-2, description="AdamW learning rate")
     lr_scheduler_type: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
-        "constant_with_warmup", description="learning-rate schedule")
+        "constant_with_warmup", description="learning-rate schedule"
+    )
     warmup_steps: int = Field(0, ge=0, description="linear warm-up optimizer steps")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_completion_length: int = Field(
-        1024, ge=16, le=65536,
-        description="tokens of one episode after the prompt, tool results (observations) included")
+        1024,
+        ge=16,
+        le=65536,
+        description="tokens of one episode after the prompt, tool results (observations) included",
+    )
     temperature: float = Field(1.0, gt=0, le=2.0, description="sampling temperature of the rollouts")
     top_p: float = Field(1.0, gt=0, le=1.0, description="nucleus sampling of the rollouts")
     beta: float = Field(0.0, ge=0, description="KL coefficient against the initial model (0 = no reference)")
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field("dapo", description="TRL GRPO loss")
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="advantage scaling")
     mask_truncated_completions: bool = Field(
-        False, description="drop episodes cut by max_completion_length from the loss")
+        False, description="drop episodes cut by max_completion_length from the loss"
+    )
     # -- precision and memory ------------------------------------------------------------------------
     bf16: bool | Literal["auto"] = Field("auto", description="bf16 autocast; auto = on when the GPU supports it")
     gradient_checkpointing: bool = Field(True, description="trade compute for activation memory")
@@ -118,74 +122,100 @@ class TrainConfig(_Strict):
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
     lora_target_modules: list[str] = Field(
-        default_factory=lambda: list(LFM2_LORA_TARGET_MODULES), min_length=1,
-        description="module names to adapt (LFM2's real ones by default)")
+        default_factory=lambda: list(LFM2_LORA_TARGET_MODULES),
+        min_length=1,
+        description="module names to adapt (LFM2's real ones by default)",
+    )
     merge_lora: bool = Field(True, description="also save the adapter merged into the base weights")
     # -- generation backend ----------------------------------------------------------------------------
     use_vllm: bool = Field(False, description="generate with vLLM colocated on the training GPU")
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM's share of GPU memory")
     vllm_max_model_length: int | None = Field(None, ge=256, description="vLLM context; unset = the model's")
     vllm_enable_sleep_mode: bool = Field(
-        False, description="offload vLLM between generations (crashes on DGX Spark: keep off there)")
+        False, description="offload vLLM between generations (crashes on DGX Spark: keep off there)"
+    )
     # -- environment service ---------------------------------------------------------------------------
     browsergym_url: str = Field(
         DEFAULT_BROWSERGYM_URL,
-        description="environment service [BROWSERGYM_URL]; several replicas: comma-separated URLs (a pool)")
+        description="environment service [BROWSERGYM_URL]; several replicas: comma-separated URLs (a pool)",
+    )
     env_timeout_s: float = Field(60.0, gt=0, description="HTTP timeout of one environment request")
-    env_retries: int = Field(4, ge=0, le=20, description="retries (exponential backoff) before the service "
-                             "counts as dead and training stops")
+    env_retries: int = Field(
+        4, ge=0, le=20, description="retries (exponential backoff) before the service counts as dead and training stops"
+    )
     env_wait_s: float = Field(120.0, ge=0, description="how long to wait for the service at start")
     concurrent_env_calls: bool = Field(
-        True, description="run the browser calls of all rollouts concurrently (TRL runs them one by one)")
+        True, description="run the browser calls of all rollouts concurrently (TRL runs them one by one)"
+    )
     # -- several GPUs (training/launch.py, docs/scaling.md) ---------------------------------------------
     num_processes: int = Field(
-        1, ge=1, le=64, description="training processes, one per GPU, data parallel: more than 1 starts the "
-        "trainer under `accelerate launch` [NUM_PROCESSES]")
+        1,
+        ge=1,
+        le=64,
+        description="training processes, one per GPU, data parallel: more than 1 starts the "
+        "trainer under `accelerate launch` [NUM_PROCESSES]",
+    )
     distributed: str = Field(
-        "ddp", description="how the processes share the model: ddp (a full copy each), zero1 or zero2 (DeepSpeed "
+        "ddp",
+        description="how the processes share the model: ddp (a full copy each), zero1 or zero2 (DeepSpeed "
         "shards optimizer states / and gradients); zero3, fsdp and tensor parallel are refused (they hang "
-        "with tool-calling rollouts)")
+        "with tool-calling rollouts)",
+    )
     # -- outputs ---------------------------------------------------------------------------------------
     checkpoint_dir: str = Field("checkpoints", description="final and intermediate checkpoints [CHECKPOINT_DIR]")
     logging_dir: str = Field("runs", description="TensorBoard runs, one sub-directory per run [LOGGING_DIR]")
     run_name: RunName | None = Field(
-        None, description="name of the run's checkpoint and TensorBoard directories; "
-        "unset = {model}-{task or mix}-{YYYYMMDD-HHMMSS}")
+        None,
+        description="name of the run's checkpoint and TensorBoard directories; "
+        "unset = {model}-{task or mix}-{YYYYMMDD-HHMMSS}",
+    )
     logging_steps: int = Field(1, ge=1, description="optimizer steps between TensorBoard points")
     save_steps: int = Field(50, ge=1, description="optimizer steps between intermediate checkpoints")
     save_total_limit: int | None = Field(2, ge=1, description="intermediate checkpoints kept (unset = all)")
     resume_from_checkpoint: bool | str = Field(
-        False, description="true = the newest intermediate checkpoint of this model and task; or a path")
+        False, description="true = the newest intermediate checkpoint of this model and task; or a path"
+    )
     seed: int = Field(42, ge=0, le=2**31 - 1, description="seeds the task mixture, sampling and init")
     # -- held-out evaluation during training -------------------------------------------------------------
     eval_steps: int | None = Field(
-        None, ge=1, description="optimizer steps between greedy evaluations on held-out seeds (unset = none)")
+        None, ge=1, description="optimizer steps between greedy evaluations on held-out seeds (unset = none)"
+    )
     eval_episodes: int = Field(10, ge=1, le=1000, description="episodes per task of each such evaluation")
-    eval_tasks: list[str] | None = Field(
-        None, description="tasks of that evaluation; unset = the training tasks")
+    eval_tasks: list[str] | None = Field(None, description="tasks of that evaluation; unset = the training tasks")
     # -- episode recordings (browser-control view) -----------------------------------------------------
     record_every_steps: int | None = Field(
-        10, ge=1, description="record a sample of rollouts step by step at step 1 and every this many optimizer "
-        "steps, into the run's traces/ (unset = never)")
+        10,
+        ge=1,
+        description="record a sample of rollouts step by step at step 1 and every this many optimizer "
+        "steps, into the run's traces/ (unset = never)",
+    )
     record_episodes: int = Field(4, ge=1, le=1024, description="rollouts recorded at each such step")
     record_max_mb: float = Field(200.0, gt=0, description="disk budget of the recordings; past it none are kept")
     record_screenshots: bool = Field(
-        False, description="keep a screenshot per step in the recordings (the service must run with "
-        "--screenshots)")
+        False, description="keep a screenshot per step in the recordings (the service must run with --screenshots)"
+    )
     # -- collapse guards -------------------------------------------------------------------------------
     entropy_warning_threshold: float = Field(
-        0.05, ge=0, description="warn when the mean token entropy falls below this (policy collapse)")
+        0.05, ge=0, description="warn when the mean token entropy falls below this (policy collapse)"
+    )
     saturation_patience: int = Field(
-        5, ge=1, description="warn when every group of a task had identical rewards this many steps running")
+        5, ge=1, description="warn when every group of a task had identical rewards this many steps running"
+    )
     # -- task curriculum (training/curriculum.py) --------------------------------------------------------
     curriculum: bool = Field(
-        False, description="draw each group's task by how much it can still teach (the moving share of its "
-        "groups whose rewards were not all equal) instead of by the fixed weights; needs two tasks or more")
+        False,
+        description="draw each group's task by how much it can still teach (the moving share of its "
+        "groups whose rewards were not all equal) instead of by the fixed weights; needs two tasks or more",
+    )
     curriculum_ema: float = Field(
-        0.3, gt=0, le=1, description="weight of the newest generation batch in that moving share (1 = no memory)")
+        0.3, gt=0, le=1, description="weight of the newest generation batch in that moving share (1 = no memory)"
+    )
     curriculum_min_share: float = Field(
-        0.05, ge=0, lt=1, description="floor on each task's sampling probability, so that none starves; "
-        "at most 1/number of tasks")
+        0.05,
+        ge=0,
+        lt=1,
+        description="floor on each task's sampling probability, so that none starves; at most 1/number of tasks",
+    )
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -244,8 +274,10 @@ class TrainConfig(_Strict):
                 f"must be a multiple of "
                 f"num_generations = {self.num_generations}: a GRPO group must fit in one optimizer step"
             )
-        if self.use_vllm and self.vllm_max_model_length is not None and (
-            self.vllm_max_model_length <= self.max_completion_length
+        if (
+            self.use_vllm
+            and self.vllm_max_model_length is not None
+            and (self.vllm_max_model_length <= self.max_completion_length)
         ):
             raise ValueError(
                 f"vllm_max_model_length = {self.vllm_max_model_length} must exceed max_completion_length = "
@@ -267,6 +299,7 @@ class TrainConfig(_Strict):
 
 
 # -- loading -----------------------------------------------------------------------------------------
+
 
 def field_names(schema: type[BaseModel] | None = None) -> list[str]:
     return list((schema or TrainConfig).model_fields)
@@ -293,8 +326,12 @@ def _key_path(loc: tuple[Any, ...], root: type[BaseModel] = TrainConfig) -> tupl
     return parts, model
 
 
-def _describe_errors(errors: list[dict[str, Any]], source: str,
-                     root: type[BaseModel] = TrainConfig, origins: dict[str, str] | None = None) -> list[str]:
+def _describe_errors(
+    errors: list[dict[str, Any]],
+    source: str,
+    root: type[BaseModel] = TrainConfig,
+    origins: dict[str, str] | None = None,
+) -> list[str]:
     by_key: dict[str, list[str]] = {}
     unknown: list[str] = []
     for error in errors:
@@ -303,8 +340,9 @@ def _describe_errors(errors: list[dict[str, Any]], source: str,
         kind = error.get("type", "")
         if kind == "extra_forbidden":
             extra = str(error["loc"][-1])
-            unknown.append(f"{source}: unknown key '{key + '.' if key else ''}{extra}'"
-                           f"{_closest(extra, list(model.model_fields))}")
+            unknown.append(
+                f"{source}: unknown key '{key + '.' if key else ''}{extra}'{_closest(extra, list(model.model_fields))}"
+            )
             continue
         message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
         if key and "input" in error and kind != "missing":
@@ -355,12 +393,15 @@ def parse_overrides(pairs: list[str], schema: type[BaseModel] = TrainConfig) -> 
 
 def env_overrides(environ: dict[str, str] | None = None, schema: type[BaseModel] = TrainConfig) -> dict[str, str]:
     environ = dict(os.environ if environ is None else environ)
-    return {key: environ[var] for var, key in ENV_OVERRIDES.items()
-            if environ.get(var) and key in schema.model_fields}
+    return {key: environ[var] for var, key in ENV_OVERRIDES.items() if environ.get(var) and key in schema.model_fields}
 
 
-def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
-                environ: dict[str, str] | None = None, schema: type[BaseModel] = TrainConfig) -> Any:
+def load_config(
+    path: str | Path,
+    overrides: list[str] | dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+    schema: type[BaseModel] = TrainConfig,
+) -> Any:
     """Read, merge and validate a config; raise :class:`ConfigError` with a message fit for a user."""
     path = Path(path)
     source = str(path)
@@ -391,8 +432,12 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None =
     return validate_config(merged, source, schema, origins)
 
 
-def validate_config(data: dict[str, Any], source: str = "config", schema: type[BaseModel] = TrainConfig,
-                    origins: dict[str, str] | None = None) -> Any:
+def validate_config(
+    data: dict[str, Any],
+    source: str = "config",
+    schema: type[BaseModel] = TrainConfig,
+    origins: dict[str, str] | None = None,
+) -> Any:
     """Validate against ``schema`` (TrainConfig, or another strict model such as the SFT config).
 
     ``origins`` names where a key's value came from when it was not the file (an environment variable,
@@ -415,13 +460,13 @@ def validate_config(data: dict[str, Any], source: str = "config", schema: type[B
 SAFE_DISTRIBUTED = ("ddp", "zero1", "zero2")
 REFUSED_DISTRIBUTED = {
     "zero3": "ZeRO-3 shards the weights, so every generation turn gathers them from all processes; with tool "
-             "calls the processes run different numbers of turns and the gathers hang (rank 0's held-out "
-             "evaluation too). Use zero2 (optimizer states and gradients sharded) or ddp",
+    "calls the processes run different numbers of turns and the gathers hang (rank 0's held-out "
+    "evaluation too). Use zero2 (optimizer states and gradients sharded) or ddp",
     "fsdp": "FSDP shards the weights, so every generation turn gathers them from all processes; with tool calls "
-            "the processes run different numbers of turns and the gathers hang. Use zero2 or ddp",
+    "the processes run different numbers of turns and the gathers hang. Use zero2 or ddp",
     "tp": "vLLM tensor parallelism gathers the prompts of a process group on every generation turn; with tool "
-          "calls the processes run different numbers of turns and hang. Each process runs its own colocated "
-          "vLLM (tensor_parallel_size 1); use ddp",
+    "calls the processes run different numbers of turns and hang. Each process runs its own colocated "
+    "vLLM (tensor_parallel_size 1); use ddp",
 }
 REFUSED_DISTRIBUTED["tensorparallel"] = REFUSED_DISTRIBUTED["tp"]
 
@@ -441,11 +486,15 @@ def check_launcher_environment(environ: dict[str, str] | None = None) -> None:
         except ValueError:
             number = None
         if number is None or number < minimum:
-            raise ConfigError(f"{variable}={value!r} in the environment: expected a whole number >= {minimum} "
-                              "(torchrun and accelerate set it; unset it for a single-process run)")
+            raise ConfigError(
+                f"{variable}={value!r} in the environment: expected a whole number >= {minimum} "
+                "(torchrun and accelerate set it; unset it for a single-process run)"
+            )
     # An accelerate config of the user's own can shard the weights behind the config's back: refuse it too.
-    flag = {k: (environ.get(k) or "").strip().lower() in ("1", "true", "yes") for k in
-            ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_MEGATRON_LM")}
+    flag = {
+        k: (environ.get(k) or "").strip().lower() in ("1", "true", "yes")
+        for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_MEGATRON_LM")
+    }
     if flag["ACCELERATE_USE_FSDP"]:
         raise ConfigError(f"ACCELERATE_USE_FSDP in the environment: {REFUSED_DISTRIBUTED['fsdp']}")
     if flag["ACCELERATE_USE_MEGATRON_LM"]:
@@ -464,8 +513,9 @@ def config_keys_help(schema: type[BaseModel]) -> str:
     lines = ["config keys (YAML; default in brackets):"]
     for name, info in schema.model_fields.items():
         default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
-        lines += textwrap.wrap(f"{name} [{default}]: {info.description or ''}", width=100, initial_indent="  ",
-                               subsequent_indent="      ")
+        lines += textwrap.wrap(
+            f"{name} [{default}]: {info.description or ''}", width=100, initial_indent="  ", subsequent_indent="      "
+        )
     return "\n".join(lines)
 
 

@@ -40,6 +40,5 @@ def build_rows(config: TrainConfig, world_size: int = 1) -> list[dict[str, Any]]
     count = config.max_steps * prompts_per_step(config, world_size)
     names = sample_tasks(config.tasks, count, config.seed)
     return [
-        {"prompt": task_prompt(name), "task_name": name, "seed": train_seed(index)}
-        for index, name in enumerate(names)
+        {"prompt": task_prompt(name), "task_name": name, "seed": train_seed(index)} for index, name in enumerate(names)
     ]

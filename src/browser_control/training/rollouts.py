@@ -45,8 +45,9 @@ class LatchingEnvClient(EnvClient):
         super().__init__(*args, **kwargs)
         self.dead = ServiceDeathLatch()
 
-    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None,
-                 retry_on_session_cap: bool = False) -> dict[str, Any]:
+    def _request(
+        self, method: str, path: str, payload: dict[str, Any] | None = None, retry_on_session_cap: bool = False
+    ) -> dict[str, Any]:
         self.dead.raise_if_tripped()
         try:
             return super()._request(method, path, payload, retry_on_session_cap)
@@ -63,19 +64,26 @@ class EnvironmentFactory:
     sessions at the end (TRL never closes environments).
     """
 
-    def __init__(self, base_url: str, max_episode_steps: int, timeout_s: float = 60.0, retries: int = 4,
-                 backoff_s: float = 0.5):
+    def __init__(
+        self, base_url: str, max_episode_steps: int, timeout_s: float = 60.0, retries: int = 4, backoff_s: float = 0.5
+    ):
         self.base_url = base_url
         self.max_episode_steps = max_episode_steps
         # Several comma-separated addresses: a pool of replicas (env_pool.py), which latches on its own.
         self.client: LatchingEnvClient | EnvPool = (
-            EnvPool(base_url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s) if is_pool(base_url)
-            else LatchingEnvClient(base_url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s))
+            EnvPool(base_url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)
+            if is_pool(base_url)
+            else LatchingEnvClient(base_url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)
+        )
         self.environments: list[BrowserEnvironment] = []
 
     def __call__(self) -> BrowserEnvironment:
-        env = BrowserEnvironment(base_url=self.base_url, max_episode_steps=self.max_episode_steps,
-                                 client=self.client, faults_are_no_data=True)
+        env = BrowserEnvironment(
+            base_url=self.base_url,
+            max_episode_steps=self.max_episode_steps,
+            client=self.client,
+            faults_are_no_data=True,
+        )
         self.environments.append(env)
         return env
 
@@ -136,10 +144,18 @@ class EpisodeMetrics:
 
     __name__ = METRICS_REWARD_NAME  # TRL names reward functions by __name__
 
-    def __init__(self, factory: EnvironmentFactory, monitor: SaturationMonitor,
-                 step_getter: Callable[[], int] = lambda: 0, episode_log: Path | None = None,
-                 recorder: EpisodeRecorder | None = None, record_every: int | None = None,
-                 record_episodes: int = 4, run_name: str = "training", curriculum: Any = None):
+    def __init__(
+        self,
+        factory: EnvironmentFactory,
+        monitor: SaturationMonitor,
+        step_getter: Callable[[], int] = lambda: 0,
+        episode_log: Path | None = None,
+        recorder: EpisodeRecorder | None = None,
+        record_every: int | None = None,
+        record_episodes: int = 4,
+        run_name: str = "training",
+        curriculum: Any = None,
+    ):
         self.factory = factory
         self.curriculum = curriculum  # training.curriculum.Curriculum: fed every batch's groups
         self.monitor = monitor
@@ -157,11 +173,16 @@ class EpisodeMetrics:
         self.faulted_episodes = 0
         self._all_fault_streak = 0
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
-                 environments: Sequence[BrowserEnvironment] | None = None,
-                 log_metric: Callable[[str, float], None] | None = None,
-                 task_name: Sequence[str] | None = None, seed: Sequence[int] | None = None,
-                 **_: Any) -> list[float | None]:
+    def __call__(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        environments: Sequence[BrowserEnvironment] | None = None,
+        log_metric: Callable[[str, float], None] | None = None,
+        task_name: Sequence[str] | None = None,
+        seed: Sequence[int] | None = None,
+        **_: Any,
+    ) -> list[float | None]:
         self.factory.raise_if_dead()
         if environments is None or log_metric is None:
             raise RuntimeError(
@@ -215,8 +236,9 @@ class EpisodeMetrics:
         # its metric averages skip, so this function changes neither the reward nor reward_std.
         return [None] * len(completions)
 
-    def _record(self, step: int, environments: Sequence[BrowserEnvironment],
-                completions: Sequence[Any]) -> dict[int, str]:
+    def _record(
+        self, step: int, environments: Sequence[BrowserEnvironment], completions: Sequence[Any]
+    ) -> dict[int, str]:
         """Write the traces of a sample of this batch's rollouts; returns {rollout index: trace path}."""
         recorder = self.recorder
         if recorder is None or self._recorded_step == step or (step - 1) % self.record_every:
@@ -230,16 +252,32 @@ class EpisodeMetrics:
             env = environments[i]
             if recorder.screenshots and env.first_screenshot is None and not self._warned_no_screenshots:
                 self._warned_no_screenshots = True
-                log.warning("record_screenshots: true but the environment service sends no screenshots; start it "
-                            "with --screenshots (SCREENSHOTS=1)")
+                log.warning(
+                    "record_screenshots: true but the environment service sends no screenshots; start it "
+                    "with --screenshots (SCREENSHOTS=1)"
+                )
             completion = completions[i] if i < len(completions) else []
             steps, shots = trace_from_answers(env.answers, _turns(completion))
             stats = env.episode
-            trace = EpisodeTrace(source="training", run=self.run_name, task=stats.task_name, seed=stats.seed,
-                                 goal=env.goal, success=stats.success, ended_by=_ended_by(stats),
-                                 training_step=step, first_observation=env.first_observation, steps=steps)
-            name = trace_id(self.episode_log.stem if self.episode_log else "episodes", f"step{step:06d}", i,
-                            stats.task_name, stats.seed)
+            trace = EpisodeTrace(
+                source="training",
+                run=self.run_name,
+                task=stats.task_name,
+                seed=stats.seed,
+                goal=env.goal,
+                success=stats.success,
+                ended_by=_ended_by(stats),
+                training_step=step,
+                first_observation=env.first_observation,
+                steps=steps,
+            )
+            name = trace_id(
+                self.episode_log.stem if self.episode_log else "episodes",
+                f"step{step:06d}",
+                i,
+                stats.task_name,
+                stats.seed,
+            )
             try:
                 path = recorder.write_trace(trace, name, {0: env.first_screenshot, **shots})
             except OSError as exc:  # a full disk must not stop training for the sake of a recording
@@ -288,8 +326,12 @@ def _turns(completion: Any) -> list[tuple[str | None, list[ToolCall]]]:
         # TRL keeps the parsed message, not the generated text: show its text and the calls as parsed.
         content = message.get("content")
         text = content if isinstance(content, str) else json.dumps(content) if content else ""
-        rendered = ", ".join(f"{c.name}({', '.join(f'{k}={v!r}' for k, v in c.arguments.items())})"
-                             if isinstance(c.arguments, dict) else f"{c.name}({c.arguments!r})" for c in calls)
+        rendered = ", ".join(
+            f"{c.name}({', '.join(f'{k}={v!r}' for k, v in c.arguments.items())})"
+            if isinstance(c.arguments, dict)
+            else f"{c.name}({c.arguments!r})"
+            for c in calls
+        )
         turns.append(((text + ("\n" if text and rendered else "") + (f"[{rendered}]" if rendered else "")), calls))
     return turns
 

@@ -100,19 +100,25 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
     tokenizer = load_tokenizer(config.model_name)
     curriculum = Curriculum.from_config(config, plan.world_size) if config.curriculum else None
     dataset = Dataset.from_list(curriculum.rows() if curriculum else build_rows(config, plan.world_size))
-    factory = EnvironmentFactory(config.browsergym_url, config.max_episode_steps,
-                                 timeout_s=config.env_timeout_s, retries=config.env_retries)
+    factory = EnvironmentFactory(
+        config.browsergym_url, config.max_episode_steps, timeout_s=config.env_timeout_s, retries=config.env_retries
+    )
     monitor = SaturationMonitor(config.saturation_patience)
     trainer_ref: list[GRPOTrainer] = []
     rank = int(os.environ.get("RANK", "0") or 0)
     metrics = EpisodeMetrics(
-        factory, monitor,
+        factory,
+        monitor,
         step_getter=lambda: trainer_ref[0].state.global_step + 1 if trainer_ref else 0,
         episode_log=plan.run_dir / (EPISODE_LOG_FILE if rank == 0 else f"episodes-rank{rank}.jsonl"),
-        recorder=EpisodeRecorder(plan.run_dir, max_bytes=int(config.record_max_mb * 1e6),
-                                 screenshots=config.record_screenshots)
-        if config.record_every_steps and rank == 0 else None,
-        record_every=config.record_every_steps, record_episodes=config.record_episodes, run_name=plan.name,
+        recorder=EpisodeRecorder(
+            plan.run_dir, max_bytes=int(config.record_max_mb * 1e6), screenshots=config.record_screenshots
+        )
+        if config.record_every_steps and rank == 0
+        else None,
+        record_every=config.record_every_steps,
+        record_episodes=config.record_episodes,
+        run_name=plan.name,
         curriculum=curriculum,
     )
     guard = CollapseGuard(config.entropy_warning_threshold, monitor)
@@ -127,12 +133,18 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
     stop = GracefulStop()
     held_out = []
     if config.eval_steps and rank == 0:  # the other ranks wait for it at the next step's gather
-        held_out.append(HeldOutEvaluation(
-            config.eval_steps, config.eval_tasks or [t.name for t in config.tasks], config.eval_episodes,
-            config.browsergym_url, config.max_episode_steps, config.max_completion_length,
-            writer=tensorboard.tb_writer if rank == 0 else None,
-            record_dir=plan.run_dir / "eval" if rank == 0 and config.record_every_steps else None,
-        ))
+        held_out.append(
+            HeldOutEvaluation(
+                config.eval_steps,
+                config.eval_tasks or [t.name for t in config.tasks],
+                config.eval_episodes,
+                config.browsergym_url,
+                config.max_episode_steps,
+                config.max_completion_length,
+                writer=tensorboard.tb_writer if rank == 0 else None,
+                record_dir=plan.run_dir / "eval" if rank == 0 and config.record_every_steps else None,
+            )
+        )
 
     rollouts = None
     try:
@@ -190,7 +202,9 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
         raise TrainingStopped(
             f"stopped by signal {stop.signal_number} at step {trainer.state.global_step} of "
             f"{trainer.state.max_steps}; checkpoint saved under {plan.run_dir}. Continue with "
-            "resume_from_checkpoint: true", stop.signal_number)
+            "resume_from_checkpoint: true",
+            stop.signal_number,
+        )
     summary = guard.summary(trainer.state)
     summary["run_name"] = plan.name
     summary["episodes"] = {"generation_batches": metrics.batches}
@@ -201,8 +215,9 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = (), plan: 
     return final
 
 
-def save_final_checkpoint(trainer: GRPOTrainer, tokenizer: PreTrainedTokenizerBase, plan: RunPlan,
-                          summary: dict[str, Any]) -> Path:
+def save_final_checkpoint(
+    trainer: GRPOTrainer, tokenizer: PreTrainedTokenizerBase, plan: RunPlan, summary: dict[str, Any]
+) -> Path:
     """Model, tokenizer, resolved config and metrics, under a temporary name until all are written."""
     config = plan.config
 
