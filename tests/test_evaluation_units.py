@@ -302,3 +302,22 @@ def test_training_evaluation_and_export_swap_the_same_lfm2_templates() -> None:
         assert use_tool_calling_template(SimpleNamespace(chat_template=template)).chat_template == lfm2_v2_chat_template
     for other in ("{{ messages }}", None, lfm2_v2_chat_template):
         assert use_tool_calling_template(SimpleNamespace(chat_template=other)).chat_template == other
+
+
+def test_the_vllm_generator_exposes_the_turn_budget_the_policy_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model policy cuts each turn to `generator.max_new_tokens`; the vLLM backend lacked it (GPU run)."""
+    import sys
+    import types
+
+    from browser_control.evaluation.generation import TransformersGenerator, VLLMGenerator
+
+    fake_vllm = types.ModuleType("vllm")
+    fake_vllm.LLM = lambda **kwargs: SimpleNamespace(kwargs=kwargs)  # type: ignore[attr-defined]
+    fake_vllm.SamplingParams = lambda **kwargs: SimpleNamespace(**kwargs)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    for name in ("VLLM_USE_FLASHINFER_SAMPLER", "VLLM_WORKER_MULTIPROC_METHOD"):
+        monkeypatch.setenv(name, "unchanged")
+    generator = VLLMGenerator("/models/x", eos_token_ids=[7], max_new_tokens=96)
+    assert generator.max_new_tokens == 96 == generator.params.max_tokens
+    # Both backends answer the same question the same way.
+    assert TransformersGenerator(None, 0, [7], 96).max_new_tokens == 96

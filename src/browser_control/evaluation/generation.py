@@ -183,6 +183,7 @@ class VLLMGenerator:
                 "--backend vllm needs vLLM (pip install 'vllm>=0.22,<=0.31'); or use the default --backend transformers"
             ) from None
         self.eos_token_ids = list(eos_token_ids)
+        self.max_new_tokens = max_new_tokens  # the policy cuts each episode's turn to its remaining budget
         prepare_vllm_environment()
         self.llm = LLM(
             model=model_path, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=0
