@@ -199,6 +199,14 @@ def test_a_hung_browser_is_410_after_the_deadline_and_is_replaced(own_service) -
     assert "browser job overran its deadline" in service.log()
 
 
+def _playwright_driver(browser: psutil.Process) -> psutil.Process | None:
+    """The Playwright driver (node ... run-driver) above a browser, past any wrapper script in between."""
+    for ancestor in browser.parents():
+        if "run-driver" in ancestor.cmdline():
+            return ancestor
+    return None
+
+
 @pytest.mark.timeout(300)
 def test_a_hung_playwright_driver_is_replaced_too(own_service) -> None:
     """A hang below Chromium (the Playwright driver) survives killing the browser; the driver goes next."""
@@ -206,7 +214,7 @@ def test_a_hung_playwright_driver_is_replaced_too(own_service) -> None:
     with httpx.Client(base_url=service.url, timeout=120) as http:
         before = _renderers(service.proc.pid)
         sid = _reset(http, 1)
-        driver = _browser_root(next(iter(_renderers(service.proc.pid) - before))).parent()
+        driver = _playwright_driver(_browser_root(next(iter(_renderers(service.proc.pid) - before))))
         assert driver is not None and driver.pid != service.proc.pid
         driver.suspend()
         try:
