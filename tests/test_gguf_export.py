@@ -25,7 +25,7 @@ import pytest
 from browser_control.cli import main
 from browser_control.export import gguf
 from browser_control.export.llama_cpp_setup import LLAMA_CPP_PYTHON_VERSION
-from tests.conftest import CLICK_REPLY, REPO
+from tests.conftest import CLICK_REPLY, REPO, mounted_tmpfs
 
 QUANT_FTYPES = {"f16": 1, "q8_0": 7, "q4_k_m": 15, "q5_k_m": 17}  # llama.h's enum llama_ftype
 
@@ -308,19 +308,8 @@ def test_a_lora_checkpoint_is_merged_first(
 @pytest.fixture()
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs of its own (root only; skipped elsewhere): smaller than the tiny model's F16 file."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "64k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.llama_cpp

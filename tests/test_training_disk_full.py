@@ -12,7 +12,6 @@ import functools
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import yaml
 from transformers import TrainerCallback
 
 from browser_control.training import checkpoints as ckpt
-from tests.conftest import tiny_training_config
+from tests.conftest import mounted_tmpfs, tiny_training_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -36,19 +35,8 @@ def _pages(size: int) -> int:
 @pytest.fixture()
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 MiB tmpfs of its own, so filling it affects nothing else."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "64m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 class FillDiskBeforeSave(TrainerCallback):
