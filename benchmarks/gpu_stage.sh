@@ -4,6 +4,7 @@
 # as pieces of at most 60 MB (one device call carries at most 64 MiB with the working tree).
 #
 #   bash benchmarks/gpu_stage.sh prepare        # here: download, slim, pack, split into .stage/1 .. .stage/N
+#   bash benchmarks/gpu_stage.sh prepare --without-vllm   # the same without vLLM (fewer pieces)
 #   bash benchmarks/gpu_stage.sh receive        # there, once per piece, in back-to-back calls (carry .stage/K)
 #   bash benchmarks/gpu_stage.sh install        # there, after the last piece: join, verify, install
 #   source /tmp/stage/env.sh                    # there: PYTHONPATH, Chromium and vLLM settings
@@ -21,15 +22,19 @@ WORK=.whl/gpu-stage
 STAGE_REMOTE=/tmp/stage
 
 WHEELS=(
-  vllm==0.26.0 trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
-  cbor2==6.3.0 pyzmq==27.3.0 openai-harmony==0.0.8 "openai==2.54.0" distro==1.9.0 jiter==0.19.0
-  sniffio==1.3.1 msgspec==0.23.0 pybase64==1.5.1 cachetools==8.0.2 llguidance==1.7.6 xgrammar==0.2.9
+  trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 sniffio==1.3.1 fastapi==0.165.0
+  starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
+  typing-inspection==0.4.5 typing-extensions==4.16.0 playwright==1.44.0 greenlet==3.0.3 pyee==11.1.0
+  browsergym-core==0.14.3 browsergym-miniwob==0.14.3 miniwob==1.1.0 gymnasium==1.4.0
+  farama-notifications==0.0.6 beautifulsoup4==4.15.0 soupsieve==4.1.3
+)
+# vLLM and what it alone needs; `prepare --without-vllm` leaves them out (transformers generation only:
+# the learning benchmark and the environment benchmarks), which saves about half the pieces.
+VLLM_WHEELS=(
+  vllm==0.26.0 cbor2==6.3.0 pyzmq==27.3.0 openai-harmony==0.0.8 "openai==2.54.0" distro==1.9.0 jiter==0.19.0
+  msgspec==0.23.0 pybase64==1.5.1 cachetools==8.0.2 llguidance==1.7.6 xgrammar==0.2.9
   apache-tvm-ffi==0.1.11 blake3==1.0.11 opentelemetry-api==1.45.2 importlib-metadata==10.2.0
-  partial-json-parser==0.2.1.1.post7 fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0
-  pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
-  typing-extensions==4.16.0 playwright==1.44.0 greenlet==3.0.3 pyee==11.1.0 browsergym-core==0.14.3
-  browsergym-miniwob==0.14.3 miniwob==1.1.0 gymnasium==1.4.0 farama-notifications==0.0.6
-  beautifulsoup4==4.15.0 soupsieve==4.1.3
+  partial-json-parser==0.2.1.1.post7
 )
 # Files of the vllm wheel that bf16 LFM2-350M on SM90 never loads: the FlashAttention-2 library (vLLM uses
 # FA3 on Hopper), the Rust front end, SM100-only headers and the mixture-of-experts kernels (LFM2-350M is
@@ -50,13 +55,17 @@ DEBS=(
 )
 
 prepare() {
+  local wheels=("${WHEELS[@]}")
+  [[ "${1:-}" == --without-vllm ]] || wheels+=("${VLLM_WHEELS[@]}")
   rm -rf "$WORK" .stage && mkdir -p "$WORK/wheels" "$WORK/debs" "$WORK/payload"
   python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
     --platform manylinux_2_24_x86_64 --platform manylinux_2_26_x86_64 --platform manylinux_2_27_x86_64 \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_31_x86_64 -d "$WORK/wheels" "${WHEELS[@]}"
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_31_x86_64 -d "$WORK/wheels" "${wheels[@]}"
   # pip does not check a wheel's RECORD hashes, so the slimmed wheel installs like the original.
-  zip -q -d "$(ls "$WORK"/wheels/vllm-*.whl)" "${VLLM_DROP[@]}"
+  if ls "$WORK"/wheels/vllm-*.whl >/dev/null 2>&1; then
+    zip -q -d "$(ls "$WORK"/wheels/vllm-*.whl)" "${VLLM_DROP[@]}"
+  fi
   tar -C "$WORK" -cf "$WORK/payload/wheels.tar" wheels
   (cd "$WORK/debs" && apt-get download "${DEBS[@]}" >/dev/null)
   tar -C "$WORK" -cf "$WORK/payload/debs.tar" debs
@@ -115,8 +124,8 @@ ENV
 }
 
 case "${1:-}" in
-  prepare) prepare ;;
+  prepare) prepare "${2:-}" ;;
   receive) receive ;;
   install) install ;;
-  *) sed -n '2,11p' "$0"; exit 2 ;;
+  *) sed -n '2,12p' "$0"; exit 2 ;;
 esac
