@@ -87,7 +87,7 @@ def _checkpoint(stdout: str) -> Path:
 class Service:
     """A `browser-control serve-env` child process (the shared launcher), unless an address was given."""
 
-    def __init__(self, url: str | None, workers: int, log: Path):
+    def __init__(self, url: str | None, workers: int, log: Path, max_sessions: int = 64):
         from browser_control.env_service.process import ServiceProcess
 
         self.process: ServiceProcess | None = None
@@ -98,7 +98,7 @@ class Service:
             "--workers",
             str(workers),
             "--max-sessions",
-            "64",
+            str(max_sessions),
             log_path=log,
             chromium=os.environ.get("CHROMIUM_EXECUTABLE", "/usr/lib/chromium/chromium-headless-shell"),
             env={"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
@@ -587,7 +587,12 @@ def main() -> int:
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/learning_curve.py " + " ".join(sys.argv[1:])
-    service = Service(args.browsergym_url, workers=args.env_workers, log=args.out / "serve-env.log")
+    # Every rollout of a GRPO step holds a session at once: room for the largest batch asked for.
+    batches = [int(v.split("=", 1)[1]) for v in args.grpo_set if v.startswith("per_device_train_batch_size=")]
+    batch = max(batches or [16])
+    service = Service(
+        args.browsergym_url, workers=args.env_workers, log=args.out / "serve-env.log", max_sessions=max(64, batch + 16)
+    )
     started = time.perf_counter()
     try:
         service.wait()
