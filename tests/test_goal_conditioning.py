@@ -111,3 +111,59 @@ def test_the_digit_split_tokenizer_keeps_bids_whole_and_the_prompt_short(tmp_pat
     assert pieces.count("14") == 2 and "3" in pieces  # the bid is one token in the page and in the call
     with pytest.raises(ValueError, match="split"):
         build_tokenizer(tmp_path / "bad", split="chars")
+
+
+def _sweep_module():  # type: ignore[no-untyped-def]
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learning_sweep.py"
+    spec = importlib.util.spec_from_file_location("learning_sweep", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["learning_sweep"] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_the_recipe_sweep_holds_out_later_seeds_and_scores_the_scripted_bid() -> None:
+    sweep = _sweep_module()
+    rows = [{"task": t, "seed": s, "bid": str(12 + s % 3), "prompt": f"{t} {s}"} for t in ("a", "b") for s in range(10)]
+    train, test = sweep.split_prompts(rows, held_out_share=0.3)
+    for task in ("a", "b"):
+        train_seeds = {r["seed"] for r in train if r["task"] == task}
+        test_seeds = {r["seed"] for r in test if r["task"] == task}
+        assert train_seeds == set(range(7)) and test_seeds == {7, 8, 9}  # no prompt in both
+    # The first call decides; another bid, no call, or a right bid after a wrong one score 0.
+    completions = ["[focus(bid='14')]", "[click(bid='12')]", "I would click 14", "[click(bid='13'), click(bid='14')]"]
+    assert sweep.bid_reward(completions, bid=["14", "14", "14", "14"]) == [1.0, 0.0, 0.0, 0.0]
+    # Training seeds 0-6 answer 12, 13, 14, 12, 13, 14, 12 -> always "12"; held out 7, 8, 9 want 13, 14, 12.
+    assert sweep.fixed_answer_rates(train, test) == {"a": 0.333, "b": 0.333}
+
+
+def test_the_recipe_sweep_refuses_bad_models_and_grids_with_the_expected_form() -> None:
+    sweep = _sweep_module()
+    assert sweep.ModelSpec.parse("256:6:1,3,5").name == "h256-l6-a135"
+    for bad in ("256:6", "256:x:1", "128:4:4"):
+        with pytest.raises(ValueError, match=r"ATTENTION_LAYERS|must lie in"):
+            sweep.ModelSpec.parse(bad)
+    with pytest.raises(ValueError, match="unknown keys"):
+        sweep.parse_grid('[{"learning_rate": 1e-3}]')
+    with pytest.raises(ValueError, match="non-empty JSON list"):
+        sweep.parse_grid("{}")
+
+
+def test_the_recipe_sweep_summary_reads_runs_that_were_stopped_early(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    sweep = _sweep_module()
+    lines = [
+        {"fixed_answer": {"focus-text-2": 0.42}, "train_prompts": 72, "held_out": 48},
+        {"step": 0, "success": {"focus-text-2": 0.42}, "tool_call_share": 1.0},
+        {"step": 50, "success": {"focus-text-2": 0.75}, "tool_call_share": 1.0},
+        {"step": 75, "success": {"focus-text-2": 0.71}, "tool_call_share": 0.98},
+    ]  # no final line: the run was stopped at the deadline
+    (tmp_path / "h256-l6-a135-lr0.0002.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    table = sweep.summary(tmp_path)
+    assert "| best fixed answer | | 42% |" in table
+    assert "| h256-l6-a135-lr0.0002 | 75 | 42 / 75 / 71% | 0.98 |" in table
