@@ -170,6 +170,39 @@ def _execute_action(action: types.CodeType, page: playwright.sync_api.Page, **he
     exec(action, namespace)
 
 
+class _SetupPage:
+    """The page as a task's ``setup()`` sees it: the real page, except that ``wait_for_function`` is one
+    evaluation (``page_scripts.WAIT_FOR_PREDICATE``) instead of Playwright's wait through its injected script.
+
+    BrowserGym's MiniWoB setup ends with ``wait_for_function("() => WOB_TASK_READY")`` in the main world;
+    Playwright injects its 242 KB script into a world the first time it needs it there, and the first
+    locator of the episode injects it again, into the utility world. The result of the wait (the predicate
+    became truthy, or a TimeoutError at the timeout) is the same.
+    """
+
+    # The predicate is polled at about the pace of animation frames, as Playwright's default polling does.
+    POLL_MS = 16
+
+    def __init__(self, page: playwright.sync_api.Page, default_timeout_ms: float):
+        object.__setattr__(self, "_page", page)
+        object.__setattr__(self, "_default_timeout_ms", default_timeout_ms)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._page, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._page, name, value)  # e.g. BrowserGym's _bgym_scale_factor belongs on the real page
+
+    def wait_for_function(
+        self, expression: str, *, arg: Any = None, timeout: float | None = None, polling: Any = None
+    ) -> bool:
+        timeout_ms = self._default_timeout_ms if timeout is None else timeout
+        poll_ms = polling if isinstance(polling, (int, float)) and polling > 0 else self.POLL_MS
+        if not self._page.evaluate(page_scripts.WAIT_FOR_PREDICATE, [expression, arg, timeout_ms, poll_ms]):
+            raise playwright.sync_api.TimeoutError(f"Timeout {timeout_ms:g}ms exceeded while waiting for {expression}")
+        return True
+
+
 class BrowserUnavailableError(RuntimeError):
     """Chromium could not be launched or driven; the message says what to fix."""
 
@@ -639,7 +672,8 @@ class BrowserSession:
             self._page.on("crash", self._on_crash)
         self._lost = False
         self._context.set_default_timeout(task.timeout)
-        goal, _info = task.setup(page=self._page)
+        goal, _info = task.setup(page=_SetupPage(self._page, task.timeout))  # type: ignore[arg-type]
+        task.page = self._page  # validate() compares the page it is given with the one setup() kept
         self._task = task
         self._goal = (
             goal if isinstance(goal, str) else " ".join(m.get("text", "") for m in goal if m.get("type") == "text")

@@ -1,0 +1,96 @@
+"""What a reset asks of Playwright and Chromium: the same episode for less work (benchmarks/RESULTS.md).
+
+BrowserGym's MiniWoB setup ends with ``page.wait_for_function("() => WOB_TASK_READY")``. Through Playwright
+that injects Playwright's 242 KB script into the new document's main world, on top of the injection into
+the utility world that the episode's first action needs anyway. The service gives setup a page whose
+``wait_for_function`` is one evaluation with the same outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+import playwright.sync_api
+import pytest
+
+from browser_control.env_service.actions import parse_action
+from browser_control.env_service.browser import BrowserOptions, BrowserSession, BrowserWorker
+from browser_control.env_service.tasks import miniwob_base_url, task_classes
+
+
+@pytest.fixture(scope="module")
+def worker(chromium: str | None) -> Iterator[BrowserWorker]:
+    worker = BrowserWorker(0, BrowserOptions(chromium_executable=chromium))
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+@contextlib.contextmanager
+def _driver_methods(page: playwright.sync_api.Page) -> Iterator[list[str]]:
+    """The protocol methods that the Python side sends to Playwright's driver meanwhile."""
+    connection = page._impl_obj._connection  # type: ignore[attr-defined]
+    sent: list[str] = []
+    original = connection._send_message_to_server
+
+    def record(obj, method, params, *args, **kwargs):
+        sent.append(method)
+        return original(obj, method, params, *args, **kwargs)
+
+    connection._send_message_to_server = record
+    try:
+        yield sent
+    finally:
+        del connection._send_message_to_server
+
+
+@pytest.mark.timeout(120)
+def test_a_reset_waits_for_the_task_without_playwrights_wait_for_function(worker: BrowserWorker) -> None:
+    session = BrowserSession("reset-cost", worker)
+    cls = task_classes()["click-test"]
+
+    def play() -> tuple[list[str], dict, float]:
+        session.reset(cls, "click-test", 0, miniwob_base_url(), None)
+        with _driver_methods(session._page) as methods:
+            observation = session.reset(cls, "click-test", 1, miniwob_base_url(), None)
+        (bid,) = re.findall(r"\[(\w+)\] button 'Click Me!'", observation["axtree_txt"])
+        result = session.step(parse_action(f"click('{bid}')"))
+        session.close()
+        return methods, observation, result.reward
+
+    methods, observation, reward = worker.submit(play).result(timeout=100)
+    assert "goto" in methods, methods  # the recording saw the reset
+    assert "waitForFunction" not in methods, methods
+    assert observation["goal"] == "Click the button."
+    assert reward == 1.0  # validate() still recognises the page setup() was given
+
+
+@pytest.mark.timeout(120)
+def test_the_setup_page_waits_like_playwright(worker: BrowserWorker) -> None:
+    """Truthy ends the wait (polled while the page's own timers run), never truthy is a TimeoutError."""
+    from browser_control.env_service.browser import _SetupPage
+
+    def wait() -> tuple[bool, str, str]:
+        context = worker.browser().new_context()
+        try:
+            page = context.new_page()
+            setup_page = _SetupPage(page, default_timeout_ms=5_000)
+            page.evaluate("() => { window.ready = false; setTimeout(() => { window.ready = 1; }, 150); }")
+            became_ready = setup_page.wait_for_function("() => window.ready")
+            with pytest.raises(playwright.sync_api.TimeoutError) as timed_out:
+                setup_page.wait_for_function("() => window.never", timeout=200)
+            with pytest.raises(playwright.sync_api.Error) as failed:
+                setup_page.wait_for_function("() => notDefinedAnywhere")
+            setup_page._bgym_scale_factor = 1.5
+            assert page._bgym_scale_factor == 1.5  # attributes that setup() sets land on the real page
+            return became_ready, str(timed_out.value), str(failed.value)
+        finally:
+            context.close()
+
+    became_ready, timeout_message, error = worker.submit(wait).result(timeout=100)
+    assert became_ready is True
+    assert "Timeout 200ms exceeded" in timeout_message
+    assert "notDefinedAnywhere" in error
