@@ -94,3 +94,14 @@ def test_the_setup_page_waits_like_playwright(worker: BrowserWorker) -> None:
     assert became_ready is True
     assert "Timeout 200ms exceeded" in timeout_message
     assert "notDefinedAnywhere" in error
+
+
+@pytest.mark.timeout(120)
+def test_the_browser_runs_without_render_document(worker: BrowserWorker) -> None:
+    """A navigation that reuses the renderer's frame is a quarter cheaper (benchmarks/RESULTS.md)."""
+    worker.submit(worker.browser).result(timeout=100)
+    switches = [arg for arg in worker._browser_process.cmdline() if arg.startswith("--disable-features=")]
+    assert switches, "no --disable-features switch"
+    # Chromium honours the last one only: it must carry every feature the service switches off.
+    features = switches[-1].removeprefix("--disable-features=").split(",")
+    assert {"RenderDocument", "OverlayScrollbars", "ExtendedOverlayScrollbars"} <= set(features), switches

@@ -59,13 +59,21 @@ T = TypeVar("T")
 # RootWebArea is a long file:// path that tells the model nothing.
 AXTREE_IGNORED_ROLES = ["LineBreak", "InlineTextBox"]
 AXTREE_IGNORED_PROPERTIES = (*IGNORED_AXTREE_PROPERTIES, "url")
-# Without these Chromium tries to reach Google's services at start and on a closed network keeps retrying.
+# Features switched off in the service's Chromium. The scrollbar ones as in BrowserGym's own launch (the
+# page lays out with classic scrollbars). RenderDocument makes every navigation, same page included, build
+# a new frame in the renderer and a new frame host in the browser process and swap them in: about a quarter
+# of a reset in place's CPU (benchmarks/RESULTS.md). Without it the navigation reuses the frame; the
+# document, its scripts and what the page observes are new either way. One switch holds them all: Chromium
+# takes the value of the last --disable-features switch, it does not add the lists up.
+DISABLED_CHROMIUM_FEATURES = ("OverlayScrollbars", "ExtendedOverlayScrollbars", "RenderDocument")
+# Without the first four Chromium tries to reach Google's services at start and on a closed network keeps
+# retrying.
 CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
-    "--disable-features=OverlayScrollbars,ExtendedOverlayScrollbars",
+    f"--disable-features={','.join(DISABLED_CHROMIUM_FEATURES)}",
 ]
 _TRANSIENT_EXTRACT_ERRORS = (
     "Frame was detached",
