@@ -75,6 +75,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     f"--disable-features={','.join(DISABLED_CHROMIUM_FEATURES)}",
 ]
+# The keys of AbstractMiniwobTask._get_info(), in the order of page_scripts.SETTLE_AND_MARK's "info".
+_MINIWOB_INFO_KEYS = ("REWARD_GLOBAL", "RAW_REWARD_GLOBAL", "REWARD_REASON", "DONE_GLOBAL", "EPISODE_ID", "TASK_READY")
 _TRANSIENT_EXTRACT_ERRORS = (
     "Frame was detached",
     "Frame with the given frameId is not found",
@@ -739,7 +741,7 @@ class BrowserSession:
         self.steps += 1
         with self._browser_loss_is_session_loss():
             self._settle_and_mark()
-            reward, done, _msg, _info = self._task.validate(self._page, self.chat_messages)
+            reward, done, _msg, _info = self._validate()
             observation = self._observation(last_action_error=error)
         self.last_reward = float(reward)
         self.done = bool(done)
@@ -757,6 +759,24 @@ class BrowserSession:
 
     def _report_infeasible(self, reason: str) -> None:
         self.chat_messages.append({"role": "infeasible", "message": str(reason)})
+
+    def _validate(self) -> tuple[float, bool, str, dict[str, Any]]:
+        """BrowserGym's validate(), given the MiniWoB state that the settling script read at its end.
+
+        validate() reads the page's WOB_* globals with an evaluation of its own (``_get_info``); the
+        settling script that ran just before returns the same values, so that read is answered from
+        them. Without them (a page with iframes, no MiniWoB core) validate() reads the page itself.
+        """
+        assert self._task is not None and self._page is not None
+        task = self._task
+        values = self._marked.get("info") if self._marked else None
+        if values is None or len(values) != len(_MINIWOB_INFO_KEYS):
+            return task.validate(self._page, self.chat_messages)
+        task._get_info = lambda: dict(zip(_MINIWOB_INFO_KEYS, values, strict=True))  # type: ignore[method-assign]
+        try:
+            return task.validate(self._page, self.chat_messages)
+        finally:
+            del task._get_info
 
     def _settle_and_mark(self, wait: bool = True) -> None:
         """Wait (bounded) until the page is quiet, then give its elements bids. See docs/http-api.md."""

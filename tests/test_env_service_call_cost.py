@@ -1,9 +1,11 @@
-"""What a reset asks of Playwright and Chromium: the same episode for less work (benchmarks/RESULTS.md).
+"""What a reset and a step ask of Playwright and Chromium: the same episode for less work
+(benchmarks/RESULTS.md, "Fewer calls per reset and per step").
 
 BrowserGym's MiniWoB setup ends with ``page.wait_for_function("() => WOB_TASK_READY")``. Through Playwright
 that injects Playwright's 242 KB script into the new document's main world, on top of the injection into
 the utility world that the episode's first action needs anyway. The service gives setup a page whose
-``wait_for_function`` is one evaluation with the same outcome.
+``wait_for_function`` is one evaluation with the same outcome. After an action, the settling script
+also reads the MiniWoB state that BrowserGym's ``validate()`` would read with an evaluation of its own.
 """
 
 from __future__ import annotations
@@ -105,3 +107,31 @@ def test_the_browser_runs_without_render_document(worker: BrowserWorker) -> None
     # Chromium honours the last one only: it must carry every feature the service switches off.
     features = switches[-1].removeprefix("--disable-features=").split(",")
     assert {"RenderDocument", "OverlayScrollbars", "ExtendedOverlayScrollbars"} <= set(features), switches
+
+
+@pytest.mark.timeout(120)
+def test_a_step_evaluates_in_the_page_once_and_validate_sees_the_same_state(worker: BrowserWorker) -> None:
+    session = BrowserSession("step-cost", worker)
+    cls = task_classes()["click-button"]
+
+    def play() -> tuple[list[str], list[tuple[float, bool]]]:
+        observation = session.reset(cls, "click-button", 3, miniwob_base_url(), None)
+        buttons = re.findall(r"\[(\w+)\] button '([^']*)'", observation["axtree_txt"])
+        (target,) = re.findall(r'"([^"]*)"', observation["goal"])
+        right = next(bid for bid, name in buttons if name == target)
+        wrong = next(bid for bid, name in buttons if bid != right)
+        outcomes = []
+        with _driver_methods(session._page) as methods:
+            result = session.step(parse_action(f"click('{wrong}')"))
+        outcomes.append((result.reward, result.done))
+        session.reset(cls, "click-button", 3, miniwob_base_url(), None)
+        result = session.step(parse_action(f"click('{right}')"))
+        outcomes.append((result.reward, result.done))
+        session.close()
+        return list(methods), outcomes
+
+    methods, outcomes = worker.submit(play).result(timeout=100)
+    assert methods.count("evaluateExpression") == 1, methods  # settle + mark + MiniWoB state, one call
+    # BrowserGym's validate() on the state read by the settling script: a wrong button ends the episode
+    # unrewarded, the right one rewarded.
+    assert outcomes == [(0.0, True), (1.0, True)]
