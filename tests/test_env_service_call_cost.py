@@ -135,3 +135,31 @@ def test_a_step_evaluates_in_the_page_once_and_validate_sees_the_same_state(work
     # BrowserGym's validate() on the state read by the settling script: a wrong button ends the episode
     # unrewarded, the right one rewarded.
     assert outcomes == [(0.0, True), (1.0, True)]
+
+
+@pytest.mark.timeout(120)
+def test_a_reset_whose_reused_page_cannot_navigate_starts_on_a_fresh_context(worker: BrowserWorker) -> None:
+    """A page that died just before a reset in place (its crash event not yet in) can fail the navigation
+    as aborted rather than crashed; the reset must still revive the session on a fresh context."""
+    session = BrowserSession("aborted-navigation", worker)
+    cls = task_classes()["click-test"]
+
+    def play() -> tuple[bool, dict, float]:
+        session.reset(cls, "click-test", 0, miniwob_base_url(), None)
+        old_context, page = session._context, session._page
+
+        def aborted(*args: object, **kwargs: object) -> None:
+            raise playwright.sync_api.Error("net::ERR_ABORTED; maybe frame was detached?")
+
+        page.goto = aborted  # type: ignore[method-assign]  # what Chromium answered for a torn-down frame
+        observation = session.reset(cls, "click-test", 1, miniwob_base_url(), None)
+        fresh = session._context is not old_context
+        (bid,) = re.findall(r"\[(\w+)\] button 'Click Me!'", observation["axtree_txt"])
+        reward = session.step(parse_action(f"click('{bid}')")).reward
+        session.close()
+        return fresh, observation, reward
+
+    fresh, observation, reward = worker.submit(play).result(timeout=100)
+    assert fresh
+    assert observation["goal"] == "Click the button."
+    assert reward == 1.0

@@ -642,12 +642,17 @@ class BrowserSession:
                 try:
                     return self._reset(task, task_name, seed, max_episode_steps, reuse)
                 except playwright.sync_api.Error as exc:
-                    if not reuse or not self._browser_lost(exc):
+                    if not reuse:
                         raise
-            # The old page died between the check and its use (its crash event had not arrived yet):
-            # one more try on a fresh context is what "reset revives a lost session" promises.
+                    # The old page may have died between the check and its use, its crash event not yet
+                    # arrived: the navigation then fails as lost ("Target crashed") or, when Chromium
+                    # tears the dead frame down under it, as aborted ("net::ERR_ABORTED; maybe frame was
+                    # detached?"). Whatever the reused page's error, a fresh context is what "reset revives
+                    # a lost session" promises; a task that fails there too fails with its own error.
+                    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.info(
-                "reset on the reused page failed; retrying on a fresh context", extra={"session_id": self.session_id}
+                "reset on the reused page failed; retrying on a fresh context",
+                extra={"session_id": self.session_id, "error": reason[:200]},
             )
             with self._browser_loss_is_session_loss():
                 return self._reset(
