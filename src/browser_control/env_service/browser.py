@@ -59,14 +59,24 @@ T = TypeVar("T")
 # RootWebArea is a long file:// path that tells the model nothing.
 AXTREE_IGNORED_ROLES = ["LineBreak", "InlineTextBox"]
 AXTREE_IGNORED_PROPERTIES = (*IGNORED_AXTREE_PROPERTIES, "url")
-# Without these Chromium tries to reach Google's services at start and on a closed network keeps retrying.
+# Features switched off in the service's Chromium. The scrollbar ones as in BrowserGym's own launch (the
+# page lays out with classic scrollbars). RenderDocument makes every navigation, same page included, build
+# a new frame in the renderer and a new frame host in the browser process and swap them in: about a quarter
+# of a reset in place's CPU (benchmarks/RESULTS.md). Without it the navigation reuses the frame; the
+# document, its scripts and what the page observes are new either way. One switch holds them all: Chromium
+# takes the value of the last --disable-features switch, it does not add the lists up.
+DISABLED_CHROMIUM_FEATURES = ("OverlayScrollbars", "ExtendedOverlayScrollbars", "RenderDocument")
+# Without the first four Chromium tries to reach Google's services at start and on a closed network keeps
+# retrying.
 CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
-    "--disable-features=OverlayScrollbars,ExtendedOverlayScrollbars",
+    f"--disable-features={','.join(DISABLED_CHROMIUM_FEATURES)}",
 ]
+# The keys of AbstractMiniwobTask._get_info(), in the order of page_scripts.SETTLE_AND_MARK's "info".
+_MINIWOB_INFO_KEYS = ("REWARD_GLOBAL", "RAW_REWARD_GLOBAL", "REWARD_REASON", "DONE_GLOBAL", "EPISODE_ID", "TASK_READY")
 _TRANSIENT_EXTRACT_ERRORS = (
     "Frame was detached",
     "Frame with the given frameId is not found",
@@ -168,6 +178,39 @@ def _execute_action(action: types.CodeType, page: playwright.sync_api.Page, **he
     namespace: dict[str, Any] = {"page": page, **helpers, "DEMO_MODE": get_global_demo_mode()}
     exec(definitions, namespace)
     exec(action, namespace)
+
+
+class _SetupPage:
+    """The page as a task's ``setup()`` sees it: the real page, except that ``wait_for_function`` is one
+    evaluation (``page_scripts.WAIT_FOR_PREDICATE``) instead of Playwright's wait through its injected script.
+
+    BrowserGym's MiniWoB setup ends with ``wait_for_function("() => WOB_TASK_READY")`` in the main world;
+    Playwright injects its 242 KB script into a world the first time it needs it there, and the first
+    locator of the episode injects it again, into the utility world. The result of the wait (the predicate
+    became truthy, or a TimeoutError at the timeout) is the same.
+    """
+
+    # The predicate is polled at about the pace of animation frames, as Playwright's default polling does.
+    POLL_MS = 16
+
+    def __init__(self, page: playwright.sync_api.Page, default_timeout_ms: float):
+        object.__setattr__(self, "_page", page)
+        object.__setattr__(self, "_default_timeout_ms", default_timeout_ms)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._page, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._page, name, value)  # e.g. BrowserGym's _bgym_scale_factor belongs on the real page
+
+    def wait_for_function(
+        self, expression: str, *, arg: Any = None, timeout: float | None = None, polling: Any = None
+    ) -> bool:
+        timeout_ms = self._default_timeout_ms if timeout is None else timeout
+        poll_ms = polling if isinstance(polling, (int, float)) and polling > 0 else self.POLL_MS
+        if not self._page.evaluate(page_scripts.WAIT_FOR_PREDICATE, [expression, arg, timeout_ms, poll_ms]):
+            raise playwright.sync_api.TimeoutError(f"Timeout {timeout_ms:g}ms exceeded while waiting for {expression}")
+        return True
 
 
 class BrowserUnavailableError(RuntimeError):
@@ -599,12 +642,17 @@ class BrowserSession:
                 try:
                     return self._reset(task, task_name, seed, max_episode_steps, reuse)
                 except playwright.sync_api.Error as exc:
-                    if not reuse or not self._browser_lost(exc):
+                    if not reuse:
                         raise
-            # The old page died between the check and its use (its crash event had not arrived yet):
-            # one more try on a fresh context is what "reset revives a lost session" promises.
+                    # The old page may have died between the check and its use, its crash event not yet
+                    # arrived: the navigation then fails as lost ("Target crashed") or, when Chromium
+                    # tears the dead frame down under it, as aborted ("net::ERR_ABORTED; maybe frame was
+                    # detached?"). Whatever the reused page's error, a fresh context is what "reset revives
+                    # a lost session" promises; a task that fails there too fails with its own error.
+                    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.info(
-                "reset on the reused page failed; retrying on a fresh context", extra={"session_id": self.session_id}
+                "reset on the reused page failed; retrying on a fresh context",
+                extra={"session_id": self.session_id, "error": reason[:200]},
             )
             with self._browser_loss_is_session_loss():
                 return self._reset(
@@ -639,7 +687,8 @@ class BrowserSession:
             self._page.on("crash", self._on_crash)
         self._lost = False
         self._context.set_default_timeout(task.timeout)
-        goal, _info = task.setup(page=self._page)
+        goal, _info = task.setup(page=_SetupPage(self._page, task.timeout))  # type: ignore[arg-type]
+        task.page = self._page  # validate() compares the page it is given with the one setup() kept
         self._task = task
         self._goal = (
             goal if isinstance(goal, str) else " ".join(m.get("text", "") for m in goal if m.get("type") == "text")
@@ -697,7 +746,7 @@ class BrowserSession:
         self.steps += 1
         with self._browser_loss_is_session_loss():
             self._settle_and_mark()
-            reward, done, _msg, _info = self._task.validate(self._page, self.chat_messages)
+            reward, done, _msg, _info = self._validate()
             observation = self._observation(last_action_error=error)
         self.last_reward = float(reward)
         self.done = bool(done)
@@ -715,6 +764,24 @@ class BrowserSession:
 
     def _report_infeasible(self, reason: str) -> None:
         self.chat_messages.append({"role": "infeasible", "message": str(reason)})
+
+    def _validate(self) -> tuple[float, bool, str, dict[str, Any]]:
+        """BrowserGym's validate(), given the MiniWoB state that the settling script read at its end.
+
+        validate() reads the page's WOB_* globals with an evaluation of its own (``_get_info``); the
+        settling script that ran just before returns the same values, so that read is answered from
+        them. Without them (a page with iframes, no MiniWoB core) validate() reads the page itself.
+        """
+        assert self._task is not None and self._page is not None
+        task = self._task
+        values = self._marked.get("info") if self._marked else None
+        if values is None or len(values) != len(_MINIWOB_INFO_KEYS):
+            return task.validate(self._page, self.chat_messages)
+        task._get_info = lambda: dict(zip(_MINIWOB_INFO_KEYS, values, strict=True))  # type: ignore[method-assign]
+        try:
+            return task.validate(self._page, self.chat_messages)
+        finally:
+            del task._get_info
 
     def _settle_and_mark(self, wait: bool = True) -> None:
         """Wait (bounded) until the page is quiet, then give its elements bids. See docs/http-api.md."""

@@ -229,7 +229,34 @@ async ([bidAttr, capMs]) => {
   }
   // Our own attribute writes are not page activity.
   if (act) act.observer.takeRecords();
-  return {clickable, waited, waitedMs, mutations: act ? act.mutations : -1};
+  // What BrowserGym's MiniWoB validate() reads next (AbstractMiniwobTask._get_info), read here instead of
+  // in a call of its own: nothing of the page runs between the two.
+  const info = typeof WOB_DONE_GLOBAL === "undefined" ? null : [
+    WOB_REWARD_GLOBAL, WOB_RAW_REWARD_GLOBAL, WOB_REWARD_REASON, WOB_DONE_GLOBAL, WOB_EPISODE_ID, WOB_TASK_READY,
+  ];
+  return {clickable, waited, waitedMs, mutations: act ? act.mutations : -1, info};
+}
+"""
+
+# Page.wait_for_function as a plain evaluation. Playwright's own waits in the page's main world through its
+# injected script (242 KB, written and compiled into every new document), which a reset otherwise pays for
+# twice: here, and in the utility world for the first locator. The predicate is evaluated the same way
+# (global eval, called when it is a function, truthy ends the wait); it is polled on the page's timer queue
+# with the timer functions saved before the page's scripts ran, so the wait is not counted as page activity.
+WAIT_FOR_PREDICATE = """
+async ([expression, arg, timeoutMs, pollMs]) => {
+  const act = window.__bcActivity;
+  const later = (fn, ms) => (act ? act.setTimeout : setTimeout).call(window, fn, ms);
+  const predicate = () => {
+    const result = globalThis.eval(expression);
+    return typeof result === "function" ? result(arg) : result;
+  };
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    if (predicate()) return true;
+    if (performance.now() >= deadline) return false;
+    await new Promise(resolve => later(resolve, pollMs));
+  }
 }
 """
 
