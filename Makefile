@@ -40,9 +40,11 @@ $(VENV_PY):
 dev-setup: ## Create .venv with the CPU dependencies for tests and benchmarks (pip; see README for uv)
 	bash scripts/dev_setup.sh
 
+# --durations: the slowest tests are listed at the end of every run (and CI log), so a test that starts to
+# cost minutes is seen where it happens.
 .PHONY: test
 test: $(VENV_PY) ## Run the test suite (real Chromium, real MiniWoB pages, tiny local models)
-	$(VENV_PY) -m pytest
+	$(VENV_PY) -m pytest --durations=25
 
 # The inner loop: everything but the tests marked slow (training runs, the demo, the fuzz, fault injection,
 # model evaluation) and the learning check; README's Tests section says what that leaves out.

@@ -25,8 +25,12 @@ import pytest
 from tests.conftest import find_chromium, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
-# Same code path as the default demo, a fraction of the work.
-SMALL = ["--demos-per-task", "2", "--eval-episodes", "3", "--sft-set", "max_steps=3", "--set", "max_steps=2"]
+# Same code path as the default demo, a fraction of the work: GRPO plays 2 task instances x 2 rollouts a step
+# instead of 2 x 8 (the GRPO tests use the same shape).
+SMALL = [
+    "--demos-per-task", "2", "--eval-episodes", "3", "--sft-set", "max_steps=3",
+    "--set", "num_generations=2", "--set", "per_device_train_batch_size=4", "--set", "max_steps=2",
+]  # fmt: skip
 
 
 # -- a demo as a job --------------------------------------------------------------------------------------

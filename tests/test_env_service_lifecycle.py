@@ -55,12 +55,15 @@ def own_service(chromium: str | None, tmp_path: Path):
         service.stop()
 
 
-def test_fifty_reset_close_cycles_leak_no_chromium_process(own_service) -> None:
+def test_twenty_reset_close_cycles_leak_no_chromium_process(own_service) -> None:
     service = own_service("--workers", "2", "--max-sessions", "4")
     baseline = len(_chromium_processes(service.proc.pid))
     assert baseline > 0
     with httpx.Client(base_url=service.url, timeout=60) as http:
-        for i in range(50):
+        # Every cycle is the same path: a close that leaks a renderer shows in the count, one that leaks a
+        # session hits the cap of 4 by the fifth cycle; 20 cycles (4 of them with a step) leave room for a
+        # leak that only some closes make.
+        for i in range(20):
             r = http.post("/reset", json={"task_name": "click-test", "seed": i})
             assert r.status_code == 200, r.text
             sid = r.json()["session_id"]

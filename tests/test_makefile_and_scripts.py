@@ -226,6 +226,7 @@ def _dry_run(*args: str) -> str:
 
 def test_test_fast_leaves_out_slow_and_learning_tests_and_lint_checks_formatting() -> None:
     assert '-m pytest -m "not slow and not learning"' in _dry_run("test-fast")
+    assert "-m pytest --durations=25" in _dry_run("test")  # where the suite's time goes, in every CI log
     lint = _dry_run("lint")
     assert "ruff check src tests benchmarks" in lint and "ruff format --check src tests benchmarks" in lint
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -71,15 +72,22 @@ def test_held_out_evaluation_logs_success_to_tensorboard(clicking_model: Path, e
 
 
 def test_an_environment_fault_skips_one_held_out_evaluation_not_the_run(
-    clicking_model: Path, chromium: str | None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    clicking_model: Path,
+    chromium: str | None,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A service that answers but whose browser cannot start (503 browser_unavailable, for real)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState, TrainingArguments
 
-    from browser_control.client import EnvServiceUnavailable
+    from browser_control.client import EnvClient, EnvServiceUnavailable
     from browser_control.training.callbacks import HeldOutEvaluation
     from tests.conftest import ServiceProcess
 
+    # The same retries as in training, without the 7.5 s of backoff sleep between them: what is tested is that
+    # the client gives up and the evaluation is skipped, not how long the client waits first.
+    monkeypatch.setattr(EnvClient, "__init__", functools.partialmethod(EnvClient.__init__, backoff_s=0.01))
     broken = tmp_path / "not-a-browser"
     broken.write_text("#!/bin/sh\nexit 1\n")
     broken.chmod(0o755)

@@ -183,7 +183,7 @@ def test_cli_trains_two_steps_logs_metrics_and_writes_a_loadable_checkpoint(
 
 
 def test_a_killed_service_stops_training_clearly_and_the_run_resumes(
-    hf_home: Path, chromium: str | None, tmp_path: Path
+    hf_home: Path, chromium: str | None, env_url: str, tmp_path: Path
 ) -> None:
     service = ServiceProcess("--workers", "2", log_path=tmp_path / "serve-1.log", chromium=chromium)
     service.wait_healthy()
@@ -209,21 +209,17 @@ def test_a_killed_service_stops_training_clearly_and_the_run_resumes(
     assert saved and all((p / "trainer_state.json").is_file() for p in saved)  # nothing partial
     last_step = int(saved[-1].name.split("-")[1])
 
-    # a new service (another address, as after a restart) and the same config: resume the run
-    service = ServiceProcess("--workers", "2", log_path=tmp_path / "serve-2.log", chromium=chromium)
-    try:
-        service.wait_healthy()
-        proc = _train_cli(
-            tmp_path,
-            _cli_env(tmp_path, hf_home, service.url),
-            "--set",
-            "resume_from_checkpoint=true",
-            "--set",
-            f"max_steps={last_step + 1}",
-        )
-        out, err = proc.communicate(timeout=400)
-    finally:
-        service.stop()
+    # another service (the shared one: another address, as after a restart) and the same config: resume the run
+    assert env_url != service.url
+    proc = _train_cli(
+        tmp_path,
+        _cli_env(tmp_path, hf_home, env_url),
+        "--set",
+        "resume_from_checkpoint=true",
+        "--set",
+        f"max_steps={last_step + 1}",
+    )
+    out, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, err[-4000:]
     final = checkpoints / run_dir.name  # the crashed run's name: same directories, same curves
     assert f"checkpoint: {final}" in out

@@ -86,7 +86,12 @@ class Viewer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=subprocess_env(),
+            # Ctrl-C's disposition as a terminal's foreground job has it: a suite started in the background
+            # (`make test &`, a CI runner's job) passes SIGINT on as ignored, and every stop() below would
+            # then wait out its deadline and kill.
+            preexec_fn=_default_sigint,
         )
+        self.stopped_by_ctrl_c: bool | None = None
 
     def wait_up(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -104,11 +109,16 @@ class Viewer:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(20)
+                self.stopped_by_ctrl_c = self.proc.wait(20) == 0
             except subprocess.TimeoutExpired:
+                self.stopped_by_ctrl_c = False
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture()
@@ -232,6 +242,8 @@ def test_a_missing_log_directory_is_explained(start_viewer, page, tmp_path: Path
     assert "does not exist (yet)" in page.locator("#root-problem-0").inner_text()
     assert "does not exist (yet)" in page.locator("#root-problem-1").inner_text()
     assert "No recorded episodes yet" in page.locator("#no-runs").inner_text()
+    viewer.stop()  # Ctrl-C, with a browser still connected: the viewer ends, exit status 0
+    assert viewer.stopped_by_ctrl_c, viewer.log_path.read_text()
 
 
 def test_corrupt_and_half_written_files_are_reported_and_the_rest_is_shown(
