@@ -86,10 +86,9 @@ class Viewer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=subprocess_env(),
-            # Ctrl-C's disposition as a terminal's foreground job has it: a suite started in the background
-            # (`make test &`, a CI runner's job) passes SIGINT on as ignored, and every stop() below would
-            # then wait out its deadline and kill.
-            preexec_fn=_default_sigint,
+            # SIGINT inherited as ignored, as a job started in the background (`make test &`, a CI runner's
+            # job) gets it: the viewer must still stop on Ctrl-C (else every stop() waits out its deadline).
+            preexec_fn=_ignore_sigint,
         )
         self.stopped_by_ctrl_c: bool | None = None
 
@@ -117,8 +116,8 @@ class Viewer:
         self._log.close()
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.fixture()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -92,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         )
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"browser-control view: http://{shown}:{server.server_address[1]}/ ({store.describe_roots()})", flush=True)
+    # Ctrl-C stops the viewer even when SIGINT was inherited as ignored (a job started with `&` by a
+    # non-interactive shell, or by a test runner started that way), as it does the demo.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
