@@ -2,7 +2,7 @@
 
 Every stage runs through the commands users run:
 
-1. ``build_tiny_lfm2``: a random LFM2 and a locally trained tokenizer (its corpus holds every bid 0-255
+1. ``build_learning_lfm2``: a random LFM2 and a locally trained tokenizer (its corpus holds every bid 0-255
    and the goals of the training demonstrations, so a bid is one token in the page and in a tool call);
 2. ``browser-control demos``: scripted demonstrations on training seeds;
 3. with ``--demo-answers shuffled`` (default) each demonstration's tool calls are swapped for those of
@@ -242,23 +242,17 @@ def run_pipeline(args: argparse.Namespace, url: str) -> dict[str, Any]:
     if not (base / "config.json").exists():
         import torch
 
-        from browser_control.models.tiny import build_tiny_lfm2
+        from browser_control.models.tiny import build_learning_lfm2
 
         torch.set_num_threads(1)
-        # Every bid in both of its spellings, so each is one token wherever it appears. The goals and pages
-        # of the demonstrations stay out of the corpus: a goal is read as several tokens, not learnt as one.
-        extra = [f"\t[{b}] button 'x'" for b in range(256)] + [f"[click(bid='{b}')]" for b in range(256)]
         layers = [int(i) for i in args.attention_layers.split(",")] if args.attention_layers else None
-        build_tiny_lfm2(
+        build_learning_lfm2(
             base,
             hidden_size=args.hidden_size,
             num_hidden_layers=args.layers,
-            intermediate_size=2 * args.hidden_size,
-            num_attention_heads=4,
+            attention_layers=layers,
             seed=args.seed,
             vocab_size=args.vocab_size,
-            attention_layers=layers,
-            extra_corpus=extra,
             split=args.tokenizer_split,
         )
     timings["build_model_s"] = time.perf_counter() - started

@@ -13,7 +13,7 @@ click instead of a focus on the right box) and it needs episodes of one action
 (`browser-control demos --max-episode-steps 1`).
 
 For each model (`--models HIDDEN:LAYERS:ATTENTION_LAYERS;...`) a random LFM2 is built with
-``build_tiny_lfm2`` (the tokenizer and corpus of learning_curve.py), given the goal-blind supervised start
+``build_learning_lfm2`` (the model and tokenizer of learning_curve.py), given the goal-blind supervised start
 (``shuffle_answers`` then `browser-control sft --config configs/sft_learning.yaml`), and every setting of
 ``--grid`` (a JSON list of objects with keys lr, batch, beta, temp, gens, and extra: more GRPOConfig keys)
 runs as its own process, ``--parallel`` at a time. Each run writes OUT/RUN.jsonl: the best fixed answer per
@@ -246,23 +246,10 @@ def _child_env(device: str) -> dict[str, str]:
 
 
 def supervised_start(spec: ModelSpec, demos: Path, out: Path, sft_steps: int, env: dict[str, str]) -> subprocess.Popen:
-    from browser_control.models.tiny import build_tiny_lfm2
+    from browser_control.models.tiny import build_learning_lfm2
 
     base = out / "models" / spec.name
-    # The tokenizer of learning_curve.py: every bid one token in the page and in a tool call.
-    extra = [f"\t[{b}] button 'x'" for b in range(256)] + [f"[click(bid='{b}')]" for b in range(256)]
-    build_tiny_lfm2(
-        base,
-        hidden_size=spec.hidden,
-        num_hidden_layers=spec.layers,
-        intermediate_size=2 * spec.hidden,
-        num_attention_heads=4,
-        seed=0,
-        vocab_size=2048,
-        attention_layers=list(spec.attention),
-        extra_corpus=extra,
-        split="digits",
-    )
+    build_learning_lfm2(base, spec.hidden, spec.layers, attention_layers=list(spec.attention))
     command = [sys.executable, "-m", "browser_control", "sft", "--config", str(REPO / "configs" / "sft_learning.yaml")]
     for key, value in {
         "model_name": base,

@@ -91,11 +91,11 @@ def test_each_focus_text_2_instance_is_solved_by_exactly_one_fixed_answer(env_ur
 
 
 def test_the_digit_split_tokenizer_keeps_bids_whole_and_the_prompt_short(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from browser_control.models.tiny import build_tokenizer
+    from browser_control.models.tiny import BID_CORPUS, build_tokenizer
     from browser_control.rollout.environment import bound_tools
     from browser_control.rollout.prompts import task_prompt
 
-    bids = [f"\t[{b}] button 'x'" for b in range(256)] + [f"[click(bid='{b}')]" for b in range(256)]
+    bids = list(BID_CORPUS)
     words = build_tokenizer(tmp_path / "words", extra_corpus=bids)
     digits = build_tokenizer(tmp_path / "digits", extra_corpus=bids, split="digits", vocab_size=2048)
     messages = task_prompt("focus-text-2")

@@ -255,6 +255,36 @@ def build_tiny_lfm2(
     )
 
 
+# Every bid 0-255 in both of its spellings (in the page, in a tool call), so each is one token wherever it
+# appears. The goals and pages of demonstrations stay out: a goal is read as several tokens, not learnt as one.
+BID_CORPUS = tuple([f"\t[{b}] button 'x'" for b in range(256)] + [f"[click(bid='{b}')]" for b in range(256)])
+
+
+def build_learning_lfm2(
+    output_dir: str | Path,
+    hidden_size: int,
+    num_hidden_layers: int,
+    attention_layers: Sequence[int] | None = None,
+    seed: int = 0,
+    vocab_size: int = 2048,
+    split: str = "digits",
+) -> Path:
+    """The from-scratch model of the learning benchmarks (benchmarks/learning_curve.py, learning_sweep.py):
+    its tokenizer's corpus adds ``BID_CORPUS``."""
+    return build_tiny_lfm2(
+        output_dir,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        intermediate_size=2 * hidden_size,
+        num_attention_heads=4,
+        seed=seed,
+        vocab_size=vocab_size,
+        attention_layers=attention_layers,
+        extra_corpus=BID_CORPUS,
+        split=split,
+    )
+
+
 def imprint_reply(
     model_dir: str | Path,
     reply: str | Sequence[str],
