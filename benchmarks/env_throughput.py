@@ -44,6 +44,7 @@ import re
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -294,9 +295,13 @@ def measure(args: argparse.Namespace, settle: int | None, src: Path) -> None:
             options += ["--workers", str(args.workers)]
         if settle is not None:
             options += ["--settle-timeout-ms", str(settle)]
-        # The launcher puts this tree first on PYTHONPATH; --service-src replaces it, so the service under test
-        # runs from the given tree.
-        service = ServiceProcess(*options, chromium=args.chromium_executable, env={"PYTHONPATH": str(src)})
+        # The given tree goes first on PYTHONPATH, so the service under test imports browser_control from it;
+        # what this process had there stays behind it (packages staged that way on a machine without pip).
+        pythonpath = os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))
+        log = Path(tempfile.gettempdir()) / f"env-throughput-serve-env-{os.getpid()}.log"
+        service = ServiceProcess(
+            *options, chromium=args.chromium_executable, env={"PYTHONPATH": pythonpath}, log_path=log
+        )
         proc, url = service.proc, service.url
         try:
             service.wait_healthy(timeout_s=60)
@@ -356,6 +361,8 @@ def measure(args: argparse.Namespace, settle: int | None, src: Path) -> None:
     finally:
         if service:
             service.stop(grace_s=30)
+            if service.log_path:  # kept only while the service is under way: a failure above shows its tail
+                service.log_path.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
