@@ -16,14 +16,17 @@ For each model (`--models HIDDEN:LAYERS:ATTENTION_LAYERS;...`) a random LFM2 is 
 ``build_learning_lfm2`` (the model and tokenizer of learning_curve.py), given the goal-blind supervised start
 (``shuffle_answers`` then `browser-control sft --config configs/sft_learning.yaml`), and every setting of
 ``--grid`` (a JSON list of objects with keys lr, batch, beta, temp, gens, and extra: more GRPOConfig keys)
-runs as its own process, ``--parallel`` at a time. Each run writes OUT/RUN.jsonl: the best fixed answer per
-task, then held-out success and the share of answers with a tool call every ``--eval-every`` steps.
+runs as its own process, ``--parallel`` at a time. ``--seeds 0,1,2`` repeats every recipe from other
+initialisations, goal-blind answers and sampling: at these sizes one run of a recipe may learn and the next
+not (docs/learning.md). Each run writes OUT/RUN.jsonl: the best fixed answer per task, then held-out success
+and the share of answers with a tool call every ``--eval-every`` steps.
 
 Examples:
   browser-control demos --tasks focus-text-2,click-tab,click-dialog-2,click-button --episodes 120 \\
       --max-episode-steps 1 --output data/sweep-demos.jsonl
   python benchmarks/learning_sweep.py --demos data/sweep-demos.jsonl --out runs/sweep \\
-      --models "256:6:1,3,5" --grid '[{"lr": 2e-4, "batch": 256}, {"lr": 3e-4, "batch": 256}]' --steps 200
+      --models "256:6:1,3,5" --grid '[{"lr": 2e-4, "batch": 256}, {"lr": 3e-4, "batch": 256}]' --steps 200 \\
+      --seeds 0,1,2 --parallel 6
   python benchmarks/learning_sweep.py --summary runs/sweep       # the table of a finished or stopped sweep
 """
 
@@ -70,8 +73,23 @@ class ModelSpec:
         return f"h{self.hidden}-l{self.layers}-a{''.join(map(str, self.attention))}"
 
 
-def run_name(model: ModelSpec, setting: dict[str, Any]) -> str:
-    return model.name + "".join(f"-{k}{v}" for k, v in setting.items() if k != "extra")
+def start_name(model: ModelSpec, seed: int) -> str:
+    """A model and its supervised start; seed 0 keeps the bare model name."""
+    return model.name if seed == 0 else f"{model.name}-seed{seed}"
+
+
+def run_name(model: ModelSpec, setting: dict[str, Any], seed: int = 0) -> str:
+    return start_name(model, seed) + "".join(f"-{k}{v}" for k, v in setting.items() if k != "extra")
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"--seeds {text!r}: distinct integers >= 0")
+    return seeds
 
 
 def parse_grid(text: str) -> list[dict[str, Any]]:
@@ -146,7 +164,8 @@ def run_one(job: dict[str, Any]) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    torch.manual_seed(0)
+    seed = job.get("seed", 0)
+    torch.manual_seed(seed)
     setting = job["setting"]
     tokenizer = AutoTokenizer.from_pretrained(job["model"])
     rows = prompt_rows(Path(job["demos"]), tokenizer, job["tasks"])
@@ -206,7 +225,7 @@ def run_one(job: dict[str, Any]) -> None:
         report_to=[],
         use_cpu=device == "cpu",
         bf16=False,
-        seed=0,
+        seed=seed,
         disable_tqdm=True,
         **setting.get("extra", {}),
     )
@@ -245,24 +264,29 @@ def _child_env(device: str) -> dict[str, str]:
     return env
 
 
-def supervised_start(spec: ModelSpec, demos: Path, out: Path, sft_steps: int, env: dict[str, str]) -> subprocess.Popen:
+def supervised_start(
+    spec: ModelSpec, seed: int, demos: Path, out: Path, sft_steps: int, env: dict[str, str]
+) -> subprocess.Popen:
+    """Build the model (initialised from ``seed``) and start its goal-blind SFT (``demos``, seeded the same)."""
     from browser_control.models.tiny import build_learning_lfm2
 
-    base = out / "models" / spec.name
-    build_learning_lfm2(base, spec.hidden, spec.layers, attention_layers=list(spec.attention))
+    name = start_name(spec, seed)
+    base = out / "models" / name
+    build_learning_lfm2(base, spec.hidden, spec.layers, attention_layers=list(spec.attention), seed=seed)
     command = [sys.executable, "-m", "browser_control", "sft", "--config", str(REPO / "configs" / "sft_learning.yaml")]
     for key, value in {
         "model_name": base,
         "demos": f"[{demos}]",
         "checkpoint_dir": out / "checkpoints",
         "logging_dir": out / "tb",
-        "run_name": f"sft-{spec.name}",
+        "run_name": f"sft-{name}",
         "max_episode_steps": 1,
         "max_demos_per_task": 10_000,
         "max_steps": sft_steps,
+        "seed": seed,
     }.items():
         command += ["--set", f"{key}={value}"]
-    log = (out / f"sft-{spec.name}.log").open("w")
+    log = (out / f"sft-{name}.log").open("w")
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO)
 
 
@@ -272,26 +296,31 @@ def sweep(args: argparse.Namespace) -> int:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = _child_env(args.device)
-    goal_blind = out / "demos-goal-blind.jsonl"
-    goal_blind.write_text("".join(json.dumps(r) + "\n" for r in shuffle_answers(read_demos(args.demos), 0)))
-
+    records = read_demos(args.demos)
     started = time.perf_counter()
-    starts = {spec: supervised_start(spec, goal_blind, out, args.sft_steps, env) for spec in args.models}
-    checkpoints: dict[ModelSpec, str] = {}
-    for spec, proc in starts.items():
+    starts = {}
+    for seed in args.seeds:
+        # Each seed is a whole replicate: its own goal-blind answers, initialisation, SFT and GRPO sampling.
+        goal_blind = out / f"demos-goal-blind-seed{seed}.jsonl"
+        goal_blind.write_text("".join(json.dumps(r) + "\n" for r in shuffle_answers(records, seed)))
+        for spec in args.models:
+            starts[spec, seed] = supervised_start(spec, seed, goal_blind, out, args.sft_steps, env)
+    checkpoints: dict[tuple[ModelSpec, int], str] = {}
+    for (spec, seed), proc in starts.items():
         stdout, _ = proc.communicate()
         found = re.search(r"^checkpoint: (.+)$", stdout, re.M)
         if proc.returncode != 0 or not found:
-            tail = (out / f"sft-{spec.name}.log").read_text(errors="replace")[-2000:]
-            raise SystemExit(f"supervised start of {spec.name} failed:\n{tail}")
-        checkpoints[spec] = found.group(1)
+            tail = (out / f"sft-{start_name(spec, seed)}.log").read_text(errors="replace")[-2000:]
+            raise SystemExit(f"supervised start of {start_name(spec, seed)} failed:\n{tail}")
+        checkpoints[spec, seed] = found.group(1)
     print(f"supervised starts: {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
     pending = []
-    for spec, setting in itertools.product(args.models, args.grid):
-        name = run_name(spec, setting)
+    for seed, spec, setting in itertools.product(args.seeds, args.models, args.grid):
+        name = run_name(spec, setting, seed)
         job = {
-            "model": checkpoints[spec],
+            "model": checkpoints[spec, seed],
+            "seed": seed,
             "demos": str(args.demos.resolve()),
             "tasks": args.tasks.split(",") if args.tasks else None,
             "held_out_share": args.held_out_share,
@@ -361,6 +390,9 @@ def main() -> int:
     parser.add_argument("--models", default="256:6:1,3,5", help="HIDDEN:LAYERS:ATTENTION_LAYERS, ';'-separated")
     parser.add_argument("--grid", default='[{"lr": 3e-4, "batch": 256}]', help="JSON list of GRPO settings")
     parser.add_argument("--sft-steps", type=int, default=100, help="steps of the goal-blind supervised start")
+    parser.add_argument(
+        "--seeds", default="0", help="replicates of every recipe, e.g. 0,1,2: the model, its start and GRPO seeded"
+    )
     parser.add_argument("--steps", type=int, default=120, help="GRPO steps per run")
     parser.add_argument("--eval-every", type=int, default=20, help="held-out evaluation every N GRPO steps")
     parser.add_argument("--held-out-share", type=float, default=0.4, help="share of each task's prompts held out")
@@ -383,6 +415,7 @@ def main() -> int:
     try:
         args.models = [ModelSpec.parse(m) for m in args.models.split(";")]
         args.grid = parse_grid(args.grid)
+        args.seeds = parse_seeds(args.seeds)
     except ValueError as exc:
         parser.error(str(exc))
     return sweep(args)

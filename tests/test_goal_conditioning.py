@@ -151,6 +151,14 @@ def test_the_recipe_sweep_refuses_bad_models_and_grids_with_the_expected_form() 
         sweep.parse_grid('[{"learning_rate": 1e-3}]')
     with pytest.raises(ValueError, match="non-empty JSON list"):
         sweep.parse_grid("{}")
+    # Replicates: seed 0 keeps the bare names; other seeds name their start and runs apart.
+    spec = sweep.ModelSpec.parse("256:6:1,3,5")
+    assert sweep.parse_seeds("0,1,2") == [0, 1, 2]
+    names = {sweep.run_name(spec, {"lr": 2e-4, "batch": 256}, seed) for seed in (0, 1, 2)}
+    assert names == {"h256-l6-a135-lr0.0002-batch256"} | {f"h256-l6-a135-seed{s}-lr0.0002-batch256" for s in (1, 2)}
+    for bad in ("0,0", "1,x", "-1"):
+        with pytest.raises(ValueError, match="--seeds"):
+            sweep.parse_seeds(bad)
 
 
 def test_the_recipe_sweep_summary_reads_runs_that_were_stopped_early(tmp_path) -> None:  # type: ignore[no-untyped-def]
