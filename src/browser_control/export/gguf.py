@@ -38,6 +38,7 @@ from browser_control.export.llama_cpp_setup import (
     default_converter_dir,
     installed_version,
 )
+from browser_control.models.files import human_size
 
 # The quantizations offered, best quality first, and roughly what each costs per parameter on disk
 # (F16 2 bytes; Q8_0 34 bytes per 32 weights; the K-quants mix 5-6 and 4-6 bit blocks).
@@ -162,14 +163,6 @@ def estimated_bytes(params: int, quants: Sequence[str]) -> int:
 
 def _count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 def check_cases(model_dir: Path) -> list[dict[str, Any]]:

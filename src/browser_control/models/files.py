@@ -134,3 +134,12 @@ def model_files_problem(path: Path) -> str | None:
         elif present[0].stat().st_size == 0:
             return f"{present[0]} is empty"
     return None
+
+
+def human_size(n: float) -> str:
+    """A byte count as people read it (checkpoint and export listings): 512 B, 1.5 KB, 378.2 MB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"

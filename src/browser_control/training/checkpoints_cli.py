@@ -38,6 +38,7 @@ from browser_control.models.files import (
     TMP_PREFIX,
     adapter_dir,
     checkpoint_dir,
+    human_size,
     model_files_problem,
 )
 
@@ -164,14 +165,6 @@ def find_checkpoint(name: str, root: Path) -> Path:
         )
         raise CheckpointCliError(f"no checkpoint {name!r} in {root}{hint}")
     return path
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 def _format_metrics(metrics: dict[str, Any]) -> str:
