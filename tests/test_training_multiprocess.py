@@ -232,6 +232,35 @@ def _steps_logged(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _start_training(config: Path, tmp_path: Path, browsergym_url: str) -> subprocess.Popen[str]:
+    """`browser-control train --config CONFIG` as a user starts it, offline, one torch thread per process."""
+    env = subprocess_env(
+        BROWSERGYM_URL=browsergym_url,
+        CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
+        LOGGING_DIR=str(tmp_path / "logs"),
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "browser_control", "train", "--config", str(config)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_until_both_ranks_played_a_step(proc: subprocess.Popen[str], runs: Path, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        logs = [_steps_logged(d / n) for d in runs.glob("*") for n in ("episodes.jsonl", "episodes-rank1.jsonl")]
+        if len(logs) == 2 and all(logs):
+            return
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.timeout(900)
@@ -254,30 +283,10 @@ def test_two_processes_train_against_two_replicas_write_once_and_survive_losing_
             eval_steps=3,
             eval_episodes=1,
         )
-        env = subprocess_env(
-            BROWSERGYM_URL=f"{env_service.url},{replica_b.url}",
-            CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
-            LOGGING_DIR=str(tmp_path / "logs"),
-            OMP_NUM_THREADS="1",
-            TOKENIZERS_PARALLELISM="false",
-            HF_HUB_OFFLINE="1",
-        )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "browser_control", "train", "--config", str(path)],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = _start_training(path, tmp_path, f"{env_service.url},{replica_b.url}")
         # Once both ranks have played step 1, replica B goes away as a crashed container would.
         runs = tmp_path / "checkpoints" / "runs"
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and proc.poll() is None:
-            logs = [_steps_logged(d / n) for d in runs.glob("*") for n in ("episodes.jsonl", "episodes-rank1.jsonl")]
-            if len(logs) == 2 and all(logs):
-                break
-            time.sleep(0.1)
+        _wait_until_both_ranks_played_a_step(proc, runs)
         assert proc.poll() is None, "the run ended before replica B could be killed"
         b_resets = _requests(replica_b.log(), "/reset")
         os.killpg(replica_b.proc.pid, signal.SIGKILL)
@@ -368,29 +377,10 @@ def test_a_stop_signal_reaching_one_rank_stops_every_rank_after_the_same_step_wi
     path = _write(
         tmp_path, model_name=str(clicking_model), num_processes=2, max_steps=50, save_steps=50, record_every_steps=None
     )
-    env = subprocess_env(
-        BROWSERGYM_URL=env_url,
-        CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
-        LOGGING_DIR=str(tmp_path / "logs"),
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "browser_control", "train", "--config", str(path)],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_training(path, tmp_path, env_url)
     runs = tmp_path / "checkpoints" / "runs"
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and proc.poll() is None:
-            logs = [_steps_logged(d / n) for d in runs.glob("*") for n in ("episodes.jsonl", "episodes-rank1.jsonl")]
-            if len(logs) == 2 and all(logs):
-                break
-            time.sleep(0.1)
+        _wait_until_both_ranks_played_a_step(proc, runs)
         assert proc.poll() is None, "the run ended before it could be stopped"
         _rank_process(proc.pid, 1).send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=300)
