@@ -200,6 +200,17 @@ def test_plan_names_and_guards(tmp_path: Path) -> None:
         plan_run(named.model_copy(update={"resume_from_checkpoint": True}))
 
 
+def test_the_loss_settings_of_the_learning_recipe_reach_trl(tmp_path: Path) -> None:
+    from browser_control.training.grpo import build_grpo_config
+
+    cfg = config(checkpoint_dir=str(tmp_path), beta=0.1, top_entropy_quantile=0.2)
+    args = build_grpo_config(cfg, plan_run(cfg), bf16=False)
+    assert (args.beta, args.top_entropy_quantile) == (0.1, 0.2)
+    assert build_grpo_config(config(), plan_run(config()), bf16=False).top_entropy_quantile == 1.0
+    with pytest.raises(ValueError, match="top_entropy_quantile"):
+        config(top_entropy_quantile=1.5)
+
+
 def test_asking_for_vllm_where_it_is_missing_fails_at_start(tmp_path: Path) -> None:
     import importlib.util
 

@@ -108,6 +108,12 @@ class TrainConfig(_Strict):
     temperature: float = Field(1.0, gt=0, le=2.0, description="sampling temperature of the rollouts")
     top_p: float = Field(1.0, gt=0, le=1.0, description="nucleus sampling of the rollouts")
     beta: float = Field(0.0, ge=0, description="KL coefficient against the initial model (0 = no reference)")
+    top_entropy_quantile: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="policy loss on this share of completion tokens, those of highest entropy (1 = all tokens)",
+    )
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field("dapo", description="TRL GRPO loss")
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="advantage scaling")
     mask_truncated_completions: bool = Field(

@@ -75,6 +75,9 @@ def build_grpo_config(config: TrainConfig, plan: RunPlan, bf16: bool) -> Any:
         temperature=config.temperature,
         top_p=config.top_p,
         beta=config.beta,
+        # < 1 leaves the near-certain tokens of a tool call (its syntax) out of the policy loss; with beta > 0
+        # the KL term still holds them to the start (docs/learning.md, "What keeps the format").
+        top_entropy_quantile=config.top_entropy_quantile,
         loss_type=config.loss_type,
         scale_rewards=config.scale_rewards,
         mask_truncated_completions=config.mask_truncated_completions,
