@@ -27,14 +27,16 @@ WHEELS=(
   typing-inspection==0.4.5 typing-extensions==4.16.0 playwright==1.44.0 greenlet==3.0.3 pyee==11.1.0
   browsergym-core==0.14.3 browsergym-miniwob==0.14.3 miniwob==1.1.0 gymnasium==1.4.0
   farama-notifications==0.0.6 beautifulsoup4==4.15.0 soupsieve==4.1.3
+  # fastapi 0.165 imports opentelemetry's API at start: without it serve-env exits at once (seen on the GPU
+  # machine when these three travelled only with vLLM).
+  opentelemetry-api==1.45.2 importlib-metadata==10.2.0 zipp==4.1.2
 )
 # vLLM and what it alone needs; `prepare --without-vllm` leaves them out (transformers generation only:
 # the learning benchmark and the environment benchmarks), which saves about half the pieces.
 VLLM_WHEELS=(
   vllm==0.26.0 cbor2==6.3.0 pyzmq==27.3.0 openai-harmony==0.0.8 "openai==2.54.0" distro==1.9.0 jiter==0.19.0
   msgspec==0.23.0 pybase64==1.5.1 cachetools==8.0.2 llguidance==1.7.6 xgrammar==0.2.9
-  apache-tvm-ffi==0.1.11 blake3==1.0.11 opentelemetry-api==1.45.2 importlib-metadata==10.2.0
-  partial-json-parser==0.2.1.1.post7
+  apache-tvm-ffi==0.1.11 blake3==1.0.11 partial-json-parser==0.2.1.1.post7
 )
 # Files of the vllm wheel that bf16 LFM2-350M on SM90 never loads: the FlashAttention-2 library (vLLM uses
 # FA3 on Hopper), the Rust front end, SM100-only headers and the mixture-of-experts kernels (LFM2-350M is
