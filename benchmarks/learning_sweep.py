@@ -242,6 +242,9 @@ def run_one(job: dict[str, Any]) -> None:
     started = time.perf_counter()
     trainer.train()
     evaluate(job["steps"])
+    if job.get("save"):  # the trained policy, for an evaluation through the environment
+        model.save_pretrained(job["save"])
+        tokenizer.save_pretrained(job["save"])
     history = [h for h in trainer.state.log_history if "reward" in h]
     emit(
         {

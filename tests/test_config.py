@@ -20,9 +20,9 @@ from browser_control.training.config import (
 )
 from tests.conftest import REPO, subprocess_env
 
-# The tiny from-scratch configs of the learning benchmark (sft_*, learning_*) are checked by tests/test_learning.py.
-# The GPU configs of `make fine-tune-local`; the CPU ones of the learning benchmark and `make demo` (tiny local
-# models, no vLLM) are checked by tests/test_learning.py and tests/test_demo.py.
+# The GPU configs of `make fine-tune-local`; the CPU ones of the learning benchmark (sft_*, learning_*: tiny
+# local models, no vLLM) are loaded by test_the_learning_benchmark_configs_load below and tests/test_learning.py,
+# those of `make demo` (demo_*) by tests/test_demo.py.
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith(("sft_", "learning_", "demo_")))
 NO_ENV: dict[str, str] = {}  # load_config(environ=...) without the caller's BROWSERGYM_URL & co.
 
@@ -64,6 +64,14 @@ def test_every_shipped_config_loads(path: Path) -> None:
     # Every key in the file is a real key (load_config refuses unknown ones) and says something.
     raw = yaml.safe_load(path.read_text())
     assert set(raw) <= set(TrainConfig.model_fields)
+
+
+def test_the_learning_benchmark_configs_load() -> None:
+    from browser_control.sft.config import load_sft_config
+
+    grpo = load_config(REPO / "configs" / "learning_grpo.yaml", environ=NO_ENV)
+    assert not grpo.use_vllm and grpo.loss_type == "dapo" and grpo.mask_truncated_completions
+    assert load_sft_config(str(REPO / "configs" / "sft_learning.yaml"), environ=NO_ENV).max_steps > 0
 
 
 def test_shipped_configs_say_what_they_promise() -> None:

@@ -1,10 +1,10 @@
 """`browser-control demo` (make demo): the whole loop on CPU, its output, and that it leaves no process behind.
 
 The end-to-end runs start the real command as a user would (its own process group, like a shell job),
-with fewer steps and episodes than the default so the suite stays short: the code path is the same, and
-tests/test_learning.py checks that the default settings learn. While a demo runs, the test records
-every process below it (the environment service, its Playwright driver and Chromium, each command), and
-afterwards polls, with a deadline, until none of them is left.
+with fewer steps and episodes than the default so the suite stays short: the code path is the same; that
+the default settings learn was measured with `make demo` (benchmarks/RESULTS.md, "Demo"). While a demo
+runs, the test records every process below it (the environment service, its Playwright driver and
+Chromium, each command), and afterwards polls, with a deadline, until none of them is left.
 """
 
 from __future__ import annotations
@@ -282,7 +282,7 @@ def test_the_default_configs_are_the_measured_learning_settings() -> None:
 
     sft = load_sft_config(str(REPO / "configs" / "demo_sft.yaml"), environ={})
     grpo = load_config(REPO / "configs" / "demo_grpo.yaml", environ={})
-    # tests/test_learning.py measured these on 2 cores (docs/learning.md).
+    # `make demo` measured these on 2 cores (benchmarks/RESULTS.md, "Demo": 50% -> 100% held out).
     assert (sft.max_steps, sft.max_demos_per_task, sft.learning_rate) == (12, 6, 3e-3)
     assert ([t.name for t in grpo.tasks], grpo.max_steps, grpo.learning_rate) == (
         ["focus-text", "click-dialog"],

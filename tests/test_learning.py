@@ -1,12 +1,17 @@
-"""The pipeline learns: demos -> weak SFT -> GRPO lifts held-out success (a few-minute learning curve).
+"""The pipeline learns to read the goal: GRPO takes a goal-blind model past the best fixed answer on focus-text-2.
 
-A tiny LFM2 is built from scratch, warm-started on a handful of scripted demonstrations with
-`browser-control sft` and trained with `browser-control train` (GRPO), all through the real commands and
-a real environment service. Success is greedy on EVALUATION seeds (never trained on), through the
-evaluation harness, before and after GRPO. The full-size version is benchmarks/learning_curve.py.
+focus-text-2 shows three empty text boxes and asks for the 1st, 2nd or 3rd: the pages are the same, only
+the goal tells the instances apart, so a policy that does not read the goal solves at most the share of
+its one box (the best fixed answer, ~1/3). The start is goal-blind by construction: a tiny LFM2 built
+from scratch is fine-tuned (`browser-control sft`) on real demonstrations whose answers were shuffled
+between instances, so it learns the tool-call format and the three boxes, and nothing that ties a box
+to a goal. GRPO (TRL's GRPOTrainer, benchmarks/learning_sweep.py's run on recorded prompts, reward 1
+when the call names the scripted box) must learn that tie. Demonstrations and both evaluations go
+through the real environment service: start and trained model play held-out EVALUATION seeds greedily.
 
-Marked ``learning`` (``pytest -m learning``); about 3-4 minutes on 2 cores. The margin was chosen from
-repeated runs: see docs/learning.md.
+The recipe is the learning benchmark's (docs/learning.md, "What keeps the format"): beta 0.1 against the
+start and the policy loss on the highest-entropy 20% of completion tokens, 64 rollouts per step. The
+run is seeded and single-threaded; which seeds learn within the step budget is in docs/learning.md.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ from tests.conftest import subprocess_env
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.learning]
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = ["focus-text", "click-dialog"]
-EPISODES = 16  # held-out episodes per task, evaluation seeds 1e9 .. 1e9+15
-MARGIN = 0.25  # overall held-out success must rise by at least this much (absolute)
+
+TASK = "focus-text-2"
+SEED = 2  # model initialisation, answer shuffle and GRPO sampling
+STEPS = 120
+EPISODES = 24  # held-out evaluation episodes, seeds 1e9 .. 1e9+23
+MARGIN = 0.25  # over the start and over the best fixed answer; the measured gain is in docs/learning.md
 
 
 def _cli(*args: str, cwd: Path) -> str:
@@ -48,97 +56,88 @@ def _checkpoint(stdout: str) -> Path:
     return Path(match.group(1))
 
 
-def _success(model: Path, env_url: str) -> dict[str, float]:
+def _success(model: Path, env_url: str) -> float:
     import torch
 
     from browser_control.evaluation.model_policy import load_model_policy
     from browser_control.evaluation.runner import evaluate_policy
 
     torch.set_num_threads(1)
-    policy = load_model_policy(str(model), max_new_tokens=48)
+    policy = load_model_policy(str(model), max_new_tokens=32)
     try:
         report = evaluate_policy(
-            policy, TASKS, EPISODES, env_url=env_url, max_episode_steps=2, concurrency=16, progress=False
+            policy, [TASK], EPISODES, env_url=env_url, max_episode_steps=1, concurrency=8, progress=False
         )
     finally:
         policy.close()
     assert all(1_000_000_000 <= e.seed < 2_000_000_000 for e in report.episodes)  # held-out seeds
-    return {t.task: t.success_rate for t in report.tasks} | {"overall": report.overall.success_rate}
+    return report.overall.success_rate
 
 
-# 3-4 minutes on an idle 2-core machine, 10+ on a saturated one: its own limit, far above the suite's.
+# ~4 minutes on an idle 2-core machine, far more on a saturated one: its own limit, above the suite's.
 @pytest.mark.timeout(3600)
-def test_grpo_lifts_held_out_success_over_a_weak_sft_start(env_url: str, tmp_path: Path) -> None:
-    import torch
+def test_grpo_learns_to_read_the_goal_from_a_goal_blind_start(env_url: str, tmp_path: Path) -> None:
+    from browser_control.evaluation.fixed import best_fixed_answers
+    from browser_control.models.tiny import build_learning_lfm2
+    from browser_control.sft.demos import read_demos, shuffle_answers
 
-    from browser_control.models.tiny import build_tiny_lfm2
-
-    torch.set_num_threads(1)
-    base = build_tiny_lfm2(
-        tmp_path / "tiny", hidden_size=128, num_hidden_layers=4, intermediate_size=256, num_attention_heads=4, seed=0
-    )
     demos = tmp_path / "demos.jsonl"
     _cli(
-        "demos",
-        "--tasks",
-        ",".join(TASKS),
-        "--episodes",
-        "6",
-        "--output",
-        str(demos),
-        "--max-steps",
-        "2",
-        "--browsergym-url",
-        env_url,
-        "--quiet",
-        cwd=tmp_path,
-    )
-    sft = _checkpoint(
-        _cli(
-            "sft",
-            "--config",
-            str(REPO / "configs" / "sft_learning.yaml"),
-            "--set",
-            f"model_name={base}",
-            "--set",
-            f"demos=[{demos}]",
-            "--set",
-            "max_steps=12",
-            "--set",
-            "max_demos_per_task=6",
-            "--set",
-            f"checkpoint_dir={tmp_path / 'ck'}",
-            "--set",
-            f"logging_dir={tmp_path / 'tb'}",
-            cwd=tmp_path,
-        )
-    )
-    before = _success(sft, env_url)
+        "demos", "--tasks", TASK, "--episodes", "30", "--max-steps", "1", "--output", str(demos),
+        "--browsergym-url", env_url, "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    records = read_demos(demos)
+    goal_blind = tmp_path / "goal-blind.jsonl"
+    goal_blind.write_text("".join(json.dumps(r) + "\n" for r in shuffle_answers(records, SEED)))
 
-    grpo = _checkpoint(
-        _cli(
-            "train",
-            "--config",
-            str(REPO / "configs" / "learning_grpo.yaml"),
-            "--set",
-            f"model_name={sft}",
-            "--set",
-            f"tasks=[{','.join(TASKS)}]",
-            "--set",
-            f"browsergym_url={env_url}",
-            "--set",
-            "max_steps=12",
-            "--set",
-            "save_steps=100",
-            "--set",
-            f"checkpoint_dir={tmp_path / 'ck'}",
-            "--set",
-            f"logging_dir={tmp_path / 'tb'}",
-            cwd=tmp_path,
-        )
+    base = build_learning_lfm2(tmp_path / "tiny", 64, 2, attention_layers=[0, 1], seed=SEED)
+    overrides = {
+        "model_name": base,
+        "demos": f"[{goal_blind}]",
+        "max_steps": 100,
+        "max_episode_steps": 1,
+        "max_demos_per_task": 1000,
+        "checkpoint_dir": tmp_path / "ck",
+        "logging_dir": tmp_path / "tb",
+        "seed": SEED,
+    }
+    sft_args = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
+    start = _checkpoint(_cli("sft", "--config", str(REPO / "configs" / "sft_learning.yaml"), *sft_args, cwd=tmp_path))
+
+    trained = tmp_path / "grpo"
+    job = {
+        "model": str(start),
+        "seed": SEED,
+        "demos": str(demos),
+        "tasks": [TASK],
+        "held_out_share": 0.2,
+        "setting": {
+            "lr": 1e-3,
+            "batch": 64,
+            "gens": 8,
+            "beta": 0.1,
+            # gradient checkpointing only costs time at this size (same numbers without it)
+            "extra": {"top_entropy_quantile": 0.2, "gradient_checkpointing": False},
+        },
+        "steps": STEPS,
+        "eval_every": STEPS,
+        "out": str(tmp_path / "grpo.jsonl"),
+        "save": str(trained),
+    }
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "learning_sweep.py"), "--job", str(tmp_path / "job.json")],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES=""),
+        timeout=3000,
     )
-    after = _success(grpo, env_url)
-    summary = json.loads((grpo / "metrics.json").read_text())
-    print(f"held-out success before GRPO {before}, after {after}; GRPO summary {summary.get('recent')}")
-    assert summary["global_step"] == 12
-    assert after["overall"] >= before["overall"] + MARGIN, (before, after)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    before, after = _success(start, env_url), _success(trained, env_url)
+    fixed = best_fixed_answers(records, [TASK], EPISODES, env_url=env_url, max_episode_steps=1)[TASK]
+    bar = fixed.success_rate
+    log = (tmp_path / "grpo.jsonl").read_text()
+    print(f"held-out success: start {before:.0%}, after GRPO {after:.0%}, best fixed answer {fixed.answer} {bar:.0%}")
+    assert after >= before + MARGIN, f"start {before:.0%} -> after GRPO {after:.0%}; recorded-prompt log:\n{log}"
+    assert after >= bar + MARGIN, f"after GRPO {after:.0%}, best fixed answer {fixed.answer} {bar:.0%}\n{log}"

@@ -54,7 +54,7 @@ EXIT_SETUP = 2
 MODEL_DIR = "tiny-lfm2"
 SFT_RUN = "tiny-lfm2-sft"
 GRPO_RUN = "tiny-lfm2-grpo"
-# The size benchmarks/learning_curve.py and tests/test_learning.py measured: ~0.6M parameters, attention
+# The size benchmarks/learning_curve.py and the `make demo` runs measured: ~0.6M parameters, attention
 # in the last of 4 layers. Smaller models did not learn these tasks in a dozen GRPO steps.
 MODEL_SHAPE = {
     "hidden_size": 128,
