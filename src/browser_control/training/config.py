@@ -112,7 +112,10 @@ class TrainConfig(_Strict):
         1.0,
         ge=0,
         le=1,
-        description="policy loss on this share of completion tokens, those of highest entropy (1 = all tokens)",
+        description=(
+            "the policy loss keeps only this share of completion tokens, those of highest entropy (TRL's rho; 1 ="
+            " all). With a short tool call, 0.2 keeps the choice (the bid) and leaves its syntax to `beta`"
+        ),
     )
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field("dapo", description="TRL GRPO loss")
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="advantage scaling")
