@@ -199,11 +199,21 @@ def fixed_answer_baseline(
     return {task: answer.to_json() for task, answer in best.items()}
 
 
+TRAINING_RECORD = "training.json"
+
+
 def run_pipeline(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    """Train (unless ``--evaluate-only``), then evaluate every checkpoint and the fixed answers."""
+    trained = read_training(args.out) if args.evaluate_only else train(args, url)
+    return evaluate_run(args, url, trained)
+
+
+def train(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    """Demonstrations, model, SFT, GRPO; the record (paths relative to OUT, times, command, machine) is
+    written to OUT/training.json, so the evaluation can run later or elsewhere (``--evaluate-only``)."""
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    tasks = args.tasks.split(",")
 
     started = time.perf_counter()
     demos = out / "demos.jsonl"
@@ -309,6 +319,40 @@ def run_pipeline(args: argparse.Namespace, url: str) -> dict[str, Any]:
     )
     grpo = _checkpoint(grpo_stdout)
     timings["grpo_s"] = time.perf_counter() - started
+    record = {
+        "sft_checkpoint": os.path.relpath(sft, out),
+        "grpo_checkpoint": os.path.relpath(grpo, out),
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "command": "python benchmarks/learning_curve.py " + " ".join(sys.argv[1:]),
+        "machine": _machine(),
+        "device": _device(),
+    }
+    (out / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def read_training(out: Path) -> dict[str, Any]:
+    """The record a finished training left in OUT (``--evaluate-only``), with a clear error without one."""
+    path = out / TRAINING_RECORD
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"--evaluate-only: no {path}; train first (the command without --evaluate-only)") from None
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--evaluate-only: {path} is not JSON ({exc})") from None
+    for key in ("sft_checkpoint", "grpo_checkpoint"):
+        if not (out / record.get(key, "") / "metrics.json").is_file():
+            raise SystemExit(f"--evaluate-only: {key} {record.get(key)!r} of {path} is not a finished checkpoint")
+    return record
+
+
+def evaluate_run(args: argparse.Namespace, url: str, trained: dict[str, Any]) -> dict[str, Any]:
+    """Held-out success of the SFT start and every GRPO checkpoint, and the best fixed answers."""
+    out: Path = args.out
+    tasks = args.tasks.split(",")
+    demos = out / "demos.jsonl"
+    sft, grpo = out / trained["sft_checkpoint"], out / trained["grpo_checkpoint"]
+    timings = dict(trained["timings_s"])
 
     # Held-out curve: the SFT start, every intermediate GRPO checkpoint, the final model.
     run_dir = out / "checkpoints" / "runs" / grpo.name
@@ -348,8 +392,11 @@ def run_pipeline(args: argparse.Namespace, url: str) -> dict[str, Any]:
         "sft_metrics": json.loads((sft / "metrics.json").read_text()),
         "grpo_summary": json.loads((grpo / "metrics.json").read_text()),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "results"},
-        "machine": _machine(),
-        "device": _device(),
+        "machine": trained["machine"],
+        "device": trained["device"],
+        "training_command": trained["command"],
+        "evaluation_machine": _machine(),
+        "evaluation_device": _device(),
     }
 
 
@@ -429,6 +476,24 @@ def verdict(result: dict[str, Any], margin: float = 0.30) -> dict[str, dict[str,
     return out
 
 
+def _seconds(value: float | None) -> str:
+    return "not recorded" if value is None else f"{value:.0f} s"
+
+
+def _provenance(result: dict[str, Any], command: str) -> list[str]:
+    """Command and machine; both pairs when the evaluation ran apart from the training (--evaluate-only)."""
+    settings = result["settings"]
+    trained_on = f"{result['machine']}, device {result.get('device', settings.get('device'))}"
+    training = result.get("training_command", command)
+    if training == command:
+        return [f"Command: `{command}`  ", f"Machine: {trained_on}.  "]
+    evaluated_on = f"{result.get('evaluation_machine')}, device {result.get('evaluation_device')}"
+    return [
+        f"Training: `{training}` on {trained_on}.  ",
+        f"Evaluation: `{command}` on {evaluated_on}.  ",
+    ]
+
+
 def results_section(result: dict[str, Any], png: Path, results_md: Path, command: str) -> str:
     first, last = result["curve"][0], result["curve"][-1]
     t = result["timings_s"]
@@ -447,14 +512,13 @@ def results_section(result: dict[str, Any], png: Path, results_md: Path, command
         "scripted demonstrations (training seeds) played unchanged on the same evaluation seeds through the "
         "harness; the best per task is what a policy that ignores the goal and the page reaches.",
         "",
-        f"Command: `{command}`  ",
-        f"Machine: {result['machine']}, device {result.get('device', settings.get('device'))}.  ",
+        *_provenance(result, command),
         f"Model: hidden {settings.get('hidden_size')}, {settings.get('layers')} layers (attention in "
         f"{settings.get('attention_layers') or 'the last'}), vocabulary {settings.get('vocab_size')}; "
         f"{settings.get('demos')} demonstrations per task.  ",
-        f"Time: demos {t['demos_s']:.0f} s, SFT {t['sft_s']:.0f} s, GRPO {t['grpo_s']:.0f} s "
-        f"({last['grpo_step']} steps), evaluation of {len(result['curve'])} checkpoints {t['evaluation_s']:.0f} s, "
-        f"fixed answers {t.get('fixed_answer_s', 0):.0f} s; {result['total_s']:.0f} s in all.",
+        f"Time: demos {_seconds(t.get('demos_s'))}, SFT {_seconds(t.get('sft_s'))}, GRPO "
+        f"{_seconds(t.get('grpo_s'))} ({last['grpo_step']} steps), evaluation of {len(result['curve'])} "
+        f"checkpoints {_seconds(t.get('evaluation_s'))}, fixed answers {_seconds(t.get('fixed_answer_s'))}.",
         "",
         f"| task | best fixed answer | SFT start | after GRPO ({last['grpo_step']} steps) | gain over SFT "
         "[95%] | over fixed answer [95%] |",
@@ -478,9 +542,10 @@ def results_section(result: dict[str, Any], png: Path, results_md: Path, command
 
 
 def write_section(results_md: Path, section: str) -> None:
-    """Replace the Learning section (up to the next '## ' heading) or append it; other sections stay."""
+    """Replace the Learning section's generated part (up to its first '### ' subsection or the next '## '
+    heading) or append the section; the hand-written subsections and the other sections stay."""
     text = results_md.read_text() if results_md.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^##+ |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text, count=1)
     else:
@@ -556,6 +621,13 @@ def main() -> int:
         "GPT-2's word split (~1450-token prompts)",
     )
     parser.add_argument("--seed", type=int, default=0, help="initialisation of the tiny model")
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="skip demonstrations, SFT and GRPO: evaluate the run an earlier call left in --out (its "
+        "training.json names the checkpoints), e.g. one trained on a GPU machine whose time ended first; "
+        "give the training's --tasks, --max-steps and --eval-episodes",
+    )
     parser.add_argument("--browsergym-url", default=None, help="use this service instead of starting one")
     parser.add_argument(
         "--env-workers",

@@ -8,6 +8,7 @@ waiting for; the helper scripts do what their help says.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -233,3 +234,53 @@ def test_learning_curve_writes_results_under_its_output_unless_asked(
     module.publish(result, png, "python benchmarks/learning_curve.py --results RESULTS.md", results=shipped)
     text = shipped.read_text()
     assert "## Other\n\nkept" in text and "## Learning" in text and (shipped.parent / "learning_curve.png").exists()
+    # A new run replaces the generated part; the hand-written subsections under it stay.
+    shipped.write_text(text.rstrip("\n") + "\n\n### Notes on the runs\n\nhand-written\n\n## Last\n\nkept too\n")
+    result["curve"][-1] = point(4, 20)
+    module.publish(result, png, "python benchmarks/learning_curve.py --results RESULTS.md", results=shipped)
+    text = shipped.read_text()
+    assert "| 100% [80, 120] |" in text and "| 75% [55, 95] |" not in text
+    assert text.count("## Learning") == 1 and "### Notes on the runs\n\nhand-written" in text
+    assert "## Other\n\nkept" in text and text.endswith("## Last\n\nkept too\n")
+
+
+def test_learning_curve_evaluate_only_names_its_training_or_says_what_is_missing(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("learning_curve", REPO / "benchmarks" / "learning_curve.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    with pytest.raises(SystemExit, match=r"no .*training\.json; train first"):
+        module.read_training(tmp_path)
+    (tmp_path / "training.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="is not JSON"):
+        module.read_training(tmp_path)
+    record = {
+        "sft_checkpoint": "checkpoints/sft-1",
+        "grpo_checkpoint": "checkpoints/grpo-1",
+        "timings_s": {"grpo_s": 1472.0},
+        "command": "python benchmarks/learning_curve.py --device cuda",
+        "machine": "x86_64, 16 cores, Linux, NVIDIA H200",
+        "device": "cuda",
+    }
+    (tmp_path / "training.json").write_text(json.dumps(record))
+    (tmp_path / "checkpoints" / "sft-1").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "sft-1" / "metrics.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"grpo_checkpoint .checkpoints/grpo-1. .* not a finished checkpoint"):
+        module.read_training(tmp_path)
+    (tmp_path / "checkpoints" / "grpo-1").mkdir()
+    (tmp_path / "checkpoints" / "grpo-1" / "metrics.json").write_text("{}")
+    assert module.read_training(tmp_path) == record
+
+    result = {
+        "settings": {},
+        "machine": record["machine"],
+        "device": "cuda",
+        "training_command": record["command"],
+        "evaluation_machine": "x86_64, 2 cores, Linux",
+        "evaluation_device": "cpu",
+    }
+    lines = module._provenance(result, "python benchmarks/learning_curve.py --evaluate-only")
+    assert lines[0].startswith("Training: `python benchmarks/learning_curve.py --device cuda` on x86_64, 16 cores")
+    assert lines[1].startswith("Evaluation: `python benchmarks/learning_curve.py --evaluate-only` on x86_64, 2 cores")
+    assert module._provenance(result, record["command"])[0] == f"Command: `{record['command']}`  "
