@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -700,3 +701,76 @@ def test_verify_gpu_without_a_driver(docker: FakeDocker) -> None:
 def test_verify_gpu_checks_its_argument() -> None:
     result = run_script("scripts/verify_gpu.sh", "--min-free-gb", "lots")
     assert result.returncode == 1 and "--min-free-gb needs a whole number" in result.stderr
+
+
+# -- benchmarks' GPU-machine scripts ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", ["gpu_stage.sh", "gpu_learning_run.sh"])
+def test_benchmark_script_is_strict_and_shellcheck_clean(script: str) -> None:
+    path = REPO / "benchmarks" / script
+    assert path.read_text().startswith("#!/usr/bin/env bash\n") and "\nset -euo pipefail\n" in path.read_text()
+    result = subprocess.run([str(VENV_BIN / "shellcheck"), "-x", str(path)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gpu_learning_run_brings_back_results_and_checkpoints_without_optimizer_state(tmp_path: Path) -> None:
+    run = tmp_path / "there" / "lc"
+    step = run / "checkpoints" / "runs" / "grpo-1" / "checkpoint-50"
+    step.mkdir(parents=True)
+    weights = os.urandom(20 * 2**20)  # over one 15 MB piece: the checkpoints come back in two
+    (step / "model.safetensors").write_bytes(weights)
+    (step / "optimizer.pt").write_bytes(b"optimizer state stays behind")
+    (run / "training.json").write_text('{"grpo_checkpoint": "checkpoints/grpo-1"}')
+    (run / "run.log").write_text("step 50 of 300\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    script = str(REPO / "benchmarks" / "gpu_learning_run.sh")
+    env = {**os.environ, "LEARNING_RUN_DIR": str(run), "OUT": str(out)}
+
+    polled = subprocess.run(["bash", script, "poll"], env=env, capture_output=True, text=True, timeout=120)
+    assert polled.returncode == 0, polled.stderr
+    assert "step 50 of 300" in polled.stdout
+    pieces = sorted(out.glob("ckpt.tgz.*"))
+    assert [p.name for p in pieces] == ["ckpt.tgz.00", "ckpt.tgz.01"]
+    assert all(p.stat().st_size <= 16 * 2**20 for p in [*pieces, out / "results.tgz"])
+
+    here = tmp_path / "here"
+    unpacked = subprocess.run(
+        ["bash", script, "unpack", str(here), str(out / "results.tgz"), *map(str, pieces)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert unpacked.returncode == 0, unpacked.stderr
+    back = here / "lc" / "checkpoints" / "runs" / "grpo-1" / "checkpoint-50"
+    assert (back / "model.safetensors").read_bytes() == weights
+    assert not (back / "optimizer.pt").exists()
+    assert (here / "lc" / "training.json").read_text() == (run / "training.json").read_text()
+
+    no_out = subprocess.run(
+        ["bash", script, "poll"], env={**env, "OUT": ""}, capture_output=True, text=True, timeout=120
+    )
+    assert no_out.returncode != 0 and "OUT must name the folder" in no_out.stderr
+
+
+def test_gpu_learning_run_start_outlives_its_call_and_records_the_exit_status(tmp_path: Path) -> None:
+    run = tmp_path / "lc"
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "LEARNING_RUN_DIR": str(run), "OUT": str(out)}
+    script = str(REPO / "benchmarks" / "gpu_learning_run.sh")
+    started = subprocess.run(
+        ["bash", script, "start", "0", "--", "--no-such-option"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert started.returncode == 0, started.stderr
+    assert (run / "command.txt").read_text().startswith(f"python3 benchmarks/learning_curve.py --out {run} ")
+    deadline = time.monotonic() + 120
+    while not (run / "rc").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (run / "rc").read_text().strip() == "2"  # argparse refused the option, and the status was kept
+    assert "unrecognized arguments: --no-such-option" in (run / "run.log").read_text()
+    usage = subprocess.run(
+        ["bash", script, "start", "soon", "--", "--help"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert usage.returncode == 2 and "usage:" in usage.stderr
