@@ -85,41 +85,55 @@ def _checkpoint(stdout: str) -> Path:
 
 
 class Service:
-    """A `browser-control serve-env` child process (the shared launcher), unless an address was given."""
+    """`browser-control serve-env` child processes (the shared launcher), unless an address was given.
 
-    def __init__(self, url: str | None, workers: int, log: Path, max_sessions: int = 64):
+    One service runs its browser workers as threads of one Python process, so its Python work (Playwright's
+    client, the page text) shares one core however many workers it has; ``replicas`` services behind the
+    trainer's pool (a comma-separated ``browsergym_url``) add cores. Demonstrations and evaluations use
+    the first replica; training spreads its sessions over all of them.
+    """
+
+    def __init__(self, url: str | None, workers: int, log: Path, max_sessions: int = 64, replicas: int = 1):
         from browser_control.env_service.process import ServiceProcess
 
-        self.process: ServiceProcess | None = None
+        self.processes: list[ServiceProcess] = []
         if url:
-            self.url = url
+            self.url = self.training_url = url
             return
-        self.process = ServiceProcess(
-            "--workers",
-            str(workers),
-            "--max-sessions",
-            str(max_sessions),
-            log_path=log,
-            chromium=os.environ.get("CHROMIUM_EXECUTABLE", "/usr/lib/chromium/chromium-headless-shell"),
-            env={"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
-        )
-        self.url = self.process.url
+        try:
+            for index in range(replicas):
+                self.processes.append(
+                    ServiceProcess(
+                        "--workers",
+                        str(workers),
+                        "--max-sessions",
+                        str(max_sessions),
+                        log_path=log if replicas == 1 else log.with_name(f"{log.stem}-{index}{log.suffix}"),
+                        chromium=os.environ.get("CHROMIUM_EXECUTABLE", "/usr/lib/chromium/chromium-headless-shell"),
+                        env={"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
+                    )
+                )
+        except BaseException:
+            self.stop()
+            raise
+        self.url = self.processes[0].url
+        self.training_url = ",".join(process.url for process in self.processes)
 
     def wait(self, timeout_s: float = 90.0) -> None:
         from browser_control.client import EnvClient, EnvServiceUnavailable
 
         try:
-            if self.process is not None:
-                self.process.wait_healthy(timeout_s)
-            else:
+            for process in self.processes:
+                process.wait_healthy(timeout_s)
+            if not self.processes:
                 with EnvClient(self.url) as client:
                     client.wait_until_healthy(timeout_s)
         except (RuntimeError, EnvServiceUnavailable) as exc:
-            raise SystemExit(f"no environment service at {self.url}: {exc}") from None
+            raise SystemExit(f"no environment service at {self.training_url}: {exc}") from None
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
+        for process in self.processes:
+            process.stop()
 
 
 def _device() -> str:
@@ -202,13 +216,14 @@ def fixed_answer_baseline(
 TRAINING_RECORD = "training.json"
 
 
-def run_pipeline(args: argparse.Namespace, url: str) -> dict[str, Any]:
-    """Train (unless ``--evaluate-only``), then evaluate every checkpoint and the fixed answers."""
-    trained = read_training(args.out) if args.evaluate_only else train(args, url)
+def run_pipeline(args: argparse.Namespace, url: str, training_url: str | None = None) -> dict[str, Any]:
+    """Train (unless ``--evaluate-only``), then evaluate every checkpoint and the fixed answers.
+    ``training_url`` (default ``url``) may name several replicas, comma-separated, for GRPO's rollouts."""
+    trained = read_training(args.out) if args.evaluate_only else train(args, url, training_url or url)
     return evaluate_run(args, url, trained)
 
 
-def train(args: argparse.Namespace, url: str) -> dict[str, Any]:
+def train(args: argparse.Namespace, url: str, training_url: str) -> dict[str, Any]:
     """Demonstrations, model, SFT, GRPO; the record (paths relative to OUT, times, command, machine) is
     written to OUT/training.json, so the evaluation can run later or elsewhere (``--evaluate-only``)."""
     out: Path = args.out
@@ -304,7 +319,7 @@ def train(args: argparse.Namespace, url: str) -> dict[str, Any]:
             "--set",
             f"tasks=[{args.tasks}]",
             "--set",
-            f"browsergym_url={url}",
+            f"browsergym_url={training_url}",
             "--set",
             f"checkpoint_dir={out / 'checkpoints'}",
             "--set",
@@ -636,6 +651,13 @@ def main() -> int:
         help="browser worker processes of the service this script starts (more cores: more)",
     )
     parser.add_argument(
+        "--env-replicas",
+        type=int,
+        default=1,
+        help="environment services to start, each with --env-workers workers; GRPO spreads its rollouts over "
+        "them (one service's Python work runs on one core: replicas use more cores)",
+    )
+    parser.add_argument(
         "--results",
         type=Path,
         default=None,
@@ -656,13 +678,19 @@ def main() -> int:
     # Every rollout of a GRPO step holds a session at once: room for the largest batch asked for.
     batches = [int(v.split("=", 1)[1]) for v in args.grpo_set if v.startswith("per_device_train_batch_size=")]
     batch = max(batches or [16])
+    if args.env_replicas < 1:
+        parser.error("--env-replicas: at least 1")
     service = Service(
-        args.browsergym_url, workers=args.env_workers, log=args.out / "serve-env.log", max_sessions=max(64, batch + 16)
+        args.browsergym_url,
+        workers=args.env_workers,
+        log=args.out / "serve-env.log",
+        max_sessions=max(64, batch + 16),
+        replicas=args.env_replicas,
     )
     started = time.perf_counter()
     try:
         service.wait()
-        result = run_pipeline(args, service.url)
+        result = run_pipeline(args, service.url, service.training_url)
     finally:
         service.stop()
     result["total_s"] = round(time.perf_counter() - started, 1)

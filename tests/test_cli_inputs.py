@@ -7,6 +7,7 @@ waiting for; the helper scripts do what their help says.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import logging
@@ -284,3 +285,65 @@ def test_learning_curve_evaluate_only_names_its_training_or_says_what_is_missing
     assert lines[0].startswith("Training: `python benchmarks/learning_curve.py --device cuda` on x86_64, 16 cores")
     assert lines[1].startswith("Evaluation: `python benchmarks/learning_curve.py --evaluate-only` on x86_64, 2 cores")
     assert module._provenance(result, record["command"])[0] == f"Command: `{record['command']}`  "
+
+
+@pytest.mark.timeout(300)
+def test_learning_curve_starts_replicas_and_trains_on_all_of_them(tmp_path: Path) -> None:
+    import httpx
+
+    from browser_control.training.config import TrainConfig
+
+    spec = importlib.util.spec_from_file_location("learning_curve", REPO / "benchmarks" / "learning_curve.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    service = module.Service(None, workers=1, log=tmp_path / "serve-env.log", replicas=2)
+    try:
+        service.wait(timeout_s=240)
+        urls = service.training_url.split(",")
+        assert len(set(urls)) == 2 and service.url == urls[0]
+        assert all(httpx.get(url + "/health", timeout=30).status_code == 200 for url in urls)
+        assert sorted(p.name for p in tmp_path.glob("serve-env-*.log")) == ["serve-env-0.log", "serve-env-1.log"]
+        # the trainer's config takes the list as a pool of replicas
+        config = TrainConfig(browsergym_url=service.training_url, tasks=["focus-text-2"])
+        assert config.browsergym_url == service.training_url
+    finally:
+        service.stop()
+    assert all(process.proc.poll() is not None for process in service.processes)
+
+
+def test_learning_curve_gives_training_the_replicas_and_the_rest_one_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = importlib.util.spec_from_file_location("learning_curve", REPO / "benchmarks" / "learning_curve.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls: list[list[str]] = []
+
+    def fake_cli(args: list[str], log: Path) -> str:
+        calls.append(args)
+        return f"checkpoint: {tmp_path / 'checkpoints' / args[0]}\n"
+
+    monkeypatch.setattr(module, "_cli", fake_cli)
+    (tmp_path / "tiny-lfm2").mkdir()
+    (tmp_path / "tiny-lfm2" / "config.json").write_text("{}")  # the model is built already
+    args = argparse.Namespace(
+        out=tmp_path,
+        tasks="focus-text-2",
+        demos=2,
+        max_episode_steps=1,
+        demo_answers="scripted",
+        sft_config=REPO / "configs" / "sft_learning.yaml",
+        grpo_config=REPO / "configs" / "learning_grpo.yaml",
+        sft_set=[],
+        grpo_set=[],
+    )
+    record = module.train(args, "http://127.0.0.1:1", "http://127.0.0.1:1,http://127.0.0.1:2")
+    demos, sft, grpo = calls
+    assert demos[0] == "demos" and demos[demos.index("--browsergym-url") + 1] == "http://127.0.0.1:1"
+    assert sft[0] == "sft" and grpo[0] == "train"
+    assert "browsergym_url=http://127.0.0.1:1,http://127.0.0.1:2" in grpo
+    assert record["sft_checkpoint"] == "checkpoints/sft" and record["grpo_checkpoint"] == "checkpoints/train"
+    assert json.loads((tmp_path / "training.json").read_text()) == record
