@@ -14,7 +14,10 @@ browsers in one process or in two.
 
 Columns: steps/s and latencies as the client sees them; "service CPU ms/step" is the CPU (user + system)
 of all replicas' process trees (Python, Playwright drivers, Chromium) divided by the steps taken, resets
-included; "sessions per replica" is how the pool spread the sessions. On a machine with fewer free cores
+included; "service Python CPU ms/step" is the part of it spent in the replicas' own Python processes, where
+one replica's browser workers run as threads: one core's worth of it (1000 / that figure steps per second)
+bounds what one replica can serve, however many workers it has. "sessions per replica" is how the pool
+spread the sessions. On a machine with fewer free cores
 than the replicas' workers could use, replicas add no steps/s (the cores are the limit, not the service);
 CPU per step then says what a replica costs, which is what docs/scaling.md sizes a pool with.
 """
@@ -131,10 +134,11 @@ def run_level(client: EnvClient | EnvPool, pids: list[int], sessions: int, args:
     spread = "/".join(str(n) for n in client.sessions_by_replica().values()) if isinstance(client, EnvPool) else ""
     elapsed = time.perf_counter() - started
     client_after = resource.getrusage(resource.RUSAGE_SELF)
-    service_cpu_s = 0.0
+    service_cpu_s = python_cpu_s = 0.0
     for pid in pids:
         after = tree_cpu_s(pid)
         service_cpu_s += sum(t - before[pid].get(p, 0.0) for p, t in after.items())
+        python_cpu_s += after.get(pid, 0.0) - before[pid].get(pid, 0.0)
     client_cpu_s = (client_after.ru_utime + client_after.ru_stime) - (client_before.ru_utime + client_before.ru_stime)
     errors = [p.error for p in players if p.error]
     if errors:
@@ -153,6 +157,7 @@ def run_level(client: EnvClient | EnvPool, pids: list[int], sessions: int, args:
         "step_p95_ms": 1000 * percentile(steps, 0.95),
         "reset_p50_ms": 1000 * percentile(resets, 0.5),
         "service_cpu_ms_per_step": 1000 * service_cpu_s / max(1, len(steps)),
+        "python_cpu_ms_per_step": 1000 * python_cpu_s / max(1, len(steps)),
         "client_cpu_ms_per_step": 1000 * client_cpu_s / max(1, len(steps)),
     }
 
@@ -187,9 +192,9 @@ def main() -> int:
     print(f"command: {' '.join(sys.argv)}\n")
     print(
         "| replicas x workers | sessions | sessions per replica | steps/s | resets/s | step p50 ms | step p95 ms |"
-        " reset p50 ms | service CPU ms/step | client CPU ms/step |"
+        " reset p50 ms | service CPU ms/step | service Python CPU ms/step | client CPU ms/step |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for count, workers in layouts:
         replicas = [start_replica(args, workers) for _ in range(count)]
         try:
@@ -204,7 +209,7 @@ def main() -> int:
                         f"| {count} x {workers} | {r['sessions']} | {r['spread']} | {r['steps_per_s']:.1f} | "
                         f"{r['resets_per_s']:.1f} | {r['step_p50_ms']:.0f} | {r['step_p95_ms']:.0f} | "
                         f"{r['reset_p50_ms']:.0f} | {r['service_cpu_ms_per_step']:.1f} | "
-                        f"{r['client_cpu_ms_per_step']:.1f} |",
+                        f"{r['python_cpu_ms_per_step']:.1f} | {r['client_cpu_ms_per_step']:.1f} |",
                         flush=True,
                     )
         finally:
