@@ -347,3 +347,36 @@ def test_learning_curve_gives_training_the_replicas_and_the_rest_one_service(
     assert "browsergym_url=http://127.0.0.1:1,http://127.0.0.1:2" in grpo
     assert record["sft_checkpoint"] == "checkpoints/sft" and record["grpo_checkpoint"] == "checkpoints/train"
     assert json.loads((tmp_path / "training.json").read_text()) == record
+
+
+def test_bid_probe_holds_out_the_later_seeds_of_every_task_and_refuses_a_split_bid(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("bid_probe", REPO / "benchmarks" / "bid_probe.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class CharTokenizer:  # one token per character: a two-digit bid is two tokens
+        def apply_chat_template(self, messages: list[dict], **_: Any) -> str:
+            return "".join(m["content"] for m in messages)
+
+        def __call__(self, text: str, add_special_tokens: bool = False) -> argparse.Namespace:
+            return argparse.Namespace(input_ids=[ord(c) for c in text])
+
+    def record(task: str, seed: int, bid: str) -> dict[str, Any]:
+        call = {"function": {"name": "click", "arguments": {"bid": bid}}}
+        messages = [{"role": "system", "content": "s"}, {"role": "user", "content": f"goal {seed}"}]
+        answer = {"role": "assistant", "content": "", "tool_calls": [call]}
+        return {"task_name": task, "seed": seed, "tools": [], "messages": [*messages, answer]}
+
+    demos = tmp_path / "demos.jsonl"
+    rows = [record(task, seed, "7") for task in ("a", "b") for seed in (5, 1, 3, 2, 4)]
+    demos.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = module.load_prompts(demos, None, CharTokenizer())
+    assert len(prompts) == 10 and {p.bid for p in prompts} == {ord("7")}
+    assert prompts[0].ids[-len("[click(bid='") :] == [ord(c) for c in "[click(bid='"]
+    train, held_out = module.split_by_seed(prompts, 0.6)
+    assert sorted((p.task, p.seed) for p in held_out) == [("a", 4), ("a", 5), ("b", 4), ("b", 5)]
+    assert len(train) == 6
+    demos.write_text(json.dumps(record("a", 1, "12")) + "\n")
+    with pytest.raises(SystemExit, match="is 2 tokens"):
+        module.load_prompts(demos, None, CharTokenizer())
