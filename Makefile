@@ -41,10 +41,12 @@ dev-setup: ## Create .venv with the CPU dependencies for tests and benchmarks (p
 	bash scripts/dev_setup.sh
 
 # --durations: the slowest tests are listed at the end of every run (and CI log), so a test that starts to
-# cost minutes is seen where it happens.
+# cost minutes is seen where it happens. TEST_WORKERS pytest-xdist processes, a test file each at a time
+# (--dist loadfile: a module's shared service stays in one process); TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
 .PHONY: test
 test: $(VENV_PY) ## Run the test suite (real Chromium, real MiniWoB pages, tiny local models)
-	$(VENV_PY) -m pytest --durations=25
+	$(VENV_PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # The inner loop: everything but the tests marked slow (training runs, the demo, the fuzz, fault injection,
 # model evaluation) and the learning check; README's Tests section says what that leaves out.

@@ -227,7 +227,8 @@ def _dry_run(*args: str) -> str:
 
 def test_test_fast_leaves_out_slow_and_learning_tests_and_lint_checks_formatting() -> None:
     assert '-m pytest -m "not slow and not learning"' in _dry_run("test-fast")
-    assert "-m pytest --durations=25" in _dry_run("test")  # where the suite's time goes, in every CI log
+    # where the suite's time goes, in every CI log; two workers, a file each (module fixtures stay whole)
+    assert "-m pytest -n 2 --dist loadfile --durations=25" in _dry_run("test")
     lint = _dry_run("lint")
     assert "ruff check src tests benchmarks" in lint and "ruff format --check src tests benchmarks" in lint
 
