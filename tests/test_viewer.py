@@ -164,8 +164,20 @@ def page(browser) -> Iterator:  # type: ignore[no-untyped-def]
     assert not outside, f"the page fetched from elsewhere: {outside}"
 
 
-def _image_loaded(page, selector: str) -> bool:  # type: ignore[no-untyped-def]
-    return page.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0")
+def _image_loaded(page, selector: str, timeout_ms: float = 60_000) -> bool:  # type: ignore[no-untyped-def]
+    """The image decoded (natural width > 0) within the deadline: a loaded machine may still be fetching it
+    when the page's other content is there; a broken image never gets a width and fails at the deadline."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    try:
+        page.wait_for_function(
+            "sel => { const img = document.querySelector(sel); return !!img && img.complete && img.naturalWidth > 0; }",
+            arg=selector,
+            timeout=timeout_ms,
+        )
+    except PlaywrightTimeoutError:
+        return False
+    return True
 
 
 @pytest.mark.timeout(600)
