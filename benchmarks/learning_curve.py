@@ -355,6 +355,8 @@ def read_training(out: Path) -> dict[str, Any]:
         raise SystemExit(f"--evaluate-only: no {path}; train first (the command without --evaluate-only)") from None
     except json.JSONDecodeError as exc:
         raise SystemExit(f"--evaluate-only: {path} is not JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise SystemExit(f"--evaluate-only: {path} holds no training record (a JSON object)")
     for key in ("sft_checkpoint", "grpo_checkpoint"):
         if not (out / record.get(key, "") / "metrics.json").is_file():
             raise SystemExit(f"--evaluate-only: {key} {record.get(key)!r} of {path} is not a finished checkpoint")
@@ -648,7 +650,7 @@ def main() -> int:
         "--env-workers",
         type=int,
         default=2,
-        help="browser worker processes of the service this script starts (more cores: more)",
+        help="browser workers (threads of the service, one browser each) of each service this script starts",
     )
     parser.add_argument(
         "--env-replicas",

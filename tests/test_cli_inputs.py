@@ -256,6 +256,9 @@ def test_learning_curve_evaluate_only_names_its_training_or_says_what_is_missing
     (tmp_path / "training.json").write_text("{not json")
     with pytest.raises(SystemExit, match="is not JSON"):
         module.read_training(tmp_path)
+    (tmp_path / "training.json").write_text("[]")
+    with pytest.raises(SystemExit, match="holds no training record"):
+        module.read_training(tmp_path)
     record = {
         "sft_checkpoint": "checkpoints/sft-1",
         "grpo_checkpoint": "checkpoints/grpo-1",
