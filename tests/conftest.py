@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -22,6 +24,18 @@ SRC = REPO / "src"
 
 # The environment of every child process a test starts: this checkout's src/ first on PYTHONPATH.
 subprocess_env = child_env
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """benchmarks/NAME.py as a module (the scripts are no package). It is registered in sys.modules first:
+    dataclasses look their module up while a class is built."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 _CHROMIUM_CANDIDATES = (
     "/usr/lib/chromium/chromium-headless-shell",

@@ -8,7 +8,6 @@ waiting for; the helper scripts do what their help says.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 
 from browser_control.cli import COMMAND_MODULES, main
-from tests.conftest import REPO, free_port, subprocess_env
+from tests.conftest import REPO, free_port, load_benchmark, subprocess_env
 
 
 def _one_error_line(capsys: pytest.CaptureFixture[str], code: int | None) -> str:
@@ -195,10 +194,7 @@ def test_documented_outputs_are_ignored_by_git() -> None:
 def test_learning_curve_writes_results_under_its_output_unless_asked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = importlib.util.spec_from_file_location("learning_curve", REPO / "benchmarks" / "learning_curve.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("learning_curve")
 
     def point(step: int, successes: int) -> dict[str, Any]:
         rate = successes / 20
@@ -246,10 +242,7 @@ def test_learning_curve_writes_results_under_its_output_unless_asked(
 
 
 def test_learning_curve_evaluate_only_names_its_training_or_says_what_is_missing(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("learning_curve", REPO / "benchmarks" / "learning_curve.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("learning_curve")
 
     with pytest.raises(SystemExit, match=r"no .*training\.json; train first"):
         module.read_training(tmp_path)
@@ -296,10 +289,7 @@ def test_learning_curve_starts_replicas_and_trains_on_all_of_them(tmp_path: Path
 
     from browser_control.training.config import TrainConfig
 
-    spec = importlib.util.spec_from_file_location("learning_curve", REPO / "benchmarks" / "learning_curve.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("learning_curve")
 
     service = module.Service(None, workers=1, log=tmp_path / "serve-env.log", replicas=2)
     try:
@@ -319,10 +309,7 @@ def test_learning_curve_starts_replicas_and_trains_on_all_of_them(tmp_path: Path
 def test_learning_curve_gives_training_the_replicas_and_the_rest_one_service(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = importlib.util.spec_from_file_location("learning_curve", REPO / "benchmarks" / "learning_curve.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("learning_curve")
     calls: list[list[str]] = []
 
     def fake_cli(args: list[str], log: Path) -> str:
@@ -353,10 +340,7 @@ def test_learning_curve_gives_training_the_replicas_and_the_rest_one_service(
 
 
 def test_bid_probe_holds_out_the_later_seeds_of_every_task_and_refuses_a_split_bid(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bid_probe", REPO / "benchmarks" / "bid_probe.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("bid_probe")
 
     class CharTokenizer:  # one token per character: a two-digit bid is two tokens
         def apply_chat_template(self, messages: list[dict], **_: Any) -> str:

@@ -10,6 +10,7 @@ import pytest
 from browser_control.evaluation.fixed import FixedAnswerPolicy, best_fixed_answers, demo_answers
 from browser_control.evaluation.policy import ToolCall
 from browser_control.sft.demos import shuffle_answers
+from tests.conftest import load_benchmark
 
 
 def _call(name: str, **arguments: str) -> dict[str, object]:
@@ -113,21 +114,8 @@ def test_the_digit_split_tokenizer_keeps_bids_whole_and_the_prompt_short(tmp_pat
         build_tokenizer(tmp_path / "bad", split="chars")
 
 
-def _sweep_module():  # type: ignore[no-untyped-def]
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learning_sweep.py"
-    spec = importlib.util.spec_from_file_location("learning_sweep", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["learning_sweep"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def test_the_recipe_sweep_holds_out_later_seeds_and_scores_the_scripted_bid() -> None:
-    sweep = _sweep_module()
+    sweep = load_benchmark("learning_sweep")
     rows = [{"task": t, "seed": s, "bid": str(12 + s % 3), "prompt": f"{t} {s}"} for t in ("a", "b") for s in range(10)]
     train, test = sweep.split_prompts(rows, held_out_share=0.3)
     for task in ("a", "b"):
@@ -142,7 +130,7 @@ def test_the_recipe_sweep_holds_out_later_seeds_and_scores_the_scripted_bid() ->
 
 
 def test_the_recipe_sweep_refuses_bad_models_and_grids_with_the_expected_form() -> None:
-    sweep = _sweep_module()
+    sweep = load_benchmark("learning_sweep")
     assert sweep.ModelSpec.parse("256:6:1,3,5").name == "h256-l6-a135"
     for bad in ("256:6", "256:x:1", "128:4:4"):
         with pytest.raises(ValueError, match=r"ATTENTION_LAYERS|must lie in"):
@@ -164,7 +152,7 @@ def test_the_recipe_sweep_refuses_bad_models_and_grids_with_the_expected_form() 
 def test_the_recipe_sweep_summary_reads_runs_that_were_stopped_early(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    sweep = _sweep_module()
+    sweep = load_benchmark("learning_sweep")
     lines = [
         {"fixed_answer": {"focus-text-2": 0.42}, "train_prompts": 72, "held_out": 48},
         {"step": 0, "success": {"focus-text-2": 0.42}, "tool_call_share": 1.0},
