@@ -21,6 +21,14 @@ RUN=${LEARNING_RUN_DIR:-/tmp/lc}  # the tests point it elsewhere
 PARENT=$(dirname "$RUN")
 NAME=$(basename "$RUN")
 
+# tar of a running run: its logs grow while they are read. GNU tar then exits 1 ("file changed as we read
+# it") with the archive complete up to that moment, which is what a poll wants; 2 and above are real errors.
+snapshot() {
+    local status=0
+    tar --warning=no-file-changed "$@" || status=$?
+    [ "$status" -le 1 ] || return "$status"
+}
+
 poll() {
     tail -c 1500 "$RUN/run.log" 2>/dev/null || true
     echo
@@ -28,10 +36,10 @@ poll() {
     [ -f "$RUN/rc" ] && echo "finished: exit status $(cat "$RUN/rc")"
     uptime
     : "${OUT:?OUT must name the folder whose files come back from the device machine}"
-    tar czf "$OUT/results.tgz" -C "$PARENT" --exclude="$NAME/checkpoints" --exclude="$NAME/tiny-lfm2" "$NAME"
+    snapshot -czf "$OUT/results.tgz" -C "$PARENT" --exclude="$NAME/checkpoints" --exclude="$NAME/tiny-lfm2" "$NAME"
     rm -f "$OUT"/ckpt.tgz.*
     if [ -d "$RUN/checkpoints" ]; then
-        tar czf "$PARENT/ckpt.tgz" -C "$PARENT" --exclude=optimizer.pt --exclude='rng_state*' \
+        snapshot -czf "$PARENT/ckpt.tgz" -C "$PARENT" --exclude=optimizer.pt --exclude='rng_state*' \
             --exclude=scheduler.pt "$NAME/checkpoints"
         split -b 15M -d "$PARENT/ckpt.tgz" "$OUT/ckpt.tgz."
         rm -f "$PARENT/ckpt.tgz"

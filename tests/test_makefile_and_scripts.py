@@ -755,6 +755,38 @@ def test_gpu_learning_run_brings_back_results_and_checkpoints_without_optimizer_
     assert no_out.returncode != 0 and "OUT must name the folder" in no_out.stderr
 
 
+@pytest.mark.parametrize(("tar_status", "poll_ok"), [(1, True), (2, False)])
+def test_gpu_learning_run_poll_takes_a_log_that_grew_while_read_but_not_a_failed_archive(
+    tmp_path: Path, tar_status: int, poll_ok: bool
+) -> None:
+    # GNU tar exits 1 when a file changed while it was read (a running run's log always does), with the
+    # archive written; a poll must bring that back. Exit 2 is a real failure and must stop the poll.
+    real_tar = shutil.which("tar")
+    assert real_tar
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "tar").write_text(f'#!/bin/sh\n"{real_tar}" "$@" || exit $?\nexit {tar_status}\n')
+    (bin_dir / "tar").chmod(0o755)
+    run = tmp_path / "lc"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "run.log").write_text("step 120 of 300\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "LEARNING_RUN_DIR": str(run), "OUT": str(out), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    polled = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_learning_run.sh"), "poll"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (polled.returncode == 0) is poll_ok, polled.stdout + polled.stderr
+    if poll_ok:
+        listed = subprocess.run(["tar", "tzf", str(out / "results.tgz")], capture_output=True, text=True, check=True)
+        assert "lc/run.log" in listed.stdout.split()
+        assert (out / "ckpt.tgz.00").exists()
+
+
 def test_gpu_learning_run_start_outlives_its_call_and_records_the_exit_status(tmp_path: Path) -> None:
     run = tmp_path / "lc"
     out = tmp_path / "out"
