@@ -8,12 +8,16 @@ out), and the model is trained in one of two ways:
 
 - ``--mode supervised``: cross-entropy on the demonstrated bid. How many labelled instances the model needs
   to generalise the lookup to unseen pages, an upper bound for what a reward can teach.
-- ``--mode reinforce``: from a goal-blind start (``--blind-steps`` of cross-entropy on bids shuffled within the
-  task, as the benchmark's shuffled demonstrations), sample ``--generations`` bids per prompt, reward 1 for
-  the demonstrated one, group-normalised advantages: GRPO's signal on the bid, without the rest of the call.
+- ``--mode reinforce``: from a start of ``--start-steps`` of cross-entropy, sample ``--generations`` bids per
+  prompt, reward 1 for the demonstrated one, group-normalised advantages: GRPO's signal on the bid, without
+  the rest of the call. ``--start blind`` (default) trains the start on bids shuffled within the task, as the
+  benchmark's shuffled demonstrations; ``--start same-role`` on a random element of the demonstrated one's
+  role on the same page (reads the page, not the goal); ``--start scripted`` on the demonstrated bids, a
+  partial supervised start that reinforcement has to carry further.
 
 Every ``--eval-every`` steps it prints held-out greedy accuracy per task (one JSON line) beside the share of
-the most frequent training bid (the best fixed answer on these prompts). Single-threaded, seeded.
+the most frequent training bid (the best fixed answer on these prompts) and the expected accuracy of a random
+element of the answer's role on each page (a policy that reads the page but not the goal). Single-threaded, seeded.
 
     browser-control demos --tasks click-button --episodes 1600 --max-episode-steps 1 --output cb.jsonl
     python benchmarks/bid_probe.py --demos cb.jsonl --mode supervised --steps 400
@@ -40,9 +44,11 @@ class Prompt(NamedTuple):
     seed: int
     ids: list[int]
     bid: int  # the demonstrated bid's token
+    same_role: tuple[int, ...]  # the tokens of the page's elements of the demonstrated element's role
 
 
 def load_prompts(demos: Path, tasks: list[str] | None, tokenizer) -> list[Prompt]:
+    from browser_control.evaluation.observation import parse_observation
     from browser_control.sft.demos import read_demos
 
     prompts = []
@@ -62,8 +68,22 @@ def load_prompts(demos: Path, tasks: list[str] | None, tokenizer) -> list[Prompt
             raise SystemExit(
                 f"bid {call['arguments']['bid']!r} is {len(bid)} tokens: build the model with the digit split"
             )
+        user = str(messages[1]["content"])
+        try:  # the task line, then the observation the model sees
+            page = parse_observation(user[user.index("Goal: ") :])
+            roles = {node.bid: node.role for node in page.nodes if node.bid is not None}
+        except ValueError:
+            roles = {}
+        role = roles.get(str(call["arguments"]["bid"]))
+        same_role = [b for b, r in roles.items() if r == role] or [str(call["arguments"]["bid"])]
         prompts.append(
-            Prompt(record["task_name"], record["seed"], tokenizer(text, add_special_tokens=False).input_ids, bid[0])
+            Prompt(
+                record["task_name"],
+                record["seed"],
+                tokenizer(text, add_special_tokens=False).input_ids,
+                bid[0],
+                tuple(tokenizer(b, add_special_tokens=False).input_ids[0] for b in same_role),
+            )
         )
     if not prompts:
         raise SystemExit(f"{demos}: no one-action demonstrations with a bid for {tasks or 'any task'}")
@@ -95,7 +115,14 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32, help="samples per step (reinforce: prompts x generations)")
     parser.add_argument("--generations", type=int, default=8, help="reinforce: samples per prompt")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--blind-steps", type=int, default=100, help="reinforce: goal-blind start steps")
+    parser.add_argument(
+        "--start",
+        choices=["blind", "same-role", "scripted"],
+        default="blind",
+        help="reinforce: the start's labels: bids shuffled within the task (goal-blind), a random element of "
+        "the answer's role on the page (goal-blind, page-reading) or the demonstrated ones",
+    )
+    parser.add_argument("--start-steps", type=int, default=100, help="reinforce: steps of the start (lr 1e-3)")
     parser.add_argument("--train-share", type=float, default=0.6, help="share of each task's seeds trained on")
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0, help="model initialisation, sampling and batches")
@@ -122,12 +149,15 @@ def main() -> int:
     train, held_out = split_by_seed(
         load_prompts(args.demos, args.tasks.split(",") if args.tasks else None, tokenizer), args.train_share
     )
-    fixed = {}
+    fixed: dict[str, float] = {}
+    same_role: dict[str, float] = {}
     for task in sorted({p.task for p in train}):
         counts = collections.Counter(p.bid for p in train if p.task == task)
         best = counts.most_common(1)[0][0]
         rows = [p for p in held_out if p.task == task]
         fixed[task] = round(sum(p.bid == best for p in rows) / max(1, len(rows)), 3)
+        # A goal-blind policy that reads the page: a random element of the answer's role (expected success).
+        same_role[task] = round(sum(1 / len(p.same_role) for p in rows) / max(1, len(rows)), 3)
 
     def last_logits(items: list[Prompt]) -> torch.Tensor:
         width = max(len(p.ids) for p in items)
@@ -154,7 +184,14 @@ def main() -> int:
     def report(step: int, samples: int, loss: float, started: float) -> None:
         line = {"step": step, "samples": samples, "loss": round(loss, 4), "held_out": evaluate()}
         print(
-            json.dumps({**line, "best_fixed_answer": fixed, "seconds": round(time.perf_counter() - started)}),
+            json.dumps(
+                {
+                    **line,
+                    "best_fixed_answer": fixed,
+                    "random_same_role": same_role,
+                    "seconds": round(time.perf_counter() - started),
+                }
+            ),
             flush=True,
         )
 
@@ -164,14 +201,19 @@ def main() -> int:
         answers: dict[str, list[int]] = collections.defaultdict(list)
         for prompt in train:
             answers[prompt.task].append(prompt.bid)
-        blind = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        for _ in range(args.blind_steps):
+        warm = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        for _ in range(args.start_steps):
             items = random.sample(train, args.batch)
-            labels = torch.tensor([random.choice(answers[p.task]) for p in items])
+            if args.start == "blind":
+                labels = torch.tensor([random.choice(answers[p.task]) for p in items])
+            elif args.start == "same-role":
+                labels = torch.tensor([random.choice(p.same_role) for p in items])
+            else:
+                labels = torch.tensor([p.bid for p in items])
             loss = F.cross_entropy(last_logits(items), labels)
-            blind.zero_grad()
+            warm.zero_grad()
             loss.backward()
-            blind.step()
+            warm.step()
         report(0, 0, loss.item(), started)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)

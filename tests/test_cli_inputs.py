@@ -360,10 +360,19 @@ def test_bid_probe_holds_out_the_later_seeds_of_every_task_and_refuses_a_split_b
     demos.write_text("".join(json.dumps(r) + "\n" for r in rows))
     prompts = module.load_prompts(demos, None, CharTokenizer())
     assert len(prompts) == 10 and {p.bid for p in prompts} == {ord("7")}
+    assert prompts[0].same_role == (ord("7"),)  # no page in the prompt: the answer is its only candidate
     assert prompts[0].ids[-len("[click(bid='") :] == [ord(c) for c in "[click(bid='"]
     train, held_out = module.split_by_seed(prompts, 0.6)
     assert sorted((p.task, p.seed) for p in held_out) == [("a", 4), ("a", 5), ("b", 4), ("b", 5)]
     assert len(train) == 6
+    # The same-role start's candidates: the page's elements of the answer's role, read from the observation.
+    page = record("a", 1, "7")
+    page["messages"][1]["content"] = (
+        "MiniWoB task 'a'.\nGoal: Click on the \"no\" button.\nStep 0 of 1. Last action error: none\nPage:\n"
+        "RootWebArea 'Task', focused\n\t[6] textbox ''\n\t[7] button 'no'\n\tStaticText 'x'\n\t[9] button 'yes'\n"
+    )
+    demos.write_text(json.dumps(page) + "\n")
+    assert module.load_prompts(demos, None, CharTokenizer())[0].same_role == (ord("7"), ord("9"))
     demos.write_text(json.dumps(record("a", 1, "12")) + "\n")
     with pytest.raises(SystemExit, match="is 2 tokens"):
         module.load_prompts(demos, None, CharTokenizer())
