@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="where to build and export [a temporary dir]")
     args = parser.parse_args()
 
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gguf-bench-", dir=args.workdir) as tmp:
         model_dir = build(Path(tmp) / f"lfm2-{args.shape}", args.shape)
         checkpoint_bytes = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
