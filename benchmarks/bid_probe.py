@@ -10,18 +10,26 @@ out), and the model is trained in one of two ways:
   to generalise the lookup to unseen pages, an upper bound for what a reward can teach.
 - ``--mode reinforce``: from a start of ``--start-steps`` of cross-entropy, sample ``--generations`` bids per
   prompt, reward 1 for the demonstrated one, group-normalised advantages: GRPO's signal on the bid, without
-  the rest of the call. ``--start blind`` (default) trains the start on bids shuffled within the task, as the
-  benchmark's shuffled demonstrations; ``--start same-role`` on a random element of the demonstrated one's
-  role on the same page (reads the page, not the goal); ``--start scripted`` on the demonstrated bids, a
-  partial supervised start that reinforcement has to carry further.
+  the rest of the call.
+- ``--mode filtered``: the same samples and reward, but cross-entropy on the rewarded samples only
+  (rejection-sampling fine-tuning): another objective on the same signal, with no push away from failures.
+
+Both reward-driven modes start from ``--start-steps`` of cross-entropy: ``--start blind`` (default) on bids
+shuffled within the task, as the benchmark's shuffled demonstrations; ``--start same-role`` on a random
+element of the demonstrated one's role on the same page (reads the page, not the goal); ``--start scripted``
+on the demonstrated bids, a partial supervised start that reinforcement has to carry further.
 
 Every ``--eval-every`` steps it prints held-out greedy accuracy per task (one JSON line) beside the share of
 the most frequent training bid (the best fixed answer on these prompts) and the expected accuracy of a random
-element of the answer's role on each page (a policy that reads the page but not the goal). Single-threaded, seeded.
+element of the answer's role on each page (a policy that reads the page but not the goal). One CPU thread,
+seeded; ``--device cuda`` runs the model on a GPU (many probes can share one), ``--deadline-s`` stops a probe
+after that much training time with a last evaluation.
 
     browser-control demos --tasks click-button --episodes 1600 --max-episode-steps 1 --output cb.jsonl
     python benchmarks/bid_probe.py --demos cb.jsonl --mode supervised --steps 400
     python benchmarks/bid_probe.py --demos cb.jsonl --mode reinforce --steps 600 --batch 64 --lr 3e-4
+    python benchmarks/bid_probe.py --demos cb.jsonl --mode filtered --device cuda --steps 5000 --batch 256 \
+        --deadline-s 400
 """
 
 from __future__ import annotations
@@ -107,7 +115,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demos", type=Path, required=True, help="one-action demonstrations (JSONL)")
     parser.add_argument("--tasks", default=None, help="comma-separated tasks of the file to use (default: all)")
-    parser.add_argument("--mode", choices=["supervised", "reinforce"], default="supervised")
+    parser.add_argument("--mode", choices=["supervised", "reinforce", "filtered"], default="supervised")
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--attention-layers", default="1,3")
@@ -127,9 +135,15 @@ def main() -> int:
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0, help="model initialisation, sampling and batches")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bid-probe"), help="where the model is built")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="auto: cuda if present")
+    parser.add_argument(
+        "--deadline-s", type=float, default=None, help="stop after this many seconds of training (then evaluate)"
+    )
     args = parser.parse_args()
-    if args.mode == "reinforce" and args.batch % args.generations:
+    if args.mode != "supervised" and args.batch % args.generations:
         parser.error("--batch must be a multiple of --generations")
+    if args.deadline_s is not None and args.deadline_s <= 0:
+        parser.error("--deadline-s must be positive")
 
     import torch
     import torch.nn.functional as F
@@ -140,15 +154,20 @@ def main() -> int:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     torch.set_num_threads(1)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     attention = [int(i) for i in args.attention_layers.split(",")]
     model_dir = args.work / f"lfm2-{args.hidden_size}-{args.layers}-{'_'.join(map(str, attention))}-{args.seed}"
     if not (model_dir / "config.json").exists():
         build_learning_lfm2(model_dir, args.hidden_size, args.layers, attention_layers=attention, seed=args.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device)
     train, held_out = split_by_seed(
         load_prompts(args.demos, args.tasks.split(",") if args.tasks else None, tokenizer), args.train_share
     )
+    if args.batch > len(train) and (args.mode == "supervised" or args.start_steps):
+        parser.error(f"--batch {args.batch} is more than the {len(train)} training prompts")
     fixed: dict[str, float] = {}
     same_role: dict[str, float] = {}
     for task in sorted({p.task for p in train}):
@@ -166,7 +185,8 @@ def main() -> int:
         for row, prompt in enumerate(items):  # left padding: the next token is the last position's
             ids[row, width - len(prompt.ids) :] = torch.tensor(prompt.ids)
             mask[row, width - len(prompt.ids) :] = 1
-        return model(input_ids=ids, attention_mask=mask).logits[:, -1, :]
+        output = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1)
+        return output.logits[:, -1, :]
 
     def evaluate() -> dict[str, float]:
         model.eval()
@@ -197,7 +217,7 @@ def main() -> int:
 
     started = time.perf_counter()
     print(json.dumps({"train": len(train), "held_out": len(held_out), "settings": vars(args)}, default=str), flush=True)
-    if args.mode == "reinforce":
+    if args.mode != "supervised":
         answers: dict[str, list[int]] = collections.defaultdict(list)
         for prompt in train:
             answers[prompt.task].append(prompt.bid)
@@ -210,7 +230,7 @@ def main() -> int:
                 labels = torch.tensor([random.choice(p.same_role) for p in items])
             else:
                 labels = torch.tensor([p.bid for p in items])
-            loss = F.cross_entropy(last_logits(items), labels)
+            loss = F.cross_entropy(last_logits(items), labels.to(device))
             warm.zero_grad()
             loss.backward()
             warm.step()
@@ -218,24 +238,32 @@ def main() -> int:
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     samples = 0
+    training_started = time.perf_counter()
     for step in range(1, args.steps + 1):
         if args.mode == "supervised":
             items = random.sample(train, args.batch)
-            loss = F.cross_entropy(last_logits(items), torch.tensor([p.bid for p in items]))
+            loss = F.cross_entropy(last_logits(items), torch.tensor([p.bid for p in items], device=device))
         else:
             groups = random.sample(train, args.batch // args.generations)
             items = [p for p in groups for _ in range(args.generations)]
             policy = torch.distributions.Categorical(logits=last_logits(items))
             sampled = policy.sample()
-            reward = (sampled == torch.tensor([p.bid for p in items])).float().view(-1, args.generations)
-            advantage = (reward - reward.mean(1, keepdim=True)) / (reward.std(1, keepdim=True) + 1e-4)
-            loss = -(advantage.view(-1) * policy.log_prob(sampled)).mean()
+            reward = (sampled == torch.tensor([p.bid for p in items], device=device)).float()
+            if args.mode == "reinforce":
+                grouped = reward.view(-1, args.generations)
+                advantage = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)
+                loss = -(advantage.view(-1) * policy.log_prob(sampled)).mean()
+            else:  # filtered: learn the rewarded samples as labels; a batch without one teaches nothing
+                loss = -(reward * policy.log_prob(sampled)).sum() / reward.sum().clamp(min=1.0)
         samples += len(items)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % args.eval_every == 0 or step == args.steps:
+        out_of_time = args.deadline_s is not None and time.perf_counter() - training_started > args.deadline_s
+        if step % args.eval_every == 0 or step == args.steps or out_of_time:
             report(step, samples, loss.item(), started)
+        if out_of_time:
+            break
     return 0
 
 

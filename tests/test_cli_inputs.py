@@ -376,3 +376,38 @@ def test_bid_probe_holds_out_the_later_seeds_of_every_task_and_refuses_a_split_b
     demos.write_text(json.dumps(record("a", 1, "12")) + "\n")
     with pytest.raises(SystemExit, match="is 2 tokens"):
         module.load_prompts(demos, None, CharTokenizer())
+
+
+def test_bid_probe_filtered_mode_learns_from_rewarded_samples_and_stops_at_its_deadline(tmp_path: Path) -> None:
+    def record(seed: int) -> dict[str, Any]:
+        word, bid = ("no", "7") if seed % 2 else ("yes", "9")
+        page = (
+            f"MiniWoB task 'click-button'.\nGoal: Click on the \"{word}\" button.\nStep 0 of 1. Last action error: "
+            "none\nPage:\nRootWebArea 'Task', focused\n\t[7] button 'no'\n\tStaticText 'x'\n\t[9] button 'yes'\n"
+        )
+        call = {"function": {"name": "click", "arguments": {"bid": bid}}}
+        messages = [{"role": "system", "content": "s"}, {"role": "user", "content": page}]
+        answer = {"role": "assistant", "content": "", "tool_calls": [call]}
+        return {"task_name": "click-button", "seed": seed, "tools": [], "messages": [*messages, answer]}
+
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps(record(seed)) + "\n" for seed in range(1, 11)))
+    probe = [sys.executable, str(REPO / "benchmarks" / "bid_probe.py"), "--demos", str(demos), "--work", str(tmp_path)]
+    small = ["--hidden-size", "32", "--layers", "2", "--attention-layers", "1", "--batch", "6", "--generations", "3"]
+    result = subprocess.run(
+        [*probe, *small, "--mode", "filtered", "--start-steps", "2", "--steps", "1000", "--eval-every", "500",
+         "--deadline-s", "0.001"],
+        env=subprocess_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines[0]["settings"]["mode"] == "filtered" and (lines[0]["train"], lines[0]["held_out"]) == (6, 4)
+    # the start's report, then one step: the deadline passed during it, and the probe evaluated and stopped
+    assert [line["step"] for line in lines[1:]] == [0, 1] and lines[-1]["samples"] == 6
+    assert lines[-1]["random_same_role"] == {"click-button": 0.5} and "click-button" in lines[-1]["held_out"]
+
+    for bad, message in ((["--deadline-s", "0"], "--deadline-s must be positive"),
+                         (["--mode", "filtered", "--batch", "6", "--generations", "4"], "multiple of --generations"),
+                         ([*small, "--batch", "8"], "--batch 8 is more than the 6 training prompts")):  # fmt: skip
+        result = subprocess.run([*probe, *bad], env=subprocess_env(), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 2 and message in result.stderr

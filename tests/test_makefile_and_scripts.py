@@ -707,7 +707,7 @@ def test_verify_gpu_checks_its_argument() -> None:
 # -- benchmarks' GPU-machine scripts ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("script", ["gpu_stage.sh", "gpu_learning_run.sh"])
+@pytest.mark.parametrize("script", ["gpu_stage.sh", "gpu_learning_run.sh", "gpu_bid_probes.sh"])
 def test_benchmark_script_is_strict_and_shellcheck_clean(script: str) -> None:
     path = REPO / "benchmarks" / script
     assert path.read_text().startswith("#!/usr/bin/env bash\n") and "\nset -euo pipefail\n" in path.read_text()

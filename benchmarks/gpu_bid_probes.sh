@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Run a grid of benchmarks/bid_probe.py probes side by side on the GPU machine in one device call: the
+# probe needs only the package's own imports (pydantic and its helpers travel as wheels; torch and
+# transformers are the machine's) and a demonstrations file, so one call stages and runs it.
+#
+#   bash benchmarks/gpu_bid_probes.sh prepare DEMOS.jsonl   # here: .stage/probe (wheels + gzipped demos)
+#   bash benchmarks/gpu_bid_probes.sh run GRID SECONDS      # there (carry .stage/probe): every line of GRID
+#       ("NAME bid_probe.py arguments", # comments) as its own process on the GPU, each stopped after
+#       SECONDS of training; $OUT/probes.tgz holds NAME.jsonl and NAME.err of each, the last lines print
+#
+# Each probe is one CPU thread, so a 16-core machine runs up to ~14 side by side. Files back from a call
+# are limited in number, hence the one archive.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STAGE=.stage/probe
+# The versions the learning benchmark's staging uses (gpu_stage.sh); the machine has the rest.
+WHEELS=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+        typing-extensions==4.16.0)
+
+prepare() {
+    local demos=${1:?usage: $0 prepare DEMOS.jsonl}
+    [ -f "$demos" ] || { echo "$demos: no such demonstrations file" >&2; exit 2; }
+    rm -rf "$STAGE" && mkdir -p "$STAGE/wheels"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$STAGE/wheels" "${WHEELS[@]}"
+    gzip -c "$demos" > "$STAGE/demos.jsonl.gz"
+    du -sh "$STAGE"
+}
+
+run() {
+    local grid=${1:?usage: $0 run GRID SECONDS} seconds=${2:?usage: $0 run GRID SECONDS}
+    : "${OUT:?OUT must name the folder whose files come back from the device machine}"
+    local work=/tmp/bid-probes
+    rm -rf "$work" && mkdir -p "$work/lines"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$work/site" \
+        "$STAGE"/wheels/*.whl
+    export PYTHONPATH=$work/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+    gunzip -c "$STAGE/demos.jsonl.gz" > "$work/demos.jsonl"
+    local name args pids=()
+    while read -r name args; do
+        [[ -z "$name" || "$name" == \#* ]] && continue
+        # shellcheck disable=SC2086  # the grid's arguments are words
+        python3 benchmarks/bid_probe.py --demos "$work/demos.jsonl" --device cuda --deadline-s "$seconds" \
+            --work "$work/models/$name" $args > "$work/lines/$name.jsonl" 2> "$work/lines/$name.err" &
+        pids+=("$!")
+    done < "$grid"
+    local failed=0 pid
+    for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+    tar -czf "$OUT/probes.tgz" -C "$work" lines
+    for name in "$work"/lines/*.jsonl; do
+        echo "== $(basename "$name" .jsonl): $(tail -n 1 "$name" | cut -c 1-160)"
+    done
+    echo "$failed of ${#pids[@]} probes failed"
+    [ "$failed" -eq 0 ]
+}
+
+case "${1:-}" in
+    prepare) prepare "${2:-}" ;;
+    run) run "${2:-}" "${3:-}" ;;
+    *) sed -n '2,12p' "$0"; exit 2 ;;
+esac
