@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Run a grid of benchmarks/bid_probe.py probes side by side on the GPU machine in one device call: the
-# probe needs only the package's own imports (pydantic and its helpers travel as wheels; torch and
-# transformers are the machine's) and a demonstrations file, so one call stages and runs it.
+# Run a grid of benchmarks/bid_probe.py probes side by side on the GPU machine in one device call: a probe
+# needs only the package's imports (pydantic, and TRL for the chat template, travel as wheels; torch and
+# transformers are the machine's) and a demonstrations file, so one call stages and runs the grid.
 #
 #   bash benchmarks/gpu_bid_probes.sh prepare DEMOS.jsonl   # here: .stage/probe (wheels + gzipped demos)
 #   bash benchmarks/gpu_bid_probes.sh run GRID SECONDS      # there (carry .stage/probe): every line of GRID
 #       ("NAME bid_probe.py arguments", # comments) as its own process on the GPU, each stopped after
-#       SECONDS of training; $OUT/probes.tgz holds NAME.jsonl and NAME.err of each, the last lines print
+#       SECONDS of training (and killed SECONDS + PROBE_SETUP_S, default 120, after its start);
+#       $OUT/probes.tgz holds NAME.jsonl and NAME.err of each, the last lines print
 #
 # Each probe is one CPU thread, so a 16-core machine runs up to ~14 side by side. Files back from a call
 # are limited in number, hence the one archive.
@@ -14,9 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STAGE=.stage/probe
+SETUP_S=${PROBE_SETUP_S:-120}  # per probe, beyond SECONDS: loading, building the model, the start
 # The versions the learning benchmark's staging uses (gpu_stage.sh); the machine has the rest.
 WHEELS=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
-        typing-extensions==4.16.0)
+        typing-extensions==4.16.0 trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19)
 
 prepare() {
     local demos=${1:?usage: $0 prepare DEMOS.jsonl}
@@ -31,22 +33,27 @@ prepare() {
 run() {
     local grid=${1:?usage: $0 run GRID SECONDS} seconds=${2:?usage: $0 run GRID SECONDS}
     : "${OUT:?OUT must name the folder whose files come back from the device machine}"
-    local work=/tmp/bid-probes
+    local work=${BID_PROBES_DIR:-/tmp/bid-probes}  # the tests point it elsewhere
     rm -rf "$work" && mkdir -p "$work/lines"
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$work/site" \
-        "$STAGE"/wheels/*.whl
+    if compgen -G "$STAGE/wheels/*.whl" > /dev/null; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$work/site" "$STAGE"/wheels/*.whl
+    fi
     export PYTHONPATH=$work/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
     gunzip -c "$STAGE/demos.jsonl.gz" > "$work/demos.jsonl"
     local name args pids=()
     while read -r name args; do
         [[ -z "$name" || "$name" == \#* ]] && continue
+        # The deadline counts training only: building a large model and its start took 260 s of the first
+        # grid's call, which then ran out. timeout bounds the whole probe; its lines so far stay.
         # shellcheck disable=SC2086  # the grid's arguments are words
-        python3 benchmarks/bid_probe.py --demos "$work/demos.jsonl" --device cuda --deadline-s "$seconds" \
-            --work "$work/models/$name" $args > "$work/lines/$name.jsonl" 2> "$work/lines/$name.err" &
+        timeout "$((seconds + SETUP_S))" python3 benchmarks/bid_probe.py --demos "$work/demos.jsonl" \
+            --device cuda --deadline-s "$seconds" --work "$work/models/$name" $args \
+            > "$work/lines/$name.jsonl" 2> "$work/lines/$name.err" &
         pids+=("$!")
     done < "$grid"
     local failed=0 pid
-    for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+    for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done  # 124: stopped by timeout
     tar -czf "$OUT/probes.tgz" -C "$work" lines
     for name in "$work"/lines/*.jsonl; do
         echo "== $(basename "$name" .jsonl): $(tail -n 1 "$name" | cut -c 1-160)"
@@ -58,5 +65,5 @@ run() {
 case "${1:-}" in
     prepare) prepare "${2:-}" ;;
     run) run "${2:-}" "${3:-}" ;;
-    *) sed -n '2,12p' "$0"; exit 2 ;;
+    *) sed -n '2,14p' "$0"; exit 2 ;;
 esac

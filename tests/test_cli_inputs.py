@@ -411,3 +411,28 @@ def test_bid_probe_filtered_mode_learns_from_rewarded_samples_and_stops_at_its_d
                          ([*small, "--batch", "8"], "--batch 8 is more than the 6 training prompts")):  # fmt: skip
         result = subprocess.run([*probe, *bad], env=subprocess_env(), capture_output=True, text=True, timeout=600)
         assert result.returncode == 2 and message in result.stderr
+
+
+def test_bid_probe_chart_draws_runs_of_every_mode_and_refuses_a_run_without_evaluations(tmp_path: Path) -> None:
+    def run(mode: str, rates: list[float]) -> str:
+        rows = [{"train": 6, "held_out": 4, "settings": {"mode": mode}}] + [
+            {"step": 10 * i, "samples": 640 * i, "held_out": {"click-button": rate},
+             "best_fixed_answer": {"click-button": 0.16}, "random_same_role": {"click-button": 0.6}}
+            for i, rate in enumerate(rates)
+        ]  # fmt: skip
+        return "".join(json.dumps(row) + "\n" for row in rows)
+
+    (tmp_path / "sup.jsonl").write_text(run("supervised", [0.2, 0.5, 0.6]))
+    (tmp_path / "rl.jsonl").write_text(run("reinforce", [0.16, 0.2]))
+    chart = [sys.executable, str(REPO / "benchmarks" / "bid_probe_chart.py"), "--out", str(tmp_path / "c.png")]
+    result = subprocess.run(
+        [*chart, f"labelled=a=b={tmp_path / 'sup.jsonl'}", str(tmp_path / "rl.jsonl")],
+        env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "stopped.jsonl").write_text(run("reinforce", []))
+    stopped, missing = tmp_path / "stopped.jsonl", tmp_path / "none.jsonl"
+    for bad, message in ((stopped, "no evaluation lines"), (missing, "no such file")):
+        result = subprocess.run([*chart, str(bad)], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        assert result.returncode != 0 and message in result.stderr

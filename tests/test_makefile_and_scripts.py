@@ -8,6 +8,7 @@ verification, exit codes) runs for real.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -807,3 +808,35 @@ def test_gpu_learning_run_start_outlives_its_call_and_records_the_exit_status(tm
         ["bash", script, "start", "soon", "--", "--help"], env=env, capture_output=True, text=True, timeout=60
     )
     assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
+def test_gpu_bid_probes_runs_every_grid_line_and_counts_the_failures(tmp_path: Path) -> None:
+    benchmarks = tmp_path / "benchmarks"
+    benchmarks.mkdir()
+    shutil.copy(REPO / "benchmarks" / "gpu_bid_probes.sh", benchmarks)
+    # a stand-in probe: prints its arguments as a JSON line, fails when asked to
+    (benchmarks / "bid_probe.py").write_text(
+        "import json, sys\nprint(json.dumps(sys.argv[1:]))\nsys.exit(3 if '--fail' in sys.argv else 0)\n"
+    )
+    (tmp_path / ".stage" / "probe" / "wheels").mkdir(parents=True)
+    (tmp_path / ".stage" / "probe" / "demos.jsonl.gz").write_bytes(gzip.compress(b'{"task_name": "t"}\n'))
+    grid = tmp_path / "grid.txt"
+    grid.write_text("# a comment\n\nfirst --mode reinforce --lr 1e-4\nsecond --fail\n")
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir()
+    env = {**os.environ, "OUT": str(out), "BID_PROBES_DIR": str(work)}
+    result = subprocess.run(
+        ["bash", str(benchmarks / "gpu_bid_probes.sh"), "run", str(grid), "30"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1 and "1 of 2 probes failed" in result.stdout, result.stdout + result.stderr
+    args = json.loads((work / "lines" / "first.jsonl").read_text())
+    assert args[args.index("--demos") + 1] == str(work / "demos.jsonl")
+    assert (work / "demos.jsonl").read_text() == '{"task_name": "t"}\n'  # unpacked from the staged archive
+    assert args[args.index("--device") + 1] == "cuda" and args[args.index("--deadline-s") + 1] == "30"
+    assert args[-4:] == ["--mode", "reinforce", "--lr", "1e-4"]
+    listed = subprocess.run(["tar", "tzf", str(out / "probes.tgz")], capture_output=True, text=True, check=True)
+    assert {"lines/first.jsonl", "lines/second.jsonl", "lines/second.err"} <= set(listed.stdout.split())
+    usage = subprocess.run(["bash", str(benchmarks / "gpu_bid_probes.sh"), "run"], env=env, capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+    assert usage.returncode != 0 and "usage:" in usage.stderr
