@@ -32,6 +32,8 @@ prepare() {
 
 run() {
     local grid=${1:?usage: $0 run GRID SECONDS} seconds=${2:?usage: $0 run GRID SECONDS}
+    [[ $seconds =~ ^[0-9]+$ ]] || { echo "usage: $0 run GRID SECONDS (a whole number)" >&2; exit 2; }
+    [ -f "$grid" ] || { echo "$grid: no such grid file" >&2; exit 2; }
     : "${OUT:?OUT must name the folder whose files come back from the device machine}"
     local work=${BID_PROBES_DIR:-/tmp/bid-probes}  # the tests point it elsewhere
     rm -rf "$work" && mkdir -p "$work/lines"

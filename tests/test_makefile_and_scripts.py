@@ -837,6 +837,7 @@ def test_gpu_bid_probes_runs_every_grid_line_and_counts_the_failures(tmp_path: P
     assert args[-4:] == ["--mode", "reinforce", "--lr", "1e-4"]
     listed = subprocess.run(["tar", "tzf", str(out / "probes.tgz")], capture_output=True, text=True, check=True)
     assert {"lines/first.jsonl", "lines/second.jsonl", "lines/second.err"} <= set(listed.stdout.split())
-    usage = subprocess.run(["bash", str(benchmarks / "gpu_bid_probes.sh"), "run"], env=env, capture_output=True,
-                           text=True, timeout=60)  # fmt: skip
-    assert usage.returncode != 0 and "usage:" in usage.stderr
+    for bad in ([], [str(grid), "1.5"], [str(tmp_path / "none.txt"), "30"]):
+        usage = subprocess.run(["bash", str(benchmarks / "gpu_bid_probes.sh"), "run", *bad], env=env,
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert usage.returncode != 0 and ("usage:" in usage.stderr or "no such grid file" in usage.stderr)
