@@ -49,14 +49,16 @@ def plot(runs: list[tuple[str, dict[str, Any], list[dict[str, Any]]]], out: Path
     tasks = sorted({task for _, _, points in runs for point in points for task in point["held_out"]})
     fig, axes = plt.subplots(1, len(tasks), figsize=(11 * len(tasks), 5), squeeze=False)
     reference = runs[0][2][-1]
+    palette = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")  # no two runs in one colour
     for ax, task in zip(axes[0], tasks, strict=True):
-        for label, settings, points in runs:
+        for index, (label, settings, points) in enumerate(runs):
             shown = [p for p in points if task in p["held_out"]]
             ax.plot(
                 [p["samples"] / 1000 for p in shown],
                 [100 * p["held_out"][task] for p in shown],
                 STYLE.get(settings.get("mode", ""), "-"),
                 marker=".",
+                color=palette(index % palette.N),
                 label=label,
             )
         for key, name, color in (
