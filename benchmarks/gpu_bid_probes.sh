@@ -16,16 +16,30 @@ cd "$(dirname "$0")/.."
 
 STAGE=.stage/probe
 SETUP_S=${PROBE_SETUP_S:-120}  # per probe, beyond SECONDS: loading, building the model, the start
-# The versions the learning benchmark's staging uses (gpu_stage.sh); the machine has the rest.
-WHEELS=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
-        typing-extensions==4.16.0 trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19)
+# shellcheck source=benchmarks/gpu_wheels.sh
+source benchmarks/gpu_wheels.sh  # WHEELS: the pins gpu_stage.sh stages too
+# What a probe imports that the machine lacks; the versions are WHEELS'.
+PROBE_PACKAGES=(pydantic pydantic-core annotated-types typing-inspection typing-extensions trl datasets dill
+                multiprocess)
+
+pinned() {
+    local name spec
+    for name in "${PROBE_PACKAGES[@]}"; do
+        for spec in "${WHEELS[@]}"; do [[ $spec == "$name=="* ]] && echo "$spec"; done
+    done
+}
 
 prepare() {
     local demos=${1:?usage: $0 prepare DEMOS.jsonl}
     [ -f "$demos" ] || { echo "$demos: no such demonstrations file" >&2; exit 2; }
+    local specs
+    mapfile -t specs < <(pinned)
+    if [ "${#specs[@]}" -ne "${#PROBE_PACKAGES[@]}" ]; then
+        echo "gpu_wheels.sh pins ${specs[*]}, not all of ${PROBE_PACKAGES[*]}" >&2; exit 2
+    fi
     rm -rf "$STAGE" && mkdir -p "$STAGE/wheels"
     python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$STAGE/wheels" "${WHEELS[@]}"
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$STAGE/wheels" "${specs[@]}"
     gzip -c "$demos" > "$STAGE/demos.jsonl.gz"
     du -sh "$STAGE"
 }

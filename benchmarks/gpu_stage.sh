@@ -21,16 +21,8 @@ PIECE_BYTES=60000000
 WORK=.whl/gpu-stage
 STAGE_REMOTE=/tmp/stage
 
-WHEELS=(
-  trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 sniffio==1.3.1 fastapi==0.165.0
-  starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
-  typing-inspection==0.4.5 typing-extensions==4.16.0 playwright==1.44.0 greenlet==3.0.3 pyee==11.1.0
-  browsergym-core==0.14.3 browsergym-miniwob==0.14.3 miniwob==1.1.0 gymnasium==1.4.0
-  farama-notifications==0.0.6 beautifulsoup4==4.15.0 soupsieve==4.1.3
-  # fastapi 0.165 imports opentelemetry's API at start: without it serve-env exits at once (seen on the GPU
-  # machine when these three travelled only with vLLM).
-  opentelemetry-api==1.45.2 importlib-metadata==10.2.0 zipp==4.1.2
-)
+# shellcheck source=benchmarks/gpu_wheels.sh
+source benchmarks/gpu_wheels.sh  # WHEELS
 # vLLM and what it alone needs; `prepare --without-vllm` leaves them out (transformers generation only:
 # the learning benchmark and the environment benchmarks), which saves about half the pieces.
 VLLM_WHEELS=(

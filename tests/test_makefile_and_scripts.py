@@ -813,7 +813,8 @@ def test_gpu_learning_run_start_outlives_its_call_and_records_the_exit_status(tm
 def test_gpu_bid_probes_runs_every_grid_line_and_counts_the_failures(tmp_path: Path) -> None:
     benchmarks = tmp_path / "benchmarks"
     benchmarks.mkdir()
-    shutil.copy(REPO / "benchmarks" / "gpu_bid_probes.sh", benchmarks)
+    for script in ("gpu_bid_probes.sh", "gpu_wheels.sh"):
+        shutil.copy(REPO / "benchmarks" / script, benchmarks)
     # a stand-in probe: prints its arguments as a JSON line, fails when asked to
     (benchmarks / "bid_probe.py").write_text(
         "import json, sys\nprint(json.dumps(sys.argv[1:]))\nsys.exit(3 if '--fail' in sys.argv else 0)\n"
